@@ -1,0 +1,5 @@
+"""``python -m pyrust`` is the ``pyrust`` command."""
+
+from pyrust.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Wire protocol v1: framing shared by the client and the server.
+
+Request:  ``[u32 big-endian length][length bytes of UTF-8 code]``
+Response: ``[u8 status][u32 big-endian length][length bytes of UTF-8 output]``
+
+Several requests may follow each other on one connection; every request gets
+exactly one response, in order.  ``docs/protocol.md`` has byte-exact examples.
+
+This is a leaf module: it imports nothing from the package, and only the C
+``_struct`` accelerator from the standard library, so the client stays lean.
+"""
+
+from _struct import Struct
+
+#: Status codes of a response.  Codes 3 and up are failures of the request that
+#: are not the code's fault; clients treat any code they do not know as failure.
+OK = 0              #: the code ran; the payload is its output
+ERROR = 1           #: the code raised; the payload is its output, then the traceback
+BAD_REQUEST = 2     #: the frame was refused (too large, not UTF-8, malformed); says why
+TIMEOUT = 3         #: reserved: the code ran past the request time limit
+WORKER_DIED = 4     #: reserved: the worker running the code died (signal, os._exit)
+SERVICE_ERROR = 5   #: the service failed for a reason of its own
+
+STATUS_NAMES = {
+    OK: "ok",
+    ERROR: "error",
+    BAD_REQUEST: "bad request",
+    TIMEOUT: "timeout",
+    WORKER_DIED: "worker died",
+    SERVICE_ERROR: "service error",
+}
+
+#: A request length with this bit set can never be a valid v1 length (it would
+#: be 2 GiB or more, far above any configurable maximum), so the bit is
+#: reserved to announce a future extended request form.
+EXTENDED_FLAG = 0x8000_0000
+
+HEADER = Struct(">I")            # request header: payload length
+RESPONSE_HEADER = Struct(">BI")  # response header: status, payload length
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be accepted; ``str()`` is the message for the peer.
+
+    ``fatal`` says whether the connection's framing is lost (the payload was
+    not read), so the server must close the connection after replying.
+    """
+
+    def __init__(self, message: str, fatal: bool) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection; ``partial`` is true if mid-frame."""
+
+    def __init__(self, partial: bool) -> None:
+        super().__init__("connection closed mid-frame" if partial else "connection closed")
+        self.partial = partial
+
+
+def encode_request(code: bytes) -> bytes:
+    """Return the v1 request frame carrying ``code`` (already UTF-8)."""
+    return HEADER.pack(len(code)) + code
+
+
+def encode_response(status: int, output: bytes) -> bytes:
+    """Return the v1 response frame for ``status`` and ``output``."""
+    return RESPONSE_HEADER.pack(status, len(output)) + output
+
+
+def recv_exact(sock, size: int, started: bool = False) -> bytes:
+    """Return exactly ``size`` bytes read from ``sock``.
+
+    Raise ConnectionClosed if the peer closes first; it is ``partial`` when
+    any byte of the frame had arrived (``started`` says one already had).
+    """
+    if not size:
+        return b""
+    data = sock.recv(size)
+    if len(data) == size:  # the common case: one recv is enough
+        return data
+    if not data:
+        raise ConnectionClosed(partial=started)
+    buf = bytearray(data)
+    while len(buf) < size:
+        chunk = sock.recv(min(size - len(buf), 1 << 20))
+        if not chunk:
+            raise ConnectionClosed(partial=True)
+        buf += chunk
+    return bytes(buf)
+
+
+def check_length(length: int, max_size: int) -> None:
+    """Raise ProtocolError (fatal) unless ``length`` is an acceptable v1 length."""
+    if length & EXTENDED_FLAG:
+        raise ProtocolError(
+            "malformed request: length 0x%08x has the reserved high bit set "
+            "(extended requests are not supported by this server)" % length,
+            fatal=True,
+        )
+    if length > max_size:
+        raise ProtocolError(
+            "request too large: %d bytes, the maximum is %d bytes "
+            "(max_request_bytes in the configuration)" % (length, max_size),
+            fatal=True,
+        )
+
+
+def decode_code(payload: bytes) -> str:
+    """Return the request payload as text; raise ProtocolError if not UTF-8."""
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(
+            "invalid request: code is not valid UTF-8 (byte %d: %s)" % (exc.start, exc.reason),
+            fatal=False,
+        ) from None
+
+
+def read_response(sock) -> "tuple[int, bytes]":
+    """Read one v1 response from ``sock``; return ``(status, output)``.
+
+    Raise ConnectionClosed if the server closes before the response is whole.
+    """
+    status, length = RESPONSE_HEADER.unpack(recv_exact(sock, RESPONSE_HEADER.size))
+    return status, recv_exact(sock, length, started=True)

@@ -1,0 +1,182 @@
+"""Run one program the way ``python -c`` would, inside a long-lived worker.
+
+Each run gets a fresh ``__main__`` module, its own captured stdout/stderr
+(interleaved in the order written), REPL-style echo of a final bare
+expression, and tracebacks formatted exactly as ``python -c`` prints them.
+Interpreter state a later run would see (``sys`` streams and hooks, argv,
+path, ``__main__``, the working directory) is restored afterwards.
+"""
+
+import ast
+import builtins
+import collections
+import io
+import os
+import sys
+import traceback
+import types
+from importlib.machinery import BuiltinImporter
+
+from pyrust import protocol
+
+FILENAME = "<string>"  # what python -c names the code in tracebacks
+#: Programs larger than this are compiled every time rather than cached, so
+#: the cache's memory stays bounded by ``entries × 1 MiB``.
+CACHE_MAX_SOURCE = 1 << 20
+#: ``sys`` attributes a program may rebind and the next one must not see.
+_SYS_ATTRS = ("stdin", "stdout", "stderr", "argv", "displayhook", "excepthook")
+
+
+class Result(collections.namedtuple("Result", "status output exit_code")):
+    """What a run produced: wire status, output bytes, and python's exit code."""
+
+
+class _Sink(io.BytesIO):
+    """The bytes both captured streams write to; survives the program closing them."""
+
+    def close(self):
+        pass
+
+
+class Program(collections.namedtuple("Program", "body echo")):
+    """A compiled program: ``body`` (exec code) and ``echo`` (eval code of a
+    final bare expression, or None)."""
+
+
+def compile_program(source: str, filename: str = FILENAME) -> Program:
+    """Return ``source`` compiled for a run; raise SyntaxError (or ValueError) if it does not compile."""
+    tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    echo = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = tree.body.pop()
+        echo = compile(ast.Expression(last.value), filename, "eval", dont_inherit=True)
+    return Program(compile(tree, filename, "exec", dont_inherit=True), echo)
+
+
+class Executor:
+    """Runs programs with a bounded LRU cache of compiled code keyed by source."""
+
+    def __init__(self, cache_size: int) -> None:
+        self.cache_size = cache_size
+        self._cache = collections.OrderedDict()
+        # The worker's own directory, to return to after each run even if the
+        # program renamed or removed the directory it moved to.
+        self._home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def clear_cache(self) -> int:
+        """Empty the compile cache; return how many entries it held."""
+        count = len(self._cache)
+        self._cache.clear()
+        return count
+
+    def cache_len(self) -> int:
+        """Return the number of compiled programs cached."""
+        return len(self._cache)
+
+    def _compiled(self, source: str) -> Program:
+        """Return ``source`` compiled, from the cache when it is there."""
+        program = self._cache.get(source)
+        if program is not None:
+            self._cache.move_to_end(source)
+            return program
+        program = compile_program(source)
+        if self.cache_size and len(source) <= CACHE_MAX_SOURCE:
+            self._cache[source] = program
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return program
+
+    def run(self, source: str) -> Result:
+        """Run ``source`` as ``python -c`` would; return its Result.
+
+        Never raises for anything the program does: exceptions, SystemExit
+        and KeyboardInterrupt all become part of the Result.
+        """
+        sink = _Sink()
+        out = io.TextIOWrapper(sink, encoding="utf-8", write_through=True)
+        err = io.TextIOWrapper(sink, encoding="utf-8", errors="backslashreplace",
+                               write_through=True)
+        saved = [getattr(sys, name) for name in _SYS_ATTRS]
+        saved_path = sys.path[:]
+        saved_main = sys.modules.get("__main__")
+        main = _fresh_main()
+        sys.modules["__main__"] = main
+        sys.stdin, sys.stdout, sys.stderr = io.StringIO(), out, err
+        sys.argv = ["-c"]
+        try:
+            exit_code = self._execute(source, main.__dict__, err)
+        finally:
+            for name, value in zip(_SYS_ATTRS, saved):
+                setattr(sys, name, value)
+            if sys.path != saved_path:
+                sys.path[:] = saved_path
+            sys.modules["__main__"] = saved_main
+            os.fchdir(self._home_fd)
+        output = _utf8(sink.getvalue())
+        return Result(protocol.OK if exit_code == 0 else protocol.ERROR, output, exit_code)
+
+    def _execute(self, source: str, namespace: dict, err) -> int:
+        """Compile and run ``source`` in ``namespace``; return python's exit code."""
+        try:
+            program = self._compiled(source)
+        except Exception as exc:  # SyntaxError, ValueError (NUL bytes), RecursionError...
+            # Like python -c: no "Traceback" header, just the error and its caret.
+            err.write("".join(traceback.format_exception_only(type(exc), exc)))
+            return 1
+        try:
+            exec(program.body, namespace)
+            if program.echo is not None:
+                _echo(eval(program.echo, namespace))
+        except SystemExit as exc:
+            return _system_exit_code(exc, err)
+        except BaseException as exc:
+            _print_exception(exc, err)
+            return 1
+        return 0
+
+
+def _fresh_main() -> types.ModuleType:
+    """Return a new ``__main__`` module whose globals look as under python -c."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__builtins__=builtins, __annotations__={},
+                         __loader__=BuiltinImporter)
+    return main
+
+
+def _echo(value) -> None:
+    """Write ``value`` as ``sys.displayhook`` does, without touching ``builtins._``."""
+    if value is not None:
+        sys.stdout.write(repr(value) + "\n")
+
+
+def _print_exception(exc: BaseException, err) -> None:
+    """Print ``exc`` with its traceback as python -c does, without pyrust's own frame."""
+    tb = exc.__traceback__
+    # The first entry is Executor._execute, which called exec(); python's
+    # traceback starts at the program's own frame.
+    tb = tb.tb_next if tb is not None else None
+    try:
+        sys.stdout.flush()  # what the program printed comes before its traceback
+    except (ValueError, OSError):
+        pass
+    err.write("".join(traceback.format_exception(type(exc), exc, tb)))
+
+
+def _system_exit_code(exc: SystemExit, err) -> int:
+    """Return the exit code python gives for ``exc``, printing a message as it does."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF  # as the OS truncates it: exit(-1) and exit(255) give 255
+    err.write("%s\n" % (code,))
+    return 1
+
+
+def _utf8(data: bytes) -> bytes:
+    """Return ``data`` unchanged if valid UTF-8, else with bad bytes replaced by U+FFFD."""
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace").encode("utf-8")

@@ -1,0 +1,139 @@
+"""A worker: a blocking accept loop on the shared listening socket.
+
+Each worker serves one connection at a time, request after request, until the
+client closes it, stays idle past ``idle_timeout``, or the worker is told to
+stop.  Nothing on this path polls or sleeps: the worker sleeps in ``accept()``
+or ``recv()`` until the kernel hands it work.
+"""
+
+import errno
+import logging
+import os
+import signal
+import socket
+import struct
+
+from pyrust import protocol
+from pyrust.server.executor import Executor
+
+log = logging.getLogger("pyrust.worker")
+
+# What the worker is doing, so the stop signal knows what it may interrupt.
+ACCEPTING, WAITING, BUSY = "accepting", "waiting", "busy"
+#: accept() errors that concern one connection or a passing shortage, not the listener.
+_TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EINTR, errno.EMFILE, errno.ENFILE,
+                            errno.ENOBUFS, errno.ENOMEM, errno.EPROTO}
+
+
+class Worker:
+    """Serves requests from ``listener`` until stopped; see :meth:`run`."""
+
+    def __init__(self, listener: socket.socket, config) -> None:
+        self.listener = listener
+        self.config = config
+        self.executor = Executor(config.compile_cache_size)
+        self.alive = True
+        self.phase = ACCEPTING
+        self.conn = None
+        self.served = 0
+        seconds = config.idle_timeout
+        self._timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+
+    def _on_stop(self, signum, frame) -> None:
+        """SIGTERM: finish the request in flight, then exit.
+
+        Recording the flag is not enough when the worker sleeps in a system
+        call, so the handler also takes away what it sleeps on: closing our
+        copy of the listener makes a retried accept() fail (other processes'
+        copies are untouched), and shutting the read side of an idle
+        connection makes recv() return end-of-file.  A request already
+        running is never interrupted.
+        """
+        self.alive = False
+        self.listener.close()
+        if self.phase == WAITING and self.conn is not None:
+            try:
+                self.conn.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+    def install_signals(self) -> None:
+        """Set the worker's signal dispositions (called in the child after fork)."""
+        signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours
+        signal.signal(signal.SIGTERM, self._on_stop)
+        # Ctrl-C in a terminal reaches the whole process group; the supervisor
+        # turns it into an orderly stop, so the worker ignores it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+
+    def run(self) -> int:
+        """Accept and serve connections until stopped; return the exit code."""
+        log.debug("worker %d started", os.getpid())
+        while self.alive:
+            self.phase = ACCEPTING
+            try:
+                conn, _ = self.listener.accept()
+            except OSError as exc:
+                if not self.alive:
+                    break
+                if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
+                    log.warning("accept failed: %s", exc)
+                    continue
+                raise
+            try:
+                self.serve_connection(conn)
+            finally:
+                self.conn = None
+                conn.close()
+        log.debug("worker %d stopping after %d requests", os.getpid(), self.served)
+        return 0
+
+    def serve_connection(self, conn: socket.socket) -> None:
+        """Serve requests on ``conn`` until it closes, idles out, or the worker stops."""
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._timeval)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval)
+        self.conn = conn
+        try:
+            while self.alive and self.handle_request(conn):
+                pass
+        except protocol.ConnectionClosed as exc:
+            if exc.partial:
+                log.info("client closed the connection in the middle of a request")
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                log.info("closing a connection idle for %g s", self.config.idle_timeout)
+            else:
+                log.info("connection error: %s", exc)
+
+    def handle_request(self, conn: socket.socket) -> bool:
+        """Read one request from ``conn``, run it and send the reply.
+
+        Return whether the connection can carry another request (not after a
+        refused frame whose payload was left unread).  Raise ConnectionClosed
+        or OSError when the connection is gone.
+        """
+        self.phase = WAITING
+        header = protocol.recv_exact(conn, protocol.HEADER.size)
+        self.phase = BUSY  # from the first byte on, the request is in flight
+        (length,) = protocol.HEADER.unpack(header)
+        try:
+            protocol.check_length(length, self.config.max_request_bytes)
+            code = protocol.decode_code(protocol.recv_exact(conn, length, started=True))
+        except protocol.ProtocolError as exc:
+            log.info("refused a request: %s", exc)
+            conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, str(exc).encode()))
+            return not exc.fatal
+        try:
+            result = self.executor.run(code)
+        except Exception:
+            # The executor contains everything a program does, so this is a
+            # pyrust bug; the worker's state is suspect, so it retires.
+            log.exception("internal error while running a request")
+            self.alive = False
+            conn.sendall(protocol.encode_response(
+                protocol.SERVICE_ERROR, b"pyrust: internal error in the worker; see the service log"))
+            return False
+        self.served += 1
+        conn.sendall(protocol.encode_response(result.status, result.output))
+        return True
