@@ -13,7 +13,6 @@ import collections
 import io
 import os
 import sys
-import traceback
 import types
 from importlib.machinery import BuiltinImporter
 
@@ -121,8 +120,13 @@ class Executor:
             program = self._compiled(source)
         except Exception as exc:  # SyntaxError, ValueError (NUL bytes), RecursionError...
             # Like python -c: no "Traceback" header, just the error and its caret.
-            err.write("".join(traceback.format_exception_only(type(exc), exc)))
+            _print_like_python(exc, None, err)
             return 1
+        limit = sys.getrecursionlimit()
+        # python -c runs the program's frame at depth 1; here pyrust's frames
+        # (and the exec() call itself) lie below it, so the limit grows by
+        # their number and a program may recurse exactly as deep as under python.
+        sys.setrecursionlimit(limit + _stack_depth() + 1)
         try:
             exec(program.body, namespace)
             if program.echo is not None:
@@ -132,6 +136,8 @@ class Executor:
         except BaseException as exc:
             _print_exception(exc, err)
             return 1
+        finally:
+            sys.setrecursionlimit(limit)
         return 0
 
 
@@ -141,6 +147,14 @@ def _fresh_main() -> types.ModuleType:
     main.__dict__.update(__builtins__=builtins, __annotations__={},
                          __loader__=BuiltinImporter)
     return main
+
+
+def _stack_depth() -> int:
+    """Return the number of Python frames on the stack, the caller's included."""
+    depth, frame = 0, sys._getframe(1)
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    return depth
 
 
 def _echo(value) -> None:
@@ -155,11 +169,18 @@ def _print_exception(exc: BaseException, err) -> None:
     # The first entry is Executor._execute, which called exec(); python's
     # traceback starts at the program's own frame.
     tb = tb.tb_next if tb is not None else None
+    _print_like_python(exc, tb, err)
+
+
+def _print_like_python(exc: BaseException, tb, err) -> None:
+    """Print ``exc`` with python's own C printer (not the traceback module, whose
+    carets differ), to ``err`` whatever the program did to ``sys.stderr``."""
+    saved = sys.stderr
+    sys.stderr = err
     try:
-        sys.stdout.flush()  # what the program printed comes before its traceback
-    except (ValueError, OSError):
-        pass
-    err.write("".join(traceback.format_exception(type(exc), exc, tb)))
+        sys.__excepthook__(type(exc), exc.with_traceback(tb), tb)
+    finally:
+        sys.stderr = saved
 
 
 def _system_exit_code(exc: SystemExit, err) -> int:

@@ -88,6 +88,7 @@ class Supervisor:
         # Hold our signals across fork so the child cannot run the supervisor's
         # handlers (and write to its wake-up pipe) before it installs its own.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS + (signal.SIGCHLD,))
+        supervisor_pid = os.getpid()
         pid = os.fork()
         if pid:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
@@ -98,7 +99,7 @@ class Supervisor:
             os.close(self._wake_r)
             os.close(self._wake_w)
             worker = Worker(self.listener.sock, self.config)
-            worker.install_signals()
+            worker.install_signals(supervisor_pid)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             code = worker.run()
         except BaseException:
@@ -128,8 +129,8 @@ class Supervisor:
 
     def _shutdown(self) -> int:
         """Let in-flight requests finish, kill what is left at the deadline; return 0."""
-        self.notifier.notify("STOPPING=1")
         self._signal_workers(signal.SIGTERM)
+        self.notifier.notify("STOPPING=1")
         deadline = time.monotonic() + self.config.graceful_timeout
         while self.workers:
             left = deadline - time.monotonic()

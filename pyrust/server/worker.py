@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 
 from pyrust import protocol
 from pyrust.server.executor import Executor
@@ -23,6 +24,22 @@ ACCEPTING, WAITING, BUSY = "accepting", "waiting", "busy"
 #: accept() errors that concern one connection or a passing shortage, not the listener.
 _TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EINTR, errno.EMFILE, errno.ENFILE,
                             errno.ENOBUFS, errno.ENOMEM, errno.EPROTO}
+
+
+def _terminate_with_parent() -> None:
+    """Have the kernel send SIGTERM when the parent exits (Linux ``PR_SET_PDEATHSIG``).
+
+    Elsewhere this does nothing; the supervisor's normal stop still reaches
+    every worker, only a SIGKILLed supervisor leaves them to finish alone.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
 
 
 class Worker:
@@ -57,10 +74,17 @@ class Worker:
             except OSError:
                 pass
 
-    def install_signals(self) -> None:
-        """Set the worker's signal dispositions (called in the child after fork)."""
+    def install_signals(self, supervisor_pid: int) -> None:
+        """Set the worker's signal dispositions (called in the child after fork).
+
+        The worker also asks for SIGTERM when the supervisor dies, however it
+        dies, so orphaned workers never keep serving the socket on their own.
+        """
         signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours
         signal.signal(signal.SIGTERM, self._on_stop)
+        _terminate_with_parent()
+        if os.getppid() != supervisor_pid:  # it died before we asked
+            self._on_stop(signal.SIGTERM, None)
         # Ctrl-C in a terminal reaches the whole process group; the supervisor
         # turns it into an orderly stop, so the worker ignores it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,201 @@
+"""Fixtures that run real servers on real sockets.
+
+A test owns the listening socket: it binds it, then hands the fd to the server
+exactly as systemd does (fd 3, ``LISTEN_FDS=1``, ``LISTEN_PID`` = the server's
+pid).  Connections made before the server is up wait in the backlog, so no
+test ever sleeps or polls to wait for readiness.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from pyrust import protocol
+
+TIMEOUT = 30.0  # upper bound on any single blocking call in the tests
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pyrust_env(**extra) -> dict:
+    """Return an environment that runs this checkout's pyrust with this interpreter."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LISTEN_", "NOTIFY_SOCKET", "PYRUST_"))}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def request(path_or_sock, code, timeout=TIMEOUT):
+    """Send one v1 request (str or raw bytes); return ``(status, output_text)``."""
+    payload = code.encode() if isinstance(code, str) else code
+    if isinstance(path_or_sock, socket.socket):
+        path_or_sock.sendall(protocol.encode_request(payload))
+        status, out = protocol.read_response(path_or_sock)
+        return status, out.decode()
+    with connect(path_or_sock, timeout) as sock:
+        return request(sock, payload)
+
+
+def connect(path, timeout=TIMEOUT) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(path)
+    return sock
+
+
+class Server:
+    """A ``pyrust serve`` process started on a socket the test owns."""
+
+    def __init__(self, base, config_text="", workers=2, env=None):
+        base.mkdir(mode=0o700)
+        self.dir = base
+        self.path = str(base / "pyrust.sock")
+        self.log_path = base / "server.log"
+        config = base / "config.toml"
+        config.write_text("workers = %d\n%s" % (workers, config_text))
+        self.config_path = str(config)
+        self.env = env or {}
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(128)
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(base / "notify.sock"))
+        self.notify.settimeout(TIMEOUT)
+        self.start()
+
+    def start(self):
+        """Start a server process on the listening socket (again, after a stop)."""
+        fd = self.listener.fileno()
+        # bash (dash takes single-digit fds only) sets LISTEN_PID to its own
+        # pid, then execs the server (same pid) with the listener as fd 3.
+        script = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@" 3<&%d %d<&-' % (fd, fd)
+        command = ["/bin/bash", "-c", script, "bash", sys.executable, "-m", "pyrust",
+                   "serve", "--config", self.config_path]
+        env = pyrust_env(LISTEN_FDS="1", NOTIFY_SOCKET=self.notify.getsockname(), **self.env)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                command, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=env, cwd=str(self.dir))
+
+    def wait_notification(self, key: str) -> str:
+        """Return the next service-manager message that contains ``key`` (e.g. READY=1)."""
+        while True:
+            message = self.notify.recv(4096).decode()
+            if key in message.split("\n"):
+                return message
+
+    def request(self, code, timeout=TIMEOUT):
+        return request(self.path, code, timeout)
+
+    def connect(self, timeout=TIMEOUT):
+        return connect(self.path, timeout)
+
+    def worker_pids(self) -> set:
+        import psutil
+
+        return {p.pid for p in psutil.Process(self.proc.pid).children()}
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        """Signal the supervisor and return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(TIMEOUT)
+
+    def close(self):
+        _end(self.proc)
+        self.listener.close()
+        self.notify.close()
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    """Return a factory of Servers; every server is stopped after the test."""
+    servers = []
+
+    def factory(config_text="", workers=2, env=None):
+        server = Server(tmp_path / ("server%d" % len(servers)), config_text, workers, env)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def server(make_server):
+    """A running two-worker server with the default configuration."""
+    return make_server()
+
+
+class Standalone:
+    """A ``pyrust serve --socket PATH`` process that binds its own socket."""
+
+    def __init__(self, base, socket_path, args=(), env=None):
+        base.mkdir(exist_ok=True)
+        self.path = socket_path
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(base / ("notify-%d.sock" % id(self))))
+        self.notify.settimeout(TIMEOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pyrust", "serve", "--socket", socket_path, *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=pyrust_env(NOTIFY_SOCKET=self.notify.getsockname(), **(env or {})))
+
+    def wait_ready(self) -> bool:
+        """Return True once READY=1 arrives, False if the server exits first."""
+        import select
+
+        while True:
+            readable, _, _ = select.select([self.notify, self.proc.stderr], [], [], TIMEOUT)
+            assert readable, "server neither became ready nor exited"
+            if self.notify in readable:
+                if "READY=1" in self.notify.recv(4096).decode().split("\n"):
+                    return True
+            else:  # stderr closed or wrote: wait for the exit if it is ending
+                self.proc.wait(TIMEOUT)
+                return False
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(TIMEOUT)
+        self.notify.close()
+        return code
+
+    def stderr(self) -> str:
+        return self.proc.stderr.read().decode()
+
+
+@pytest.fixture
+def standalone(tmp_path):
+    """Return a factory of Standalone servers; all are stopped after the test."""
+    started = []
+
+    def factory(socket_path, args=(), env=None):
+        server = Standalone(tmp_path / "standalone", socket_path, args, env)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        _end(server.proc)
+        server.notify.close()
+
+
+def _end(proc):
+    """Stop a server process (gracefully if it still runs) and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(TIMEOUT)

@@ -1,0 +1,120 @@
+"""The ``pyrust`` command: transcripts against a live server, lean start-up, --daemon."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TIMEOUT, pyrust_env
+
+TRACEBACK = ('Traceback (most recent call last):\n  File "<string>", line 1, in <module>\n'
+             'ZeroDivisionError: division by zero\n')
+
+# (arguments, stdout, stderr, exit status); "{socket}" is the live server's path.
+TRANSCRIPTS = [
+    (["-c", "2+3"], "5\n", "", 0),
+    (["-c", "print(42)"], "42\n", "", 0),
+    (["-c", "x = 10\ny = 20\nx + y"], "30\n", "", 0),
+    (["-c2+3"], "5\n", "", 0),
+    (["-c", ""], "", "", 0),
+    (["-c", "print('\u00e9\u2713')"], "\u00e9\u2713\n", "", 0),
+    (["-c", "1/0"], "", TRACEBACK, 1),
+    (["-c", "raise SystemExit(0)"], "", "", 0),
+    (["-c", "raise SystemExit('bye')"], "", "bye\n", 1),
+    (["--socket", "{socket}", "-c", "2+3"], "5\n", "", 0),
+    (["--socket={socket}", "-c", "2+3"], "5\n", "", 0),
+    (["-c", "2+3", "arg"], "", "pyrust: arguments after -c CODE are not supported yet\n", 2),
+    (["-c"], "", "pyrust: -c needs an argument\n", 2),
+    (["--bogus"], "", "pyrust: unknown argument '--bogus'\n", 2),
+    ([], "", "pyrust: nothing to do\n", 2),
+    (["--socket"], "", "pyrust: --socket needs a value\n", 2),
+    (["--version"], "pyrust 0.1.0\n", "", 0),
+    (["--socket", "/nonexistent/pyrust.sock", "-c", "1"], "",
+     "pyrust: no pyrust service at /nonexistent/pyrust.sock (No such file or directory); "
+     "start it with 'pyrust --daemon' (or run ./install.sh)\n", 125),
+]
+
+
+def pyrust(args, env=None, **kwargs):
+    """Run the pyrust command with this checkout; return the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, "-m", "pyrust", *args], capture_output=True,
+                          timeout=TIMEOUT, env=pyrust_env(**(env or {})), **kwargs)
+
+
+@pytest.mark.parametrize("args, stdout, stderr, code", TRANSCRIPTS,
+                         ids=lambda v: repr(v) if isinstance(v, list) else "")
+def test_transcript(server, args, stdout, stderr, code):
+    args = [a.replace("{socket}", server.path) for a in args]
+    result = pyrust(args, env={"PYRUST_SOCKET": server.path})
+    # Usage errors print the usage after the message.
+    assert result.stderr.decode().startswith(stderr) if code == 2 else \
+        result.stderr.decode() == stderr
+    assert (result.stdout.decode(), result.returncode) == (stdout, code)
+
+
+def test_help(server):
+    result = pyrust(["--help"])
+    assert result.returncode == 0 and "usage: pyrust" in result.stdout.decode()
+
+
+def test_socket_from_the_configuration_file(server, tmp_path):
+    config = tmp_path / "pyrust" / "config.toml"
+    config.parent.mkdir()
+    config.write_text("socket = %r\n" % server.path)
+    assert pyrust(["-c", "2+3"], env={"XDG_CONFIG_HOME": str(tmp_path)}).stdout == b"5\n"
+    assert pyrust(["--config", str(config), "-c", "2+3"]).stdout == b"5\n"
+
+
+def test_a_bad_configuration_is_reported_by_the_client(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("socket = 3\n")
+    result = pyrust(["--config", str(config), "-c", "2+3"])
+    assert result.returncode == 125
+    assert result.stderr.decode().startswith("pyrust: %s: key 'socket'" % config)
+
+
+def test_the_client_imports_no_server_code():
+    code = ("import sys; sys.argv = ['pyrust', '--socket', '/nonexistent', '-c', '1']\n"
+            "from pyrust.cli import main; main()")
+    # -S: site's own imports (an editable install's finder pulls in re) are not the client's.
+    result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code],
+                            capture_output=True, timeout=TIMEOUT, env=pyrust_env())
+    imported = set(re.findall(r"\|\s+(\S+)\n", result.stderr.decode()))
+    assert "pyrust.client" in imported  # the measurement does see the client path
+    heavy = {"pyrust.server", "pyrust.config", "argparse", "re", "socket", "subprocess",
+             "logging", "dataclasses", "tomllib", "tomli", "selectors", "enum"}
+    assert imported & heavy == set()
+    assert not any(name.startswith("pyrust.server") for name in imported)
+
+
+def test_daemon_starts_a_background_server_once(tmp_path):
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    (tmp_path / "run").mkdir(mode=0o700)
+    socket_path = str(tmp_path / "run" / "pyrust" / "pyrust.sock")
+    assert pyrust(["-c", "2+3"], env=env).returncode == 125
+    first = pyrust(["--daemon"], env=env)
+    assert first.returncode == 0, first.stderr
+    pid = int(re.search(rb"pid (\d+)", first.stdout).group(1))
+    try:
+        assert pyrust(["-c", "2+3"], env=env).stdout == b"5\n"
+        again = pyrust(["--daemon"], env=env)
+        assert again.returncode == 0
+        assert again.stdout.decode() == "pyrust: already serving on %s\n" % socket_path
+        assert os.path.exists(tmp_path / "state" / "pyrust" / "pyrust.log")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+def test_daemon_reports_a_server_that_cannot_start(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('preload = ["no_such_module_xyz"]\n')
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    result = pyrust(["--socket", str(tmp_path / "s.sock"), "--config", str(config), "--daemon"],
+                    env=env)
+    assert result.returncode == 125
+    assert "the server did not start" in result.stderr.decode()
+    assert "cannot preload module 'no_such_module_xyz'" in result.stderr.decode()

@@ -1,0 +1,257 @@
+"""The pre-fork server, end to end: real sockets, real processes, real signals."""
+
+import os
+import signal
+import socket
+import stat
+import struct
+import threading
+
+import pytest
+
+from pyrust import protocol
+from conftest import TIMEOUT, connect, request
+
+
+def test_fifty_threads_each_get_their_own_replies(make_server):
+    server = make_server(workers=2)
+    errors = []
+
+    def client(n):
+        try:
+            # Half the threads keep one connection, half connect per request.
+            sock = server.connect() if n % 2 else None
+            for i in range(200):
+                code = "print(%d)\n%d * 1000 + %d" % (n, n, i)
+                reply = request(sock or server.path, code)
+                if reply != (0, "%d\n%d\n" % (n, n * 1000 + i)):
+                    errors.append((n, i, reply))
+            if sock:
+                sock.close()
+        except Exception as exc:  # reported below; a thread must not die silently
+            errors.append((n, repr(exc)))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
+def test_two_hundred_requests_on_one_connection(server):
+    with server.connect() as sock:
+        for i in range(200):
+            assert request(sock, "x = %d\nx * 2" % i) == (0, "%d\n" % (i * 2))
+
+
+def test_fresh_globals_per_request_on_one_connection(server):
+    with server.connect() as sock:
+        assert request(sock, "leak = 1") == (0, "")
+        assert request(sock, "'leak' in globals()") == (0, "False\n")
+
+
+def test_a_five_mib_program_is_served(server):
+    code = "data = '" + "x" * (5 * 1024 * 1024) + "'\nlen(data)"
+    assert server.request(code) == (0, "%d\n" % (5 * 1024 * 1024))
+
+
+def test_an_oversized_request_is_refused_and_the_server_keeps_serving(make_server):
+    server = make_server("max_request_bytes = 1048576\n", workers=1)
+    code = b"#" * (1024 * 1024 + 1)
+    with server.connect() as sock:
+        sock.sendall(struct.pack(">I", len(code)))  # the body need not even be sent
+        status, output = protocol.read_response(sock)
+        assert status == protocol.BAD_REQUEST
+        assert output.decode() == ("request too large: 1048577 bytes, the maximum is 1048576 "
+                                   "bytes (max_request_bytes in the configuration)")
+        assert sock.recv(1) == b""  # the unread body would desynchronise the stream
+    assert server.request("#" * (1024 * 1024)) == (0, "")  # exactly the maximum is fine
+    assert server.request("2+3") == (0, "5\n")
+
+
+def test_invalid_utf8_is_refused_and_the_connection_stays_usable(server):
+    with server.connect() as sock:
+        status, output = request(sock, b"print('\xff')")
+        assert status == protocol.BAD_REQUEST and "not valid UTF-8" in output
+        assert request(sock, "2+3") == (0, "5\n")
+
+
+@pytest.mark.parametrize("fragment", [b"", b"\x00\x00", b"\x00\x00\x00\x10print(", None])
+def test_clients_that_vanish_do_not_disturb_others(make_server, fragment):
+    server = make_server(workers=1)  # one worker: anything stuck would block the rest
+    with server.connect() as sock:
+        if fragment is None:  # a whole request, then gone before the reply
+            sock.sendall(protocol.encode_request(b"import time; time.sleep(0.2); 1"))
+        else:
+            sock.sendall(fragment)
+    for i in range(3):
+        assert server.request("%d + 1" % i) == (0, "%d\n" % (i + 1))
+
+
+def test_an_idle_connection_is_closed_and_does_not_block_others(make_server):
+    server = make_server("idle_timeout = 0.3\n", workers=1)
+    with server.connect() as idle:
+        # The single worker is stuck with `idle` until the timeout frees it.
+        assert server.request("2+3") == (0, "5\n")
+        assert idle.recv(1) == b""
+    assert "idle for 0.3 s" in server.log()
+
+
+def test_a_killed_worker_is_replaced(make_server):
+    server = make_server(workers=1)
+    status, pid = server.request("import os; os.getpid()")
+    with server.connect() as sock:
+        # The worker is SIGKILLed while it runs a request (not while it sits in
+        # accept(), where the kernel may hand it one more connection as it dies).
+        sock.sendall(protocol.encode_request(b"import os, signal; os.kill(os.getpid(), 9)"))
+        with pytest.raises(protocol.ConnectionClosed):
+            protocol.read_response(sock)
+    status, new_pid = server.request("import os; os.getpid()")  # waits in the backlog
+    assert status == 0 and new_pid != pid
+    for i in range(5):
+        assert server.request("%d * 3" % i) == (0, "%d\n" % (i * 3))
+    assert "worker %d died" % int(pid) in server.log()
+    assert "killed by SIGKILL" in server.log()
+
+
+def test_exit_in_a_program_does_not_kill_the_worker(make_server):
+    server = make_server(workers=1)
+    pid = server.request("import os; os.getpid()")
+    assert server.request("raise SystemExit(4)")[0] == protocol.ERROR
+    assert server.request("import sys; sys.exit(0)") == (0, "")
+    assert server.request("import os; os.getpid()") == pid
+
+
+def test_sigterm_lets_the_request_in_flight_finish(make_server, tmp_path):
+    server = make_server(workers=1)
+    sync = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sync.bind(str(tmp_path / "sync.sock"))
+    sync.listen(1)
+    sync.settimeout(TIMEOUT)
+    code = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect(%r)\n"
+            "s.sendall(b'started')\ns.recv(2)\n'finished'" % str(tmp_path / "sync.sock"))
+    with server.connect() as sock, sync:
+        sock.sendall(protocol.encode_request(code.encode()))
+        peer, _ = sync.accept()
+        with peer:
+            assert peer.recv(7) == b"started"
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_notification("STOPPING=1")  # the workers have been told to stop
+            with server.connect() as late:
+                late.sendall(protocol.encode_request(b"'late'"))
+                peer.sendall(b"go")
+                assert protocol.read_response(sock) == (0, b"'finished'\n")
+                assert sock.recv(1) == b""  # a stopping worker takes no further request
+                assert server.proc.wait(TIMEOUT) == 0
+                # `late` was never accepted: it waits in the socket's backlog, and a
+                # new server on the same socket answers it. Nothing is lost.
+                server.start()
+                assert protocol.read_response(late) == (0, b"'late'\n")
+
+
+def test_sigterm_on_an_idle_server_exits_0_and_keeps_a_passed_socket(server):
+    assert server.request("1") == (0, "1\n")
+    with server.connect() as idle_connection:
+        assert request(idle_connection, "2") == (0, "2\n")
+        assert server.stop() == 0
+        assert idle_connection.recv(1) == b""
+    assert os.path.exists(server.path)  # a socket handed over is never unlinked
+    assert "stopped" in server.log()
+
+
+def test_preload_imports_modules_before_the_fork(make_server):
+    server = make_server('preload = ["decimal", "fractions"]\n')
+    assert server.request("import sys; 'decimal' in sys.modules and 'fractions' in sys.modules") \
+        == (0, "True\n")
+    plain = make_server()
+    assert plain.request("import sys; 'fractions' in sys.modules") == (0, "False\n")
+
+
+def test_a_preload_that_fails_is_a_clear_startup_error(make_server):
+    server = make_server('preload = ["json", "no_such_module_xyz"]\n')
+    assert server.proc.wait(TIMEOUT) == 1
+    assert ("pyrust: cannot preload module 'no_such_module_xyz': ModuleNotFoundError: "
+            "No module named 'no_such_module_xyz'") in server.log()
+
+
+def test_a_bad_configuration_is_a_clear_startup_error(make_server):
+    server = make_server("wrokers = 2\n")
+    assert server.proc.wait(TIMEOUT) == 1
+    assert "unknown key 'wrokers'" in server.log()
+
+
+# --- standalone mode: the server binds its own socket -----------------------
+
+def test_standalone_creates_a_private_directory_and_socket(tmp_path, standalone):
+    path = str(tmp_path / "new" / "dir" / "pyrust.sock")
+    server = standalone(path)
+    assert server.wait_ready()
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert request(path, "2+3") == (0, "5\n")
+    assert server.stop() == 0
+    assert not os.path.exists(path)  # it removes the socket it bound
+
+
+def test_standalone_replaces_a_stale_socket(tmp_path, standalone):
+    path = str(tmp_path / "pyrust.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()  # the file stays, nobody listens: what a crash leaves behind
+    server = standalone(path)
+    assert server.wait_ready()
+    assert request(path, "2+3") == (0, "5\n")
+    assert server.stop() == 0
+
+
+def test_standalone_never_steals_a_live_socket(tmp_path, standalone):
+    path = str(tmp_path / "pyrust.sock")
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    owner.bind(path)
+    owner.listen(1)
+    with owner:
+        server = standalone(path)
+        assert not server.wait_ready()
+        assert server.proc.returncode == 1
+        assert "a live socket already listens on %s" % path in server.stderr()
+        assert stat.S_ISSOCK(os.stat(path).st_mode)  # still there, still the owner's
+        client = connect(path)
+        owner.settimeout(TIMEOUT)
+        owner.accept()[0].close()
+        client.close()
+
+
+def test_a_second_standalone_server_on_the_same_path_is_refused(tmp_path, standalone):
+    path = str(tmp_path / "pyrust.sock")
+    first = standalone(path)
+    assert first.wait_ready()
+    second = standalone(path)
+    assert not second.wait_ready()
+    assert second.proc.returncode == 1
+    assert "already running on %s" % path in second.stderr()
+    assert request(path, "2+3") == (0, "5\n")  # the first one is untouched
+    assert first.stop() == 0
+
+
+def test_standalone_refuses_a_path_that_is_not_a_socket(tmp_path, standalone):
+    path = tmp_path / "pyrust.sock"
+    path.write_text("precious")
+    server = standalone(str(path))
+    assert not server.wait_ready()
+    assert "exists and is not a socket" in server.stderr()
+    assert path.read_text() == "precious"
+
+
+def test_workers_stop_when_the_supervisor_is_killed(make_server):
+    import psutil
+
+    server = make_server(workers=2)
+    assert server.request("1") == (0, "1\n")
+    workers = [psutil.Process(pid) for pid in server.worker_pids()]
+    assert len(workers) == 2
+    server.proc.kill()  # SIGKILL: the supervisor gets no chance to stop them
+    server.proc.wait(TIMEOUT)
+    gone, alive = psutil.wait_procs(workers, timeout=TIMEOUT)
+    assert alive == []
