@@ -11,7 +11,8 @@ import pytest
 from conftest import TIMEOUT, pyrust_env
 
 TRACEBACK = ('Traceback (most recent call last):\n  File "<string>", line 1, in <module>\n'
-             'ZeroDivisionError: division by zero\n')
+             + ('    1/0\n    ~^~\n' if sys.version_info >= (3, 13) else '')  # as python shows it
+             + 'ZeroDivisionError: division by zero\n')
 
 # (arguments, stdout, stderr, exit status); "{socket}" is the live server's path.
 TRANSCRIPTS = [

@@ -11,6 +11,7 @@ import ast
 import builtins
 import collections
 import io
+import linecache
 import os
 import sys
 import types
@@ -22,6 +23,12 @@ FILENAME = "<string>"  # what python -c names the code in tracebacks
 #: Programs larger than this are compiled every time rather than cached, so
 #: the cache's memory stays bounded by ``entries × 1 MiB``.
 CACHE_MAX_SOURCE = 1 << 20
+#: Recursion levels that the interpreter counts below the program's frame
+#: besides pyrust's Python frames (C-level calls such as exec() itself); they
+#: differ by version, and the differential test against python -c checks them.
+_EXTRA_DEPTH = {(3, 9): 2, (3, 10): 2, (3, 11): 1}.get(sys.version_info[:2], 0)
+#: Python 3.13+ shows the source lines of python -c code in tracebacks.
+_SHOW_SOURCE = sys.version_info >= (3, 13)
 #: ``sys`` attributes a program may rebind and the next one must not see.
 _SYS_ATTRS = ("stdin", "stdout", "stderr", "argv", "displayhook", "excepthook")
 
@@ -124,9 +131,11 @@ class Executor:
             return 1
         limit = sys.getrecursionlimit()
         # python -c runs the program's frame at depth 1; here pyrust's frames
-        # (and the exec() call itself) lie below it, so the limit grows by
-        # their number and a program may recurse exactly as deep as under python.
-        sys.setrecursionlimit(limit + _stack_depth() + 1)
+        # lie below it, so the limit grows by their number and a program may
+        # recurse exactly as deep as under python.
+        sys.setrecursionlimit(limit + _stack_depth() + _EXTRA_DEPTH)
+        if _SHOW_SOURCE:
+            linecache.cache[FILENAME] = (len(source), None, source.splitlines(True), FILENAME)
         try:
             exec(program.body, namespace)
             if program.echo is not None:
@@ -138,6 +147,8 @@ class Executor:
             return 1
         finally:
             sys.setrecursionlimit(limit)
+            if _SHOW_SOURCE:
+                linecache.cache.pop(FILENAME, None)
         return 0
 
 
