@@ -255,3 +255,12 @@ def test_workers_stop_when_the_supervisor_is_killed(make_server):
     server.proc.wait(TIMEOUT)
     gone, alive = psutil.wait_procs(workers, timeout=TIMEOUT)
     assert alive == []
+
+
+def test_a_program_that_takes_over_sigterm_does_not_break_the_stop(make_server):
+    server = make_server("graceful_timeout = 5\n", workers=1)
+    assert server.request("import signal; _ = signal.signal(signal.SIGTERM, signal.SIG_IGN)") \
+        == (0, "")
+    assert server.request("2+3") == (0, "5\n")
+    assert server.stop() == 0
+    assert "killing them" not in server.log()

@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 from pyrust import protocol
 from pyrust.server.executor import Executor
@@ -21,9 +22,11 @@ log = logging.getLogger("pyrust.worker")
 
 # What the worker is doing, so the stop signal knows what it may interrupt.
 ACCEPTING, WAITING, BUSY = "accepting", "waiting", "busy"
-#: accept() errors that concern one connection or a passing shortage, not the listener.
-_TRANSIENT_ACCEPT_ERRORS = {errno.ECONNABORTED, errno.EINTR, errno.EMFILE, errno.ENFILE,
-                            errno.ENOBUFS, errno.ENOMEM, errno.EPROTO}
+#: accept() errors that concern one connection, not the listener.
+_CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EINTR, errno.EPROTO}
+#: accept() errors from a passing shortage: retried after a pause, not in a tight loop.
+_SHORTAGE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+SHORTAGE_PAUSE = 0.1  # seconds
 
 
 def _terminate_with_parent() -> None:
@@ -101,8 +104,11 @@ class Worker:
             except OSError as exc:
                 if not self.alive:
                     break
-                if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
-                    log.warning("accept failed: %s", exc)
+                if exc.errno in _CONNECTION_ERRORS:
+                    continue
+                if exc.errno in _SHORTAGE_ERRORS:
+                    log.warning("accept failed: %s; retrying in %g s", exc, SHORTAGE_PAUSE)
+                    time.sleep(SHORTAGE_PAUSE)
                     continue
                 raise
             try:
@@ -159,5 +165,8 @@ class Worker:
                 protocol.SERVICE_ERROR, b"pyrust: internal error in the worker; see the service log"))
             return False
         self.served += 1
+        if signal.getsignal(signal.SIGTERM) != self._on_stop:
+            # The program took over SIGTERM; without ours, stopping would hang.
+            signal.signal(signal.SIGTERM, self._on_stop)
         conn.sendall(protocol.encode_response(result.status, result.output))
         return True
