@@ -69,31 +69,47 @@ def parse_args(argv: list) -> dict:
     raise UsageError("nothing to do")
 
 
-def socket_path(opts: dict) -> str:
-    """Resolve the socket path exactly as the server does."""
+def load_settings(opts: dict):
+    """Return (socket path, Config or None): the config is read only if a file exists."""
     from pyrust.paths import default_config_path, resolve_socket_path
 
-    config_socket = None
+    config = None
     # Reading TOML costs imports; do it only when a configuration exists.
     if opts["config"] is not None or os.path.exists(default_config_path()):
         from pyrust.config import load_config
 
-        config_socket = load_config(opts["config"]).socket
-    return resolve_socket_path(opts["socket"], config_socket)
+        config = load_config(opts["config"])
+    return resolve_socket_path(opts["socket"], config and config.socket), config
+
+
+def connect(opts: dict):
+    """Return a socket connected to the service, autostarting a server if allowed.
+
+    Raise PyrustError, saying what to do, when no service can be reached.
+    """
+    from pyrust import client
+    from pyrust.errors import PyrustError, ServiceUnavailable
+
+    path, config = load_settings(opts)
+    try:
+        return client.connect(path)
+    except ServiceUnavailable as exc:
+        if config is not None and not config.autostart:
+            raise PyrustError("%s; start it with 'pyrust --daemon' (autostart is off in the "
+                              "configuration)" % exc) from None
+    from pyrust.daemon import start_daemon
+
+    start_daemon(path, opts["config"], announce=False)
+    return client.connect(path)
 
 
 def run_code(opts: dict) -> int:
     """``pyrust -c CODE``: run it, write its output, return the exit code."""
     from pyrust import client, protocol
-    from pyrust.errors import PyrustError
 
     if opts["rest"]:
         raise UsageError("arguments after -c CODE are not supported yet")
-    path = socket_path(opts)
-    try:
-        sock = client.connect(path)
-    except PyrustError as exc:
-        raise PyrustError("%s; start it with 'pyrust --daemon' (or run ./install.sh)" % exc) from None
+    sock = connect(opts)
     try:
         status, output = client.execute(sock, opts["code"].encode("utf-8", "surrogateescape"))
     finally:
@@ -127,7 +143,7 @@ def main(argv: list = None) -> int:
         if action == "daemon":
             from pyrust.daemon import start_daemon
 
-            return start_daemon(socket_path(opts), opts["config"])
+            return start_daemon(load_settings(opts)[0], opts["config"])
         if action in ("version", "V"):
             print("pyrust %s" % __version__)
             return 0

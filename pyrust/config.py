@@ -19,6 +19,9 @@ import os
 from pyrust.errors import ConfigError
 from pyrust.paths import default_config_path
 
+#: Upper bound on ``workers``: the scoreboard holds two generations of them.
+MAX_WORKERS = 512
+
 
 def _positive_int(value):
     if type(value) is not int or value < 1:
@@ -50,6 +53,24 @@ def _module_names(value):
     return list(value)
 
 
+def _non_negative_seconds(value):
+    if type(value) not in (int, float) or not value >= 0:
+        raise ValueError("expected a number of seconds, 0 or more")
+    return float(value)
+
+
+def _boolean(value):
+    if type(value) is not bool:
+        raise ValueError("expected true or false")
+    return value
+
+
+def _worker_count(value):
+    if type(value) is not int or not 1 <= value <= MAX_WORKERS:
+        raise ValueError("expected a whole number from 1 to %d" % MAX_WORKERS)
+    return value
+
+
 def _log_level(value):
     if value not in ("debug", "info", "warning", "error"):
         raise ValueError('expected one of "debug", "info", "warning", "error"')
@@ -72,7 +93,7 @@ class Config:
         None, _optional_path,
         doc="socket path (default: $XDG_RUNTIME_DIR/pyrust/pyrust.sock)")
     workers: int = _setting(
-        check=_positive_int, factory=lambda: os.cpu_count() or 1,
+        check=_worker_count, factory=lambda: min(os.cpu_count() or 1, MAX_WORKERS),
         doc="worker processes (default: one per CPU)")
     preload: list = _setting(
         check=_module_names, factory=list,
@@ -89,6 +110,13 @@ class Config:
     graceful_timeout: float = _setting(
         30.0, _positive_seconds,
         doc="seconds in-flight requests get to finish on stop before workers are killed")
+    idle_exit: float = _setting(
+        3600.0, _non_negative_seconds,
+        doc="seconds without a request after which the service exits (0: never)")
+    autostart: bool = _setting(
+        True, _boolean,
+        doc="let `pyrust -c` start a background server when none answers and no "
+            "socket unit owns the path")
     log_level: str = _setting(
         "info", _log_level, doc="debug, info, warning or error")
 

@@ -1,11 +1,14 @@
-"""``pyrust --daemon``: start a standalone server in the background.
+"""Start a standalone server in the background: ``pyrust --daemon`` and autostart.
 
 Returns once the server says it is ready (``READY=1`` on a private notify
 socket, the same protocol systemd uses), so the next command finds it up.
+When several clients start a server at the same moment, one wins the
+socket's lock and the others wait for it to answer: one server, not two.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import socket
@@ -16,20 +19,44 @@ import time
 
 from pyrust.client import is_serving
 from pyrust.errors import StartupError
-from pyrust.paths import default_log_path
+from pyrust.paths import default_log_path, socket_unit_file
 
 START_TIMEOUT = 60.0  # preloading heavy modules can take a while
+RACE_POLL = 0.01      # seconds between checks while another client's server starts
 
 
-def start_daemon(path: str, config: str | None) -> int:
-    """Start ``pyrust serve`` on ``path`` in a new session; return 0 once it answers.
+def start_daemon(path: str, config: str | None, announce: bool = True) -> int:
+    """Make sure a server answers on ``path``, starting one if needed; return 0.
 
-    Return 0 at once if a service already answers there.  Raise StartupError
-    (quoting the server's log) if it exits or is not ready within START_TIMEOUT.
+    Raise StartupError if a socket unit owns ``path`` (the service manager
+    starts pyrust there, not the client), or if the server cannot start
+    (quoting its log).  ``announce`` prints where the server runs.
     """
     if is_serving(path):
-        print("pyrust: already serving on %s" % path)
+        if announce:
+            print("pyrust: already serving on %s" % path)
         return 0
+    unit = socket_unit_file(path)
+    if unit is not None:
+        raise StartupError("%s owns %s but nothing answers there; start it with the service "
+                           "manager (systemctl --user start pyrust.socket)" % (unit, path))
+    proc, log_path, log_start, ready = _spawn(path, config)
+    if ready:
+        if announce:
+            print("pyrust: serving on %s (pid %d, log %s)" % (path, proc.pid, log_path))
+        return 0
+    if proc.poll() is not None and _starting_elsewhere(path) and _wait_serving(path):
+        return 0  # another client's server won the race; it answers now
+    if proc.poll() is None:
+        proc.kill()
+    with open(log_path, "rb") as f:
+        f.seek(log_start)
+        tail = f.read().decode("utf-8", "replace").strip()
+    raise StartupError("the server did not start:\n%s" % (tail or "(no output; see %s)" % log_path))
+
+
+def _spawn(path: str, config: str | None):
+    """Start ``pyrust serve`` detached; return (process, log path, log offset, ready)."""
     log_path = default_log_path()
     os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
     command = [sys.executable, "-m", "pyrust", "serve", "--socket", path]
@@ -43,15 +70,7 @@ def start_daemon(path: str, config: str | None) -> int:
         start = log.tell()
         proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log, start_new_session=True, cwd="/")
-        if _wait_ready(notify, proc):
-            print("pyrust: serving on %s (pid %d, log %s)" % (path, proc.pid, log_path))
-            return 0
-    with open(log_path, "rb") as f:
-        f.seek(start)
-        tail = f.read().decode("utf-8", "replace").strip()
-    if proc.poll() is None:
-        proc.kill()
-    raise StartupError("the server did not start:\n%s" % (tail or "(no output; see %s)" % log_path))
+        return proc, log_path, start, _wait_ready(notify, proc)
 
 
 def _wait_ready(notify: socket.socket, proc: subprocess.Popen) -> bool:
@@ -64,4 +83,29 @@ def _wait_ready(notify: socket.socket, proc: subprocess.Popen) -> bool:
                 return True
         elif proc.poll() is not None:
             return False
+    return False
+
+
+def _starting_elsewhere(path: str) -> bool:
+    """Return whether another server holds the socket's lock (it runs, or is starting)."""
+    try:
+        fd = os.open(path + ".lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _wait_serving(path: str) -> bool:
+    """Return True once a server answers on ``path``, False after START_TIMEOUT."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if is_serving(path):
+            return True
+        time.sleep(RACE_POLL)
     return False

@@ -33,9 +33,12 @@ TRANSCRIPTS = [
     ([], "", "pyrust: nothing to do\n", 2),
     (["--socket"], "", "pyrust: --socket needs a value\n", 2),
     (["--version"], "pyrust 0.1.0\n", "", 0),
-    (["--socket", "/nonexistent/pyrust.sock", "-c", "1"], "",
+    (["--config", "{noautostart}", "--socket", "/nonexistent/pyrust.sock", "-c", "1"], "",
      "pyrust: no pyrust service at /nonexistent/pyrust.sock (No such file or directory); "
-     "start it with 'pyrust --daemon' (or run ./install.sh)\n", 125),
+     "start it with 'pyrust --daemon' (autostart is off in the configuration)\n", 125),
+    (["--socket", "/dev/null/pyrust.sock", "-c", "1"], "",
+     "pyrust: the server did not start:\npyrust: socket directory /dev/null is not a "
+     "directory; move it away or choose another --socket\n", 125),
 ]
 
 
@@ -47,9 +50,13 @@ def pyrust(args, env=None, **kwargs):
 
 @pytest.mark.parametrize("args, stdout, stderr, code", TRANSCRIPTS,
                          ids=lambda v: repr(v) if isinstance(v, list) else "")
-def test_transcript(server, args, stdout, stderr, code):
-    args = [a.replace("{socket}", server.path) for a in args]
-    result = pyrust(args, env={"PYRUST_SOCKET": server.path})
+def test_transcript(server, tmp_path, args, stdout, stderr, code):
+    noautostart = tmp_path / "noautostart.toml"
+    noautostart.write_text("autostart = false\n")
+    args = [a.replace("{socket}", server.path).replace("{noautostart}", str(noautostart))
+            for a in args]
+    result = pyrust(args, env={"PYRUST_SOCKET": server.path,
+                               "XDG_STATE_HOME": str(tmp_path / "state")})
     # Usage errors print the usage after the message.
     assert result.stderr.decode().startswith(stderr) if code == 2 else \
         result.stderr.decode() == stderr
@@ -77,12 +84,13 @@ def test_a_bad_configuration_is_reported_by_the_client(tmp_path):
     assert result.stderr.decode().startswith("pyrust: %s: key 'socket'" % config)
 
 
-def test_the_client_imports_no_server_code():
-    code = ("import sys; sys.argv = ['pyrust', '--socket', '/nonexistent', '-c', '1']\n"
-            "from pyrust.cli import main; main()")
+def test_the_client_imports_no_server_code(server):
+    code = ("import sys; sys.argv = ['pyrust', '--socket', %r, '-c', '1']\n"
+            "from pyrust.cli import main; assert main() == 0" % server.path)
     # -S: site's own imports (an editable install's finder pulls in re) are not the client's.
     result = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c", code],
                             capture_output=True, timeout=TIMEOUT, env=pyrust_env())
+    assert result.returncode == 0 and result.stdout == b"1\n"
     imported = set(re.findall(r"\|\s+(\S+)\n", result.stderr.decode()))
     assert "pyrust.client" in imported  # the measurement does see the client path
     heavy = {"pyrust.server", "pyrust.config", "argparse", "re", "socket", "subprocess",
@@ -91,15 +99,28 @@ def test_the_client_imports_no_server_code():
     assert not any(name.startswith("pyrust.server") for name in imported)
 
 
+def isolated_env(tmp_path) -> dict:
+    (tmp_path / "run").mkdir(mode=0o700, exist_ok=True)
+    return {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "XDG_STATE_HOME": str(tmp_path / "state"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"), "HOME": str(tmp_path)}
+
+
+def stop_background_server(socket_path):
+    """SIGTERM the standalone server listening on ``socket_path`` and wait for it to go."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info["cmdline"] and socket_path in proc.info["cmdline"]:
+            proc.terminate()
+            proc.wait(TIMEOUT)
+
+
 def test_daemon_starts_a_background_server_once(tmp_path):
-    env = {"XDG_RUNTIME_DIR": str(tmp_path / "run"), "XDG_STATE_HOME": str(tmp_path / "state"),
-           "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    (tmp_path / "run").mkdir(mode=0o700)
+    env = isolated_env(tmp_path)
     socket_path = str(tmp_path / "run" / "pyrust" / "pyrust.sock")
-    assert pyrust(["-c", "2+3"], env=env).returncode == 125
     first = pyrust(["--daemon"], env=env)
     assert first.returncode == 0, first.stderr
-    pid = int(re.search(rb"pid (\d+)", first.stdout).group(1))
+    assert first.stdout.decode().startswith("pyrust: serving on %s (pid " % socket_path)
     try:
         assert pyrust(["-c", "2+3"], env=env).stdout == b"5\n"
         again = pyrust(["--daemon"], env=env)
@@ -107,7 +128,36 @@ def test_daemon_starts_a_background_server_once(tmp_path):
         assert again.stdout.decode() == "pyrust: already serving on %s\n" % socket_path
         assert os.path.exists(tmp_path / "state" / "pyrust" / "pyrust.log")
     finally:
-        os.kill(pid, signal.SIGTERM)
+        stop_background_server(socket_path)
+
+
+def test_concurrent_first_calls_start_one_server(tmp_path):
+    env = isolated_env(tmp_path)
+    socket_path = str(tmp_path / "run" / "pyrust" / "pyrust.sock")
+    try:
+        calls = [subprocess.Popen([sys.executable, "-m", "pyrust", "-c", "import os; os.getppid()"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=pyrust_env(**env)) for _ in range(4)]
+        results = [(c.communicate(timeout=TIMEOUT), c.returncode) for c in calls]
+        assert [code for _, code in results] == [0] * 4, results
+        supervisors = {out for (out, _), _ in results}  # a worker's parent is the supervisor
+        assert len(supervisors) == 1
+        assert all(err == b"" for (_, err), _ in results)  # autostart says nothing
+    finally:
+        stop_background_server(socket_path)
+
+
+def test_no_autostart_where_a_socket_unit_owns_the_path(tmp_path):
+    env = isolated_env(tmp_path)
+    unit = tmp_path / "config" / "systemd" / "user" / "pyrust.socket"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Socket]\n")
+    result = pyrust(["-c", "2+3"], env=env)
+    assert result.returncode == 125
+    assert result.stderr.decode() == (
+        "pyrust: %s owns %s but nothing answers there; start it with the service manager "
+        "(systemctl --user start pyrust.socket)\n" % (unit, tmp_path / "run" / "pyrust" / "pyrust.sock"))
+    assert not os.path.exists(tmp_path / "run" / "pyrust")
 
 
 def test_daemon_reports_a_server_that_cannot_start(tmp_path):

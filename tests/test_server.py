@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from pyrust import protocol
+from pyrust.server.main import EXIT_STARTUP
 from conftest import TIMEOUT, connect, request
 
 
@@ -171,14 +172,14 @@ def test_preload_imports_modules_before_the_fork(make_server):
 
 def test_a_preload_that_fails_is_a_clear_startup_error(make_server):
     server = make_server('preload = ["json", "no_such_module_xyz"]\n')
-    assert server.proc.wait(TIMEOUT) == 1
+    assert server.proc.wait(TIMEOUT) == EXIT_STARTUP
     assert ("pyrust: cannot preload module 'no_such_module_xyz': ModuleNotFoundError: "
             "No module named 'no_such_module_xyz'") in server.log()
 
 
 def test_a_bad_configuration_is_a_clear_startup_error(make_server):
     server = make_server("wrokers = 2\n")
-    assert server.proc.wait(TIMEOUT) == 1
+    assert server.proc.wait(TIMEOUT) == EXIT_STARTUP
     assert "unknown key 'wrokers'" in server.log()
 
 
@@ -214,7 +215,7 @@ def test_standalone_never_steals_a_live_socket(tmp_path, standalone):
     with owner:
         server = standalone(path)
         assert not server.wait_ready()
-        assert server.proc.returncode == 1
+        assert server.proc.returncode == EXIT_STARTUP
         assert "a live socket already listens on %s" % path in server.stderr()
         assert stat.S_ISSOCK(os.stat(path).st_mode)  # still there, still the owner's
         client = connect(path)
@@ -229,7 +230,7 @@ def test_a_second_standalone_server_on_the_same_path_is_refused(tmp_path, standa
     assert first.wait_ready()
     second = standalone(path)
     assert not second.wait_ready()
-    assert second.proc.returncode == 1
+    assert second.proc.returncode == EXIT_STARTUP
     assert "already running on %s" % path in second.stderr()
     assert request(path, "2+3") == (0, "5\n")  # the first one is untouched
     assert first.stop() == 0
@@ -264,3 +265,26 @@ def test_a_program_that_takes_over_sigterm_does_not_break_the_stop(make_server):
     assert server.request("2+3") == (0, "5\n")
     assert server.stop() == 0
     assert "killing them" not in server.log()
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("symlink", "is a symbolic link"),
+    ("open", "is open to other users (mode 755); run: chmod 700"),
+    ("foreign", "belongs to uid 65534, not to you"),
+])
+def test_standalone_refuses_an_unsafe_directory(tmp_path, standalone, problem, message):
+    directory = tmp_path / "sockdir"
+    if problem == "symlink":
+        (tmp_path / "real").mkdir(mode=0o700)
+        directory.symlink_to(tmp_path / "real")
+    else:
+        directory.mkdir(mode=0o700)
+        if problem == "open":
+            directory.chmod(0o755)
+        else:
+            os.chown(directory, 65534, 65534)
+    server = standalone(str(directory / "pyrust.sock"))
+    assert not server.wait_ready()
+    assert server.proc.returncode == EXIT_STARTUP
+    assert message in server.stderr()
+    assert not os.path.exists(directory / "pyrust.sock")

@@ -8,15 +8,20 @@ fight over one path, and is removed on exit only if it is still ours.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
 import socket
 import stat
+import sys
 
 from pyrust.errors import SocketInUse, StartupError
 
 SD_LISTEN_FDS_START = 3
+#: The name of the socket in the launchd plist's ``Sockets`` dictionary and
+#: systemd's ``FileDescriptorName=``.
+SOCKET_NAME = "pyrust"
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 
@@ -71,14 +76,62 @@ def systemd_listener() -> Listener | None:
         return None
     labels = names.split(":") if names else []
     # With several sockets, the one named "pyrust" (FileDescriptorName=) wins.
-    fd = fds[labels.index("pyrust")] if "pyrust" in labels[:len(fds)] else fds[0]
-    os.set_inheritable(fd, False)
+    fd = fds[labels.index(SOCKET_NAME)] if SOCKET_NAME in labels[:len(fds)] else fds[0]
+    for other in fds:  # the others are not ours to keep open in every worker
+        if other != fd:
+            os.close(other)
+    return _passed_listener(fd, "systemd")
+
+
+def launchd_listener(lib=None) -> Listener | None:
+    """Return the socket launchd passed (``launch_activate_socket``), or None.
+
+    None when launchd did not start this process (``ESRCH``) or on systems
+    without launchd.  ``lib`` stands in for libSystem in tests.
+    Raise StartupError if launchd reports another error.
+    """
+    if lib is None:
+        if sys.platform != "darwin":
+            return None
+        lib = ctypes.CDLL("/usr/lib/libSystem.dylib", use_errno=True)
+    fds = ctypes.POINTER(ctypes.c_int)()
+    count = ctypes.c_size_t(0)
+    err = lib.launch_activate_socket(SOCKET_NAME.encode(), ctypes.pointer(fds),
+                                     ctypes.pointer(count))
+    if err == errno.ESRCH:
+        return None  # not started by launchd
+    if err:
+        raise StartupError("launch_activate_socket(%r) failed: %s"
+                           % (SOCKET_NAME, os.strerror(err)))
+    try:
+        received = [fds[i] for i in range(count.value)]
+    finally:
+        lib.free(fds)  # the array is ours to free, per launch_activate_socket(3)
+    if not received:
+        raise StartupError("launchd passed no socket named %r" % SOCKET_NAME)
+    for extra in received[1:]:
+        os.close(extra)
+    return _passed_listener(received[0], "launchd")
+
+
+def _passed_listener(fd: int, source: str) -> Listener:
+    """Adopt a socket the service manager passed: close-on-exec, never re-bound.
+
+    Raise StartupError unless it is a listening Unix stream socket.
+    """
+    os.set_inheritable(fd, False)  # programs' subprocesses must not inherit the listener
     sock = socket.socket(fileno=fd)
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or \
             not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-        raise StartupError("the socket passed in LISTEN_FDS (fd %d) is not a listening "
-                           "Unix stream socket; use ListenStream= with Accept=no" % fd)
-    return Listener(sock, "systemd", sock.getsockname(), owned=False)
+        raise StartupError("the socket passed by %s (fd %d) is not a listening Unix "
+                           "stream socket; use ListenStream= with Accept=no" % (source, fd))
+    path = sock.getsockname()
+    return Listener(sock, source, path if isinstance(path, str) else repr(path), owned=False)
+
+
+def obtain_listener(path: str) -> Listener:
+    """Return the listening socket: systemd's, else launchd's, else one bound at ``path``."""
+    return systemd_listener() or launchd_listener() or bind_standalone(path)
 
 
 def bind_standalone(path: str) -> Listener:
@@ -92,10 +145,13 @@ def bind_standalone(path: str) -> Listener:
         raise StartupError("socket path is %d bytes, longer than the %d the OS allows: %s"
                            % (len(os.fsencode(path)), MAX_SOCKET_PATH, path))
     directory = os.path.dirname(path)
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise StartupError("cannot create socket directory %s: %s" % (directory, exc.strerror)) from None
+    if not os.path.lexists(directory):
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)  # another server may race us
+        except OSError as exc:
+            raise StartupError("cannot create socket directory %s: %s"
+                               % (directory, exc.strerror)) from None
+    _check_private_directory(directory)
     lock_fd = _lock(path + ".lock")
     try:
         _remove_stale(path)
@@ -113,6 +169,23 @@ def bind_standalone(path: str) -> Listener:
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+def _check_private_directory(directory: str) -> None:
+    """Raise StartupError unless ``directory`` is a real directory only this user can enter."""
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode):
+        raise StartupError("socket directory %s is a symbolic link; remove it (pyrust creates "
+                           "the directory itself) or choose another --socket" % directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise StartupError("socket directory %s is not a directory; move it away or choose "
+                           "another --socket" % directory)
+    if st.st_uid != os.getuid():
+        raise StartupError("socket directory %s belongs to uid %d, not to you (uid %d); "
+                           "choose another --socket" % (directory, st.st_uid, os.getuid()))
+    if st.st_mode & 0o077:
+        raise StartupError("socket directory %s is open to other users (mode %03o); "
+                           "run: chmod 700 %s" % (directory, stat.S_IMODE(st.st_mode), directory))
 
 
 def _lock(lock_path: str) -> int:

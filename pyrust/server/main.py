@@ -8,10 +8,10 @@ import importlib
 import logging
 import sys
 
-from pyrust.config import load_config
+from pyrust.config import MAX_WORKERS, Config, load_config
 from pyrust.errors import PyrustError, StartupError
 from pyrust.paths import resolve_socket_path
-from pyrust.server.activation import bind_standalone, systemd_listener
+from pyrust.server.activation import obtain_listener
 from pyrust.server.notify import Notifier
 from pyrust.server.supervisor import Supervisor
 
@@ -42,27 +42,41 @@ def preload(modules: list) -> None:
         log.debug("preloaded %s", name)
 
 
+#: Exit status for a server that cannot start (EX_CONFIG): the systemd unit
+#: lists it in RestartPreventExitStatus=, so a bad setting is not retried forever.
+EXIT_STARTUP = 78
+
+
+def configure(args) -> "Config":
+    """Return the configuration: the file, then the command line's overrides."""
+    overrides = {k: v for k, v in (("workers", args.workers), ("log_level", args.log_level))
+                 if v is not None}
+    if not 1 <= overrides.get("workers", 1) <= MAX_WORKERS:
+        raise StartupError("--workers must be from 1 to %d" % MAX_WORKERS)
+    return dataclasses.replace(load_config(args.config), **overrides)
+
+
 def main(argv: list) -> int:
     """Run the server with command-line ``argv``; return the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
-        overrides = {k: v for k, v in (("workers", args.workers), ("log_level", args.log_level))
-                     if v is not None}
-        if overrides.get("workers", 1) < 1:
-            raise StartupError("--workers must be at least 1")
-        config = dataclasses.replace(config, **overrides)
+        config = configure(args)
         logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                             format="pyrust[%(process)d]: %(levelname)s: %(message)s")
         notifier = Notifier.from_environment()
-        listener = systemd_listener() or bind_standalone(
-            resolve_socket_path(args.socket, config.socket))
+        listener = obtain_listener(resolve_socket_path(args.socket, config.socket))
         try:
             preload(config.preload)
-            return Supervisor(config, listener, notifier).run()
+
+            def reload_config():
+                new = configure(args)
+                preload(new.preload)
+                return new
+
+            return Supervisor(config, listener, notifier, reload_config).run()
         except BaseException:
             listener.close()
             raise
     except PyrustError as exc:
         print("pyrust: %s" % exc, file=sys.stderr)
-        return 1
+        return EXIT_STARTUP

@@ -1,9 +1,13 @@
 """Service-manager notifications (the ``sd_notify`` protocol).
 
-The supervisor reports readiness and status to ``$NOTIFY_SOCKET``: one
-datagram per message, ``KEY=value`` lines.  A leading ``@`` in the address
-means Linux's abstract namespace.  Without ``$NOTIFY_SOCKET`` every call is a
-no-op, so standalone servers need no special case.
+The supervisor reports readiness, status and watchdog pings to
+``$NOTIFY_SOCKET``: one datagram per message, ``KEY=value`` lines.  A leading
+``@`` in the address means Linux's abstract namespace.  Without
+``$NOTIFY_SOCKET`` every call is a no-op, so standalone servers need no
+special case.
+
+The ``systemd`` binding (package systemd-python) sends the messages where it
+is installed; otherwise a few lines of socket code do the same.
 """
 
 from __future__ import annotations
@@ -15,27 +19,79 @@ import socket
 log = logging.getLogger("pyrust.notify")
 
 
-class Notifier:
-    """Sends notifications to the address taken from the environment at creation."""
+def _binding_sender():
+    """Return a function sending with systemd-python's ``sd_notify``, or None without it."""
+    try:
+        from systemd import daemon
+    except ImportError:
+        return None
 
-    def __init__(self, address: str | None) -> None:
-        if address and address[0] == "@":
-            address = "\0" + address[1:]
+    def send(address: str, message: str) -> None:
+        # sd_notify reads the address from the environment, which pyrust keeps
+        # clean for the programs it runs: set it only for the call.
+        os.environ["NOTIFY_SOCKET"] = address
+        try:
+            if not daemon.notify(message):
+                raise OSError("sd_notify failed")
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+
+    return send
+
+
+def _socket_sender(address: str, message: str) -> None:
+    """Send ``message`` to ``address`` with a plain datagram socket."""
+    target = "\0" + address[1:] if address.startswith("@") else address
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.sendto(message.encode("utf-8"), target)
+
+
+class Notifier:
+    """Sends notifications to the service manager that started this process, if any."""
+
+    def __init__(self, address: str | None, watchdog_usec: int | None = None,
+                 backend: str = "auto") -> None:
         self.address = address or None
+        self.watchdog_usec = watchdog_usec
+        sender = _binding_sender() if backend in ("auto", "systemd-python") else None
+        if backend == "systemd-python" and sender is None:
+            raise ImportError("systemd-python is not installed")
+        self.backend = "systemd-python" if sender else "socket"
+        self._send = sender or _socket_sender
 
     @classmethod
-    def from_environment(cls) -> "Notifier":
-        """Return a Notifier for ``$NOTIFY_SOCKET``, removing the variable so
-        that programs run by the workers and their subprocesses do not inherit it."""
-        return cls(os.environ.pop("NOTIFY_SOCKET", None))
+    def from_environment(cls, backend: str = "auto") -> "Notifier":
+        """Return a Notifier for ``$NOTIFY_SOCKET`` and ``$WATCHDOG_USEC``.
+
+        The variables are removed from the environment so the programs the
+        workers run, and their subprocesses, do not inherit them.  The
+        watchdog applies only if ``$WATCHDOG_PID`` is unset or names this process.
+        """
+        address = os.environ.pop("NOTIFY_SOCKET", None)
+        usec = os.environ.pop("WATCHDOG_USEC", None)
+        pid = os.environ.pop("WATCHDOG_PID", None)
+        watchdog = None
+        if usec and usec.isdigit() and int(usec) > 0 and pid in (None, str(os.getpid())):
+            watchdog = int(usec)
+        return cls(address, watchdog, backend)
+
+    @property
+    def active(self) -> bool:
+        """Whether a service manager listens."""
+        return self.address is not None
+
+    def watchdog_interval(self) -> float | None:
+        """Return seconds between watchdog pings (a third of the timeout), or None."""
+        if self.watchdog_usec is None or self.address is None:
+            return None
+        return self.watchdog_usec / 3e6
 
     def notify(self, message: str) -> bool:
         """Send ``message``; return whether it was sent.  Failures are logged, not raised."""
         if self.address is None:
             return False
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto(message.encode("utf-8"), self.address)
+            self._send(self.address, message)
             return True
         except OSError as exc:
             log.warning("cannot notify the service manager at %r: %s", self.address, exc)

@@ -1,7 +1,8 @@
-"""The supervisor: forks the workers, replaces dead ones, stops them in order.
+"""The supervisor: forks the workers, replaces dead ones, reloads, stops them in order.
 
 It never touches a request.  Signal handlers only record the signal (through
-``signal.set_wakeup_fd``); the main loop wakes on that pipe and does the work.
+``signal.set_wakeup_fd``); the main loop wakes on that pipe, or when its next
+timed duty falls due (watchdog ping, status, idle exit), and does the work.
 """
 
 from __future__ import annotations
@@ -13,17 +14,24 @@ import select
 import signal
 import time
 
+from pyrust.config import MAX_WORKERS
+from pyrust.errors import PyrustError
+from pyrust.server.scoreboard import Scoreboard
 from pyrust.server.worker import Worker
 
 log = logging.getLogger("pyrust.supervisor")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-#: A worker that exits with this status failed before serving; see _spawn.
+HANDLED_SIGNALS = STOP_SIGNALS + (signal.SIGCHLD, signal.SIGHUP)
+#: A worker that exits with this status crashed in pyrust's own code.
 WORKER_CRASHED = 70  # EX_SOFTWARE
+#: Scoreboard slots: room for every worker of two generations during a reload.
+MAX_SLOTS = 2 * MAX_WORKERS
+STATUS_INTERVAL = 5.0  # seconds between STATUS= updates to the service manager
 
 
 def describe_exit(status: int) -> str:
-    """Return how a process ended, from a ``waitpid`` status: 'exit 3', 'SIGKILL'."""
+    """Return how a process ended, from a ``waitpid`` status: 'exit status 3', 'killed by SIGKILL'."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         try:
@@ -34,41 +42,58 @@ def describe_exit(status: int) -> str:
     return "exit status %d" % os.waitstatus_to_exitcode(status)
 
 
-class Supervisor:
-    """Keeps ``config.workers`` workers serving ``listener`` until told to stop."""
+class WorkerInfo:
+    """What the supervisor knows of one worker."""
 
-    def __init__(self, config, listener, notifier) -> None:
+    __slots__ = ("slot", "started", "generation")
+
+    def __init__(self, slot: int, generation: int) -> None:
+        self.slot, self.started, self.generation = slot, time.monotonic(), generation
+
+
+class Supervisor:
+    """Keeps ``config.workers`` workers serving ``listener`` until told to stop.
+
+    ``reload_config`` is called on SIGHUP and returns the new configuration
+    (raising PyrustError keeps the old one).
+    """
+
+    def __init__(self, config, listener, notifier, reload_config=None) -> None:
         self.config = config
         self.listener = listener
         self.notifier = notifier
-        self.workers: dict = {}  # pid -> start time (monotonic)
+        self.reload_config = reload_config
+        self.workers: dict = {}  # pid -> WorkerInfo
+        self.generation = 0
+        self.scoreboard = Scoreboard(MAX_SLOTS)
+        self.started = time.monotonic()
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._watchdog = notifier.watchdog_interval()
+        self._next_status = 0.0
 
     def run(self) -> int:
-        """Serve until a stop signal; return the process exit code (0 on a clean stop)."""
+        """Serve until a stop signal (or idle exit); return the exit code (0 on a clean stop)."""
         self._install_signals()
         gc.freeze()  # keep the preloaded heap out of the workers' collections: less copy-on-write
-        for _ in range(self.config.workers):
-            self._spawn()
-        self.notifier.notify("READY=1\nSTATUS=serving on %s with %d workers"
-                             % (self.listener.path, self.config.workers))
+        self._spawn_missing()
+        self.notifier.notify("READY=1")
         log.info("serving on %s (%s) with %d workers, pid %d", self.listener.path,
                  self.listener.source, self.config.workers, os.getpid())
         while not self.stopping:
-            for signum in self._wait_for_signals(None):
-                if signum in STOP_SIGNALS:
-                    log.info("received %s, stopping", signal.Signals(signum).name)
-                    self.stopping = True
+            for signum in self._wait_for_signals(self._next_duty()):
+                self._on_signal(signum)
             self._reap()
             if not self.stopping:
-                while len(self.workers) < self.config.workers:
-                    self._spawn()
+                self._spawn_missing()
+                self._timed_duties()
         return self._shutdown()
+
+    # -- signals ---------------------------------------------------------------
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for sig in STOP_SIGNALS + (signal.SIGCHLD,):
+        for sig in HANDLED_SIGNALS:
             # The handler does nothing: the wake-up byte carries the signal number.
             signal.signal(sig, _record_only)
 
@@ -83,22 +108,38 @@ class Supervisor:
         except BlockingIOError:
             return []
 
+    def _on_signal(self, signum: int) -> None:
+        if signum in STOP_SIGNALS:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self.stopping = True
+        elif signum == signal.SIGHUP and not self.stopping:
+            self.reload()
+
+    # -- workers ---------------------------------------------------------------
+
+    def _spawn_missing(self) -> None:
+        current = sum(1 for w in self.workers.values() if w.generation == self.generation)
+        for _ in range(self.config.workers - current):
+            self._spawn()
+
     def _spawn(self) -> None:
-        """Fork one worker.  The child never returns into the supervisor's code."""
+        """Fork one worker of the current generation.  The child never returns here."""
+        index = self.scoreboard.claim()
         # Hold our signals across fork so the child cannot run the supervisor's
         # handlers (and write to its wake-up pipe) before it installs its own.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS + (signal.SIGCHLD,))
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         supervisor_pid = os.getpid()
         pid = os.fork()
         if pid:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            self.workers[pid] = time.monotonic()
+            self.workers[pid] = WorkerInfo(index, self.generation)
             return
         code = WORKER_CRASHED
         try:
             os.close(self._wake_r)
             os.close(self._wake_w)
-            worker = Worker(self.listener.sock, self.config)
+            worker = Worker(self.listener.sock, self.config,
+                            self.scoreboard.attach(index, os.getpid()))
             worker.install_signals(supervisor_pid)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             code = worker.run()
@@ -109,7 +150,7 @@ class Supervisor:
             os._exit(code)
 
     def _reap(self) -> None:
-        """Collect every exited worker and log how it ended."""
+        """Collect every exited worker, free its slot and log how it ended."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -117,15 +158,83 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            started = self.workers.pop(pid, None)
-            if started is None:
+            info = self.workers.pop(pid, None)
+            if info is None:
                 continue
-            if self.stopping and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            self.scoreboard.release(info.slot)
+            retired = self.stopping or info.generation != self.generation
+            if retired and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
                 log.debug("worker %d stopped", pid)
             else:
                 log.warning("worker %d died after %.1f s (%s)%s", pid,
-                            time.monotonic() - started, describe_exit(status),
-                            "" if self.stopping else "; starting a replacement")
+                            time.monotonic() - info.started, describe_exit(status),
+                            "" if retired else "; starting a replacement")
+
+    def _signal_workers(self, sig: int, pids=None) -> None:
+        for pid in list(self.workers if pids is None else pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def reload(self) -> None:
+        """Re-read the configuration, start a new generation of workers, retire the old one.
+
+        Old workers finish their requests in flight; new connections go to the
+        new workers, so clients see no failure.
+        """
+        self.notifier.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
+        if self.reload_config is not None:
+            try:
+                self.config = self.reload_config()
+            except PyrustError as exc:
+                log.error("reload: keeping the running configuration: %s", exc)
+        old = list(self.workers)
+        self.generation += 1
+        self._spawn_missing()
+        self._signal_workers(signal.SIGTERM, old)
+        log.info("reloaded: %d new workers, %d retiring", self.config.workers, len(old))
+        self.notifier.notify("READY=1")
+
+    # -- timed duties: watchdog, status, idle exit -------------------------------
+
+    def _next_duty(self) -> float | None:
+        """Return seconds until the next timed duty, or None if there is none."""
+        waits = [self._watchdog, STATUS_INTERVAL if self.notifier.active else None]
+        if self.config.idle_exit:
+            waits.append(max(0.0, self.config.idle_exit - self._idle_for(time.monotonic())))
+        waits = [w for w in waits if w is not None]
+        return min(waits) if waits else None
+
+    def _timed_duties(self) -> None:
+        now = time.monotonic()
+        if self._watchdog:
+            self.notifier.notify("WATCHDOG=1")
+        if self.notifier.active and now >= self._next_status:
+            self._next_status = now + STATUS_INTERVAL
+            self.notifier.notify("STATUS=%s" % self.status_line())
+        if self.config.idle_exit and self._idle_for(now) >= self.config.idle_exit:
+            log.info("no request for %g s, exiting", self.config.idle_exit)
+            self.stopping = True
+
+    def _idle_for(self, now: float) -> float:
+        """Return seconds since any worker last ended a request (0 while one is busy)."""
+        last = 0.0
+        for info in self.workers.values():
+            state = self.scoreboard.read(info.slot)
+            if state.busy_since:
+                return 0.0
+            last = max(last, state.idle_since)
+        return now - last if last else 0.0
+
+    def status_line(self) -> str:
+        """Return the one-line status shown by ``systemctl status``."""
+        served, failed = self.scoreboard.totals(w.slot for w in self.workers.values())
+        busy = sum(1 for w in self.workers.values() if self.scoreboard.read(w.slot).busy_since)
+        return ("%d workers (%d busy), %d requests served, %d failed, up %ds"
+                % (len(self.workers), busy, served, failed, time.monotonic() - self.started))
+
+    # -- stop --------------------------------------------------------------------
 
     def _shutdown(self) -> int:
         """Let in-flight requests finish, kill what is left at the deadline; return 0."""
@@ -133,24 +242,21 @@ class Supervisor:
         self.notifier.notify("STOPPING=1")
         deadline = time.monotonic() + self.config.graceful_timeout
         while self.workers:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 log.warning("%d workers still busy after %g s; killing them",
                             len(self.workers), self.config.graceful_timeout)
                 self._signal_workers(signal.SIGKILL)
                 deadline = float("inf")
-            self._wait_for_signals(None if left <= 0 else left)
+            timeout = None if deadline == float("inf") else deadline - now
+            if self._watchdog:  # a long graceful stop must not look like a hang
+                self.notifier.notify("WATCHDOG=1")
+                timeout = self._watchdog if timeout is None else min(timeout, self._watchdog)
+            self._wait_for_signals(timeout)
             self._reap()
         self.listener.close()
         log.info("stopped")
         return 0
-
-    def _signal_workers(self, sig: int) -> None:
-        for pid in list(self.workers):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def _record_only(signum, frame) -> None:

@@ -9,6 +9,7 @@ or ``recv()`` until the kernel hands it work.
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -45,17 +46,26 @@ def _terminate_with_parent() -> None:
         log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
 
 
+def _has_data(conn: socket.socket) -> bool:
+    """Return whether bytes (or end-of-file) wait on ``conn`` right now.
+
+    A stopping worker still serves a request that already arrived: a client
+    that connected just before the stop must not lose it.
+    """
+    return bool(select.select([conn], [], [], 0)[0])
+
+
 class Worker:
     """Serves requests from ``listener`` until stopped; see :meth:`run`."""
 
-    def __init__(self, listener: socket.socket, config) -> None:
+    def __init__(self, listener: socket.socket, config, slot) -> None:
         self.listener = listener
         self.config = config
+        self.slot = slot  # this worker's scoreboard slot
         self.executor = Executor(config.compile_cache_size)
         self.alive = True
         self.phase = ACCEPTING
         self.conn = None
-        self.served = 0
         seconds = config.idle_timeout
         self._timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
 
@@ -116,7 +126,8 @@ class Worker:
             finally:
                 self.conn = None
                 conn.close()
-        log.debug("worker %d stopping after %d requests", os.getpid(), self.served)
+        log.debug("worker %d stopping after %d requests", os.getpid(),
+                  self.slot.served + self.slot.failed)
         return 0
 
     def serve_connection(self, conn: socket.socket) -> None:
@@ -125,7 +136,7 @@ class Worker:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self._timeval)
         self.conn = conn
         try:
-            while self.alive and self.handle_request(conn):
+            while (self.alive or _has_data(conn)) and self.handle_request(conn):
                 pass
         except protocol.ConnectionClosed as exc:
             if exc.partial:
@@ -146,12 +157,14 @@ class Worker:
         self.phase = WAITING
         header = protocol.recv_exact(conn, protocol.HEADER.size)
         self.phase = BUSY  # from the first byte on, the request is in flight
+        self.slot.begin()
         (length,) = protocol.HEADER.unpack(header)
         try:
             protocol.check_length(length, self.config.max_request_bytes)
             code = protocol.decode_code(protocol.recv_exact(conn, length, started=True))
         except protocol.ProtocolError as exc:
             log.info("refused a request: %s", exc)
+            self.slot.end(ok=False)
             conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, str(exc).encode()))
             return not exc.fatal
         try:
@@ -160,11 +173,12 @@ class Worker:
             # The executor contains everything a program does, so this is a
             # pyrust bug; the worker's state is suspect, so it retires.
             log.exception("internal error while running a request")
+            self.slot.end(ok=False)
             self.alive = False
             conn.sendall(protocol.encode_response(
                 protocol.SERVICE_ERROR, b"pyrust: internal error in the worker; see the service log"))
             return False
-        self.served += 1
+        self.slot.end(ok=result.status == protocol.OK)
         if signal.getsignal(signal.SIGTERM) != self._on_stop:
             # The program took over SIGTERM; without ours, stopping would hang.
             signal.signal(signal.SIGTERM, self._on_stop)
