@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Install pyrust for the current user and start its service.
 #
-#   ./install.sh            install (or upgrade) and start
-#   ./install.sh --uninstall
+#   ./install.sh              install, or upgrade and restart
+#   ./install.sh --uninstall  remove everything it created
 #
-# Honours HOME and the XDG variables; PYRUST_PYTHON picks the interpreter,
+# Where a service manager runs, the OS owns the socket: systemd user units on
+# Linux, a launchd agent on macOS. Elsewhere a standalone background server.
+# Honours HOME and the XDG variables. PYRUST_PYTHON picks the interpreter,
 # PYRUST_BIN_DIR where the `pyrust` command is linked.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 data=${XDG_DATA_HOME:-$HOME/.local/share}/pyrust
 venv=$data/venv
+unit_dir=${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user
+label=io.pyrust.agent
+plist=$HOME/Library/LaunchAgents/$label.plist
+log_dir=${XDG_STATE_HOME:-$HOME/.local/state}/pyrust
 
+say() { echo "pyrust: $*"; }
 on_path() { case ":$PATH:" in *":$1:"*) return 0 ;; esac; return 1; }
 
 pick_bin_dir() {
@@ -19,49 +26,128 @@ pick_bin_dir() {
     if on_path /usr/local/bin && [ -w /usr/local/bin ]; then echo /usr/local/bin; return; fi
     echo "$HOME/.local/bin"
 }
-bin_dir=$(pick_bin_dir)
 
-# Stop the background server this installation started, if one runs, and wait
-# for it: in-flight requests finish (SIGTERM is a graceful stop).
-stop_server() {
+# Which service manager will own the socket: launchd, systemd or none.
+pick_manager() {
+    if [ "$(uname -s)" = Darwin ]; then echo launchd
+    elif command -v systemctl >/dev/null && systemctl --user show-environment >/dev/null 2>&1; then
+        echo systemd
+    else echo none
+    fi
+}
+
+# Stop a standalone server this installation started, and wait for it: the
+# requests in flight finish (SIGTERM is a graceful stop).
+stop_standalone() {
     local pids i
-    pids=$(pgrep -f "^$venv/bin/python[0-9.]* -m pyrust serve" || true)
+    pids=$(pgrep -f "^$venv/bin/python[0-9.]* -m pyrust serve --socket" || true)
     [ -n "$pids" ] || return 0
     kill $pids 2>/dev/null || true
-    for i in $(seq 1 350); do
+    for i in $(seq 1 400); do
         kill -0 $pids 2>/dev/null || return 0
         sleep 0.1
     done
-    echo "pyrust: server $pids did not stop within 35 s" >&2
+    echo "pyrust: server $pids did not stop within 40 s" >&2
     return 1
 }
 
-if [ "${1:-}" = "--uninstall" ]; then
-    stop_server
-    [ "$(readlink "$bin_dir/pyrust" 2>/dev/null)" = "$venv/bin/pyrust" ] && rm -f "$bin_dir/pyrust"
-    rm -rf "$data"
-    echo "pyrust: uninstalled (removed $data and $bin_dir/pyrust)"
-    exit 0
-fi
+quiet_pip() {
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" \
+        2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 
-# A real interpreter, not a shim: the venv is built from whatever this resolves to.
-python=$("${PYRUST_PYTHON:-python3}" -c 'import sys; assert sys.version_info >= (3, 9), "pyrust needs Python 3.9 or newer"; print(sys.executable)')
+install_venv() {
+    local python
+    # A real interpreter, not a shim: the venv is built from what this resolves to.
+    python=$("${PYRUST_PYTHON:-python3}" -c 'import sys; assert sys.version_info >= (3, 9), "pyrust needs Python 3.9 or newer"; print(sys.executable)')
+    mkdir -p "$data"
+    [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+    # The systemd extra builds only where libsystemd's headers exist; without
+    # it pyrust speaks the notify protocol itself.
+    quiet_pip "$here[systemd]" 2>/dev/null || quiet_pip "$here"
+    # A regular (not editable) install, always of this checkout's code.
+    quiet_pip --force-reinstall --no-deps "$here"
+}
 
-mkdir -p "$data" "$bin_dir"
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-# A regular (not editable) install: an editable finder costs every start-up.
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall "$here" \
-    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-ln -sf "$venv/bin/pyrust" "$bin_dir/pyrust"
+start_systemd() {
+    "$venv/bin/python" -m pyrust.units systemd --templates "$here/packaging" \
+        --out "$unit_dir" --python "$venv/bin/python" >/dev/null
+    systemctl --user daemon-reload
+    systemctl --user enable --now pyrust.socket >/dev/null 2>&1
+    systemctl --user try-restart pyrust.service  # an upgrade must not leave old code serving
+}
 
-stop_server  # an upgrade must not leave the old code serving
-"$venv/bin/pyrust" --daemon
-result=$("$venv/bin/pyrust" -c "2+3")
-if [ "$result" != 5 ]; then
-    echo "pyrust: self-check failed: 'pyrust -c \"2+3\"' printed '$result'" >&2
-    exit 1
-fi
-echo "pyrust: installed; self-check 'pyrust -c \"2+3\"' printed 5"
-echo "  command: $bin_dir/pyrust"
-echo "  venv:    $venv"
-on_path "$bin_dir" || echo "  note: $bin_dir is not on your PATH; add it, e.g. export PATH=\"$bin_dir:\$PATH\""
+start_launchd() {
+    local socket_dir
+    socket_dir=$(getconf DARWIN_USER_TEMP_DIR)
+    mkdir -p "$(dirname "$plist")" "$log_dir"
+    "$venv/bin/python" -m pyrust.units launchd --templates "$here/packaging" \
+        --out "$(dirname "$plist")" --python "$venv/bin/python" \
+        --socket "${socket_dir%/}/pyrust.sock" --log "$log_dir/pyrust.log" >/dev/null
+    launchctl bootout "gui/$(id -u)/$label" 2>/dev/null || true
+    launchctl bootstrap "gui/$(id -u)" "$plist"
+}
+
+uninstall() {
+    local manager=$1 bin_dir=$2
+    if [ "$manager" = systemd ]; then
+        systemctl --user disable --now pyrust.socket pyrust.service >/dev/null 2>&1 || true
+        rm -f "$unit_dir/pyrust.socket" "$unit_dir/pyrust.service"
+        systemctl --user daemon-reload
+    elif [ "$manager" = launchd ]; then
+        launchctl bootout "gui/$(id -u)/$label" 2>/dev/null || true
+        rm -f "$plist"
+    fi
+    stop_standalone
+    # The socket's directory (systemd keeps it after removing the socket; a
+    # standalone server leaves its lock file there).
+    local run_dir=/tmp/pyrust-$(id -u)
+    if [ -n "${XDG_RUNTIME_DIR:-}" ]; then run_dir=$XDG_RUNTIME_DIR/pyrust; fi
+    rm -f "$run_dir/pyrust.sock.lock"
+    rmdir "$run_dir" 2>/dev/null || true
+    if [ "$(readlink "$bin_dir/pyrust" 2>/dev/null)" = "$venv/bin/pyrust" ]; then
+        rm -f "$bin_dir/pyrust"
+    fi
+    rm -rf "$data" "$log_dir"
+    say "uninstalled (removed $data, $log_dir and $bin_dir/pyrust)"
+}
+
+main() {
+    local manager bin_dir result
+    manager=$(pick_manager)
+    bin_dir=$(pick_bin_dir)
+    if [ "${1:-}" = "--uninstall" ]; then
+        uninstall "$manager" "$bin_dir"
+        return
+    fi
+    install_venv
+    mkdir -p "$bin_dir"
+    ln -sf "$venv/bin/pyrust" "$bin_dir/pyrust"
+    stop_standalone
+    case $manager in
+        systemd) start_systemd ;;
+        launchd) start_launchd ;;
+        none)
+            say "no user service manager is running; starting a standalone background server"
+            "$venv/bin/pyrust" --daemon >/dev/null ;;
+    esac
+    result=$("$venv/bin/pyrust" -c "2+3")
+    if [ "$result" != 5 ]; then
+        echo "pyrust: self-check failed: 'pyrust -c \"2+3\"' printed '$result'" >&2
+        exit 1
+    fi
+    say "installed; self-check 'pyrust -c \"2+3\"' printed 5"
+    echo "  command:  $bin_dir/pyrust"
+    echo "  venv:     $venv"
+    case $manager in
+        systemd) echo "  units:    $unit_dir/pyrust.socket, $unit_dir/pyrust.service"
+                 echo "  status:   systemctl --user status pyrust.socket pyrust.service"
+                 echo "  log:      journalctl --user -u pyrust.service" ;;
+        launchd) echo "  agent:    $plist"
+                 echo "  log:      $log_dir/pyrust.log" ;;
+        none)    echo "  log:      $log_dir/pyrust.log" ;;
+    esac
+    on_path "$bin_dir" || echo "  note:     $bin_dir is not on your PATH; add it: export PATH=\"$bin_dir:\$PATH\""
+}
+
+main "$@"

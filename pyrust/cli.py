@@ -109,11 +109,8 @@ def run_code(opts: dict) -> int:
 
     if opts["rest"]:
         raise UsageError("arguments after -c CODE are not supported yet")
-    sock = connect(opts)
-    try:
-        status, output = client.execute(sock, opts["code"].encode("utf-8", "surrogateescape"))
-    finally:
-        sock.close()
+    code = opts["code"].encode("utf-8", "surrogateescape")
+    status, output = client.request(lambda: connect(opts), code)
     if status == protocol.OK:
         sys.stdout.buffer.write(output)
         return 0

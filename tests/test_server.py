@@ -288,3 +288,54 @@ def test_standalone_refuses_an_unsafe_directory(tmp_path, standalone, problem, m
     assert server.proc.returncode == EXIT_STARTUP
     assert message in server.stderr()
     assert not os.path.exists(directory / "pyrust.sock")
+
+
+def test_ready_and_status_reach_the_service_manager(server):
+    message = server.wait_notification("READY=1")
+    assert "STATUS=2 workers (0 busy), 0 requests served, 0 failed" in message
+
+
+def test_watchdog_pings_come_from_the_supervisor_loop(make_server):
+    server = make_server(env={"WATCHDOG_USEC": "300000"})  # a ping every 0.1 s
+    server.wait_notification("READY=1")
+    server.wait_notification("WATCHDOG=1")
+    server.wait_notification("WATCHDOG=1")
+    assert server.request("2+3") == (0, "5\n")
+
+
+def test_sighup_reloads_the_configuration_and_replaces_the_workers(make_server):
+    server = make_server(workers=1)
+    server.wait_notification("READY=1")
+    old = server.worker_pids()
+    with open(server.config_path, "w") as f:
+        f.write('workers = 2\npreload = ["fractions"]\n')
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_notification("RELOADING=1")
+    assert "STATUS=" in server.wait_notification("READY=1")
+    replies = {server.request("import os, sys; (os.getpid(), 'fractions' in sys.modules)")
+               for _ in range(20)}
+    for status, output in replies:
+        pid, preloaded = eval(output)
+        assert status == 0 and pid not in old and preloaded
+
+
+def test_a_bad_configuration_on_reload_keeps_the_old_one(make_server):
+    server = make_server(workers=1)
+    server.wait_notification("READY=1")
+    with open(server.config_path, "w") as f:
+        f.write("workers = 'many'\n")
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_notification("READY=1")
+    assert server.request("2+3") == (0, "5\n")
+    assert "keeping the running configuration" in server.log()
+
+
+def test_idle_exit_keeps_waiting_connections_for_the_next_server(make_server):
+    server = make_server("idle_exit = 0.3\n", workers=1)
+    assert server.request("1") == (0, "1\n")
+    assert server.proc.wait(TIMEOUT) == 0  # no request for 0.3 s: it exits, cleanly
+    assert "no request for 0.3 s, exiting" in server.log()
+    with server.connect() as sock:  # the socket (the test's, as systemd's) still listens
+        sock.sendall(protocol.encode_request(b"2+3"))
+        server.start()  # what socket activation does on this connection
+        assert protocol.read_response(sock) == (0, b"5\n")

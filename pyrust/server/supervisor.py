@@ -77,7 +77,7 @@ class Supervisor:
         self._install_signals()
         gc.freeze()  # keep the preloaded heap out of the workers' collections: less copy-on-write
         self._spawn_missing()
-        self.notifier.notify("READY=1")
+        self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())
         log.info("serving on %s (%s) with %d workers, pid %d", self.listener.path,
                  self.listener.source, self.config.workers, os.getpid())
         while not self.stopping:
@@ -194,7 +194,7 @@ class Supervisor:
         self._spawn_missing()
         self._signal_workers(signal.SIGTERM, old)
         log.info("reloaded: %d new workers, %d retiring", self.config.workers, len(old))
-        self.notifier.notify("READY=1")
+        self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())
 
     # -- timed duties: watchdog, status, idle exit -------------------------------
 
