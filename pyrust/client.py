@@ -48,9 +48,10 @@ def execute(sock, code: bytes) -> "tuple[int, bytes]":
         raise NotDelivered("the service closed the connection without reading the request "
                            "(%s)" % exc.strerror) from None
     except (protocol.ConnectionClosed, OSError) as exc:
-        raise ServiceUnavailable("the service closed the connection before replying; the "
-                                 "code may have run (%s)"
-                                 % (getattr(exc, "strerror", None) or exc)) from None
+        raise ServiceUnavailable("the worker running the code died before it replied (it "
+                                 "crashed, or was killed for ignoring its time limit; the "
+                                 "service log says which), so the code may have run part way"
+                                 ) from None
 
 
 #: A request the server closed without reading never ran: send it again, at most this often.

@@ -89,6 +89,11 @@ def _setting(default=None, check=None, factory=None, doc=""):
 class Config:
     """Every pyrust setting, with its default."""
 
+    @property
+    def pool_ceiling(self) -> int:
+        """The most workers the pool may run at once."""
+        return min(self.max_workers or 4 * self.workers, MAX_WORKERS)
+
     socket: str | None = _setting(
         None, _optional_path,
         doc="socket path (default: $XDG_RUNTIME_DIR/pyrust/pyrust.sock)")
@@ -98,9 +103,39 @@ class Config:
     preload: list = _setting(
         check=_module_names, factory=list,
         doc="modules imported once before the workers fork")
+    max_workers: int = _setting(
+        0, _non_negative_int,
+        doc="ceiling the pool grows to while every worker is busy (0: four times `workers`)")
+    shrink_after: float = _setting(
+        30.0, _positive_seconds,
+        doc="seconds an extra worker may stay idle before it is retired")
     max_request_bytes: int = _setting(
         10 * 1024 * 1024, _positive_int,
         doc="largest request payload accepted, in bytes")
+    max_reply_bytes: int = _setting(
+        64 * 1024 * 1024, _positive_int,
+        doc="largest output a request may produce, in bytes")
+    request_timeout: float = _setting(
+        30.0, _non_negative_seconds,
+        doc="seconds a request may run before it is interrupted (0: no limit)")
+    kill_grace: float = _setting(
+        5.0, _positive_seconds,
+        doc="seconds after the interrupt before a worker that ignores it is killed")
+    max_requests: int = _setting(
+        0, _non_negative_int,
+        doc="requests after which a worker is replaced (0: never)")
+    max_requests_jitter: int = _setting(
+        0, _non_negative_int,
+        doc="up to this many more requests, at random per worker, so they do not all "
+            "restart at once")
+    max_worker_rss: int = _setting(
+        1024 ** 3, _non_negative_int,
+        doc="resident memory (bytes) above which a worker is replaced between requests "
+            "(0: never)")
+    max_worker_memory: int = _setting(
+        0, _non_negative_int,
+        doc="address-space limit per worker (RLIMIT_AS, bytes); beyond it allocations "
+            "raise MemoryError (0: no limit)")
     idle_timeout: float = _setting(
         60.0, _positive_seconds,
         doc="seconds a connection may wait between or inside requests before it is closed")
@@ -137,7 +172,11 @@ def parse_config(data: dict, source: str) -> Config:
             values[key] = field.metadata["check"](value)
         except ValueError as exc:
             raise ConfigError("%s: key %r: %s, got %r" % (source, key, exc, value)) from None
-    return Config(**values)
+    config = Config(**values)
+    if config.max_workers and config.max_workers < config.workers:
+        raise ConfigError("%s: key 'max_workers': %d is less than workers (%d)"
+                          % (source, config.max_workers, config.workers))
+    return config
 
 
 def load_config(path: str | None = None) -> Config:

@@ -56,7 +56,8 @@ DIFFERENTIAL = [
     "exec('1/0')",
     "import sys; _ = sys.stdout.write('no newline')",
     "import sys; _ = sys.stderr.write('\\udcff\\n')",
-    "import sys; print(sys.getrecursionlimit() >= 1000)",
+    "import sys; print(sys.getrecursionlimit())",
+    "import sys; sys.setrecursionlimit(2000); print(sys.getrecursionlimit())",
     "class E(Exception):\n    def __str__(self): return 'custom'\nraise E()",
     "raise ExceptionGroup('eg', [ValueError(1), TypeError(2)])" if sys.version_info >= (3, 11)
     else "raise ValueError(1)",

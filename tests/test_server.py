@@ -7,6 +7,8 @@ import stat
 import struct
 import threading
 
+import psutil
+
 import pytest
 
 from pyrust import protocol
@@ -312,6 +314,9 @@ def test_sighup_reloads_the_configuration_and_replaces_the_workers(make_server):
     server.proc.send_signal(signal.SIGHUP)
     server.wait_notification("RELOADING=1")
     assert "STATUS=" in server.wait_notification("READY=1")
+    # The old workers finish what they had accepted, then leave.
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in old], timeout=TIMEOUT)
+    assert alive == []
     replies = {server.request("import os, sys; (os.getpid(), 'fractions' in sys.modules)")
                for _ in range(20)}
     for status, output in replies:

@@ -13,6 +13,7 @@ import collections
 import io
 import linecache
 import os
+import signal
 import sys
 import types
 from importlib.machinery import BuiltinImporter
@@ -27,10 +28,32 @@ CACHE_MAX_SOURCE = 1 << 20
 #: besides pyrust's Python frames (C-level calls such as exec() itself); they
 #: differ by version, and the differential test against python -c checks them.
 _EXTRA_DEPTH = {(3, 9): 2, (3, 10): 2, (3, 11): 1}.get(sys.version_info[:2], 0)
+_get_recursion_limit = sys.getrecursionlimit
+_set_recursion_limit = sys.setrecursionlimit
 #: Python 3.13+ shows the source lines of python -c code in tracebacks.
 _SHOW_SOURCE = sys.version_info >= (3, 13)
 #: ``sys`` attributes a program may rebind and the next one must not see.
 _SYS_ATTRS = ("stdin", "stdout", "stderr", "argv", "displayhook", "excepthook")
+
+
+#: Exit code of a run stopped by its time limit (as timeout(1) uses).
+EXIT_TIMEOUT = 124
+#: After the first interrupt, how often it is raised again in code that catches it.
+REINTERRUPT_INTERVAL = 1.0
+
+
+class RequestTimeout(BaseException):
+    """Raised inside a program that runs past its time limit.
+
+    A BaseException, like KeyboardInterrupt, so ``except Exception`` does not
+    swallow it; code that swallows it anyway gets it again every second, and
+    the supervisor kills a worker whose request outlives the grace period.
+    """
+
+    __module__ = "pyrust"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__("timed out after %g s" % seconds)
 
 
 class Result(collections.namedtuple("Result", "status output exit_code")):
@@ -38,7 +61,22 @@ class Result(collections.namedtuple("Result", "status output exit_code")):
 
 
 class _Sink(io.BytesIO):
-    """The bytes both captured streams write to; survives the program closing them."""
+    """The bytes both captured streams write to; survives the program closing them.
+
+    Beyond ``limit`` bytes it keeps counting but stores nothing more, so a
+    program printing without end cannot grow the worker without bound.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.size += len(data)
+        if self.size <= self.limit:
+            return super().write(data)
+        return len(data)
 
     def close(self):
         pass
@@ -62,12 +100,26 @@ def compile_program(source: str, filename: str = FILENAME) -> Program:
 class Executor:
     """Runs programs with a bounded LRU cache of compiled code keyed by source."""
 
-    def __init__(self, cache_size: int) -> None:
+    def __init__(self, cache_size: int, max_output: int = 1 << 62) -> None:
         self.cache_size = cache_size
+        self.max_output = max_output
         self._cache = collections.OrderedDict()
+        self._time_limit = 0.0  # of the run in progress; 0 when none runs
         # The worker's own directory, to return to after each run even if the
         # program renamed or removed the directory it moved to.
         self._home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def install_timer(self) -> None:
+        """Take SIGALRM for time limits (main thread only; the worker calls it once)."""
+        signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def timer_installed(self) -> bool:
+        """Return whether SIGALRM is still ours (a program may have taken it)."""
+        return signal.getsignal(signal.SIGALRM) == self._on_alarm
+
+    def _on_alarm(self, signum, frame) -> None:
+        if self._time_limit:  # only inside a run: never in pyrust's own code around it
+            raise RequestTimeout(self._time_limit)
 
     def clear_cache(self) -> int:
         """Empty the compile cache; return how many entries it held."""
@@ -92,13 +144,17 @@ class Executor:
                 self._cache.popitem(last=False)
         return program
 
-    def run(self, source: str) -> Result:
+    def run(self, source: str, time_limit: float = 0.0) -> Result:
         """Run ``source`` as ``python -c`` would; return its Result.
 
-        Never raises for anything the program does: exceptions, SystemExit
-        and KeyboardInterrupt all become part of the Result.
+        ``time_limit`` (seconds, 0 for none) interrupts the program with
+        RequestTimeout (status TIMEOUT) if it runs longer; install_timer()
+        must have been called.  Output beyond ``max_output`` bytes is dropped
+        and the run refused (status BAD_REQUEST).  Never raises for anything
+        the program does: exceptions, SystemExit and KeyboardInterrupt all
+        become part of the Result.
         """
-        sink = _Sink()
+        sink = _Sink(self.max_output)
         out = io.TextIOWrapper(sink, encoding="utf-8", write_through=True)
         err = io.TextIOWrapper(sink, encoding="utf-8", errors="backslashreplace",
                                write_through=True)
@@ -110,7 +166,9 @@ class Executor:
         sys.stdin, sys.stdout, sys.stderr = io.StringIO(), out, err
         sys.argv = ["-c"]
         try:
-            exit_code = self._execute(source, main.__dict__, err)
+            exit_code = self._execute(source, main.__dict__, err, time_limit)
+        except RequestTimeout:  # the alarm fired just as the program ended
+            exit_code = EXIT_TIMEOUT
         finally:
             for name, value in zip(_SYS_ATTRS, saved):
                 setattr(sys, name, value)
@@ -118,10 +176,16 @@ class Executor:
                 sys.path[:] = saved_path
             sys.modules["__main__"] = saved_main
             os.fchdir(self._home_fd)
+        if sink.size > sink.limit:
+            return Result(protocol.BAD_REQUEST, b"output too large: %d bytes, the maximum is %d "
+                          b"bytes (max_reply_bytes in the configuration)"
+                          % (sink.size, sink.limit), 1)
         output = _utf8(sink.getvalue())
+        if exit_code == EXIT_TIMEOUT:
+            return Result(protocol.TIMEOUT, output, exit_code)
         return Result(protocol.OK if exit_code == 0 else protocol.ERROR, output, exit_code)
 
-    def _execute(self, source: str, namespace: dict, err) -> int:
+    def _execute(self, source: str, namespace: dict, err, time_limit: float) -> int:
         """Compile and run ``source`` in ``namespace``; return python's exit code."""
         try:
             program = self._compiled(source)
@@ -129,24 +193,39 @@ class Executor:
             # Like python -c: no "Traceback" header, just the error and its caret.
             _print_like_python(exc, None, err)
             return 1
-        limit = sys.getrecursionlimit()
+        limit = _get_recursion_limit()
         # python -c runs the program's frame at depth 1; here pyrust's frames
         # lie below it, so the limit grows by their number and a program may
-        # recurse exactly as deep as under python.
-        sys.setrecursionlimit(limit + _stack_depth() + _EXTRA_DEPTH)
+        # recurse exactly as deep as under python. The program sees (and sets)
+        # the limit as python -c would show it.
+        offset = _stack_depth() + _EXTRA_DEPTH
+        _set_recursion_limit(limit + offset)
+        sys.getrecursionlimit = lambda: _get_recursion_limit() - offset
+        sys.setrecursionlimit = lambda n: _set_recursion_limit(n + offset)
         if _SHOW_SOURCE:
             linecache.cache[FILENAME] = (len(source), None, source.splitlines(True), FILENAME)
+        if time_limit:
+            self._time_limit = time_limit
+            signal.setitimer(signal.ITIMER_REAL, time_limit, REINTERRUPT_INTERVAL)
         try:
             exec(program.body, namespace)
             if program.echo is not None:
                 _echo(eval(program.echo, namespace))
         except SystemExit as exc:
             return _system_exit_code(exc, err)
+        except RequestTimeout as exc:
+            _print_exception(exc, err)
+            return EXIT_TIMEOUT
         except BaseException as exc:
             _print_exception(exc, err)
             return 1
         finally:
-            sys.setrecursionlimit(limit)
+            if time_limit:
+                self._time_limit = 0.0
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            sys.getrecursionlimit = _get_recursion_limit
+            sys.setrecursionlimit = _set_recursion_limit
+            _set_recursion_limit(limit)
             if _SHOW_SOURCE:
                 linecache.cache.pop(FILENAME, None)
         return 0

@@ -1,8 +1,14 @@
 """The scoreboard: one slot of counters per worker, in memory shared across fork.
 
-Each worker writes only its own slot; the supervisor only reads (and clears a
+Each worker writes only its own slot; the supervisor reads them (and resets a
 slot when its worker is gone), so no lock is needed.  A request costs the
-worker two ``pack_into`` calls: nothing on the hot path waits or polls.
+worker two ``pack_into`` calls and one scan of the busy times: nothing on the
+hot path waits or polls.
+
+Layout: a count of slots in use (the high-water mark), then every slot's
+state in one array (so "is any worker free to accept?" is one scan), then
+every slot's counters.  A state is the time.monotonic() at which the running
+request began, or one of the markers below.
 """
 
 from __future__ import annotations
@@ -11,26 +17,42 @@ import mmap
 import time
 from struct import Struct
 
-# pid, requests served, requests failed, busy since (time.monotonic(); 0 = idle),
-# idle since (time.monotonic() when the last request ended, or the worker started)
-_SLOT = Struct("=qqqdd")
-_BUSY = Struct("=d")
-_BUSY_OFFSET = 24
+_COUNT = Struct("=q")
+_STATE = Struct("=d")
+_COUNTERS = Struct("=qqqd")   # pid, requests served, requests failed, idle since
+ACCEPTING = 0.0   # in accept(): free to take a new connection
+CONNECTED = -2.0  # holds a connection, waiting for its next request
+FREE = -1.0       # no worker in this slot
 
 
 class Slot:
     """A worker's view of its own slot."""
 
-    __slots__ = ("_mm", "_offset", "pid", "served", "failed")
+    __slots__ = ("_mm", "_busy", "_counters", "_busy_view", "_scoreboard", "pid",
+                 "served", "failed")
 
-    def __init__(self, mm: mmap.mmap, offset: int, pid: int) -> None:
-        self._mm, self._offset, self.pid = mm, offset, pid
+    def __init__(self, scoreboard: "Scoreboard", index: int, pid: int) -> None:
+        self._scoreboard = scoreboard
+        self._mm = scoreboard._mm
+        self._busy = scoreboard._busy_offset(index)
+        self._counters = scoreboard._counters_offset(index)
+        self.pid = pid
         self.served = self.failed = 0
-        _SLOT.pack_into(mm, offset, pid, 0, 0, 0.0, time.monotonic())
+        _COUNTERS.pack_into(self._mm, self._counters, pid, 0, 0, time.monotonic())
+        _STATE.pack_into(self._mm, self._busy, ACCEPTING)
+
+    def accepting(self) -> None:
+        """Mark the worker free to take a new connection."""
+        _STATE.pack_into(self._mm, self._busy, ACCEPTING)
+
+    def connected(self) -> bool:
+        """Mark the worker taken by a connection; return whether none is left accepting."""
+        _STATE.pack_into(self._mm, self._busy, CONNECTED)
+        return self._scoreboard.accepting_count() == 0
 
     def begin(self) -> None:
         """Mark the worker busy with a request from now on."""
-        _BUSY.pack_into(self._mm, self._offset + _BUSY_OFFSET, time.monotonic())
+        _STATE.pack_into(self._mm, self._busy, time.monotonic())
 
     def end(self, ok: bool) -> None:
         """Mark the request done (``ok``: the program succeeded) and the worker idle."""
@@ -38,18 +60,24 @@ class Slot:
             self.served += 1
         else:
             self.failed += 1
-        _SLOT.pack_into(self._mm, self._offset, self.pid, self.served, self.failed, 0.0,
-                        time.monotonic())
+        _COUNTERS.pack_into(self._mm, self._counters, self.pid, self.served, self.failed,
+                            time.monotonic())
+        _STATE.pack_into(self._mm, self._busy, CONNECTED)
 
 
 class WorkerState:
     """What the supervisor reads from one slot."""
 
-    __slots__ = ("pid", "served", "failed", "busy_since", "idle_since")
+    __slots__ = ("state", "pid", "served", "failed", "idle_since")
 
-    def __init__(self, pid, served, failed, busy_since, idle_since) -> None:
-        self.pid, self.served, self.failed = pid, served, failed
-        self.busy_since, self.idle_since = busy_since, idle_since
+    def __init__(self, state, pid, served, failed, idle_since) -> None:
+        self.state, self.pid, self.served, self.failed = state, pid, served, failed
+        self.idle_since = idle_since
+
+    @property
+    def busy_since(self) -> float:
+        """When the running request began, or 0.0 if the worker runs none."""
+        return self.state if self.state > 0 else 0.0
 
 
 class Scoreboard:
@@ -57,30 +85,56 @@ class Scoreboard:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._mm = mmap.mmap(-1, _SLOT.size * size)
-        self._free = list(range(size - 1, -1, -1))
+        self._mm = mmap.mmap(-1, _COUNT.size + size * (_STATE.size + _COUNTERS.size))
+        self._busy_all = memoryview(self._mm)[_COUNT.size:_COUNT.size + size * _STATE.size].cast("d")
+        for index in range(size):
+            self._busy_all[index] = FREE
+        self._free = list(range(size - 1, -1, -1))  # pop() hands out the lowest index
+        self._high_water = 0
         #: totals of workers that are gone, so counts survive recycling
         self.retired_served = self.retired_failed = 0
 
+    def _busy_offset(self, index: int) -> int:
+        return _COUNT.size + index * _STATE.size
+
+    def _counters_offset(self, index: int) -> int:
+        return _COUNT.size + self.size * _STATE.size + index * _COUNTERS.size
+
     def claim(self) -> int:
         """Return a free slot index for a new worker; raise IndexError if none is free."""
-        return self._free.pop()
+        index = self._free.pop()
+        # Counted as accepting from the fork on, so the pool does not grow
+        # twice for one waiting connection; idle from now, not from the epoch.
+        self._busy_all[index] = ACCEPTING
+        _COUNTERS.pack_into(self._mm, self._counters_offset(index), 0, 0, 0, time.monotonic())
+        if index >= self._high_water:
+            self._high_water = index + 1
+            _COUNT.pack_into(self._mm, 0, self._high_water)
+        return index
 
     def attach(self, index: int, pid: int) -> Slot:
         """Return the worker-side Slot ``index`` (called in the worker)."""
-        return Slot(self._mm, index * _SLOT.size, pid)
+        return Slot(self, index, pid)
+
+    def accepting_count(self) -> int:
+        """Return how many workers wait in accept() right now (any process may ask)."""
+        (count,) = _COUNT.unpack_from(self._mm, 0)
+        return self._busy_all[:count].tolist().count(ACCEPTING)
 
     def read(self, index: int) -> WorkerState:
         """Return the current state of slot ``index``."""
-        return WorkerState(*_SLOT.unpack_from(self._mm, index * _SLOT.size))
+        return WorkerState(self._busy_all[index],
+                           *_COUNTERS.unpack_from(self._mm, self._counters_offset(index)))
 
     def release(self, index: int) -> WorkerState:
         """Free slot ``index`` of a worker that is gone; return its last state."""
         state = self.read(index)
         self.retired_served += state.served
         self.retired_failed += state.failed
-        _SLOT.pack_into(self._mm, index * _SLOT.size, 0, 0, 0, 0.0, 0.0)
+        _COUNTERS.pack_into(self._mm, self._counters_offset(index), 0, 0, 0, 0.0)
+        self._busy_all[index] = FREE
         self._free.append(index)
+        self._free.sort(reverse=True)
         return state
 
     def totals(self, indexes) -> "tuple[int, int]":

@@ -17,7 +17,7 @@ import time
 from pyrust.config import MAX_WORKERS
 from pyrust.errors import PyrustError
 from pyrust.server.scoreboard import Scoreboard
-from pyrust.server.worker import Worker
+from pyrust.server.worker import GROW, Worker
 
 log = logging.getLogger("pyrust.supervisor")
 
@@ -28,6 +28,8 @@ WORKER_CRASHED = 70  # EX_SOFTWARE
 #: Scoreboard slots: room for every worker of two generations during a reload.
 MAX_SLOTS = 2 * MAX_WORKERS
 STATUS_INTERVAL = 5.0  # seconds between STATUS= updates to the service manager
+#: Seconds between checks for stuck, oversized and surplus workers.
+HOUSEKEEPING_INTERVAL = 1.0
 
 
 def describe_exit(status: int) -> str:
@@ -71,6 +73,11 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._watchdog = notifier.watchdog_interval()
         self._next_status = 0.0
+        self._next_rss_check = 0.0
+        self._grow_requested = False
+        # Watch the listener too while no worker accepts: a connection arriving
+        # then is one that would wait, so the pool grows for it.
+        self._watch_listener = False
 
     def run(self) -> int:
         """Serve until a stop signal (or idle exit); return the exit code (0 on a clean stop)."""
@@ -83,6 +90,8 @@ class Supervisor:
         while not self.stopping:
             for signum in self._wait_for_signals(self._next_duty()):
                 self._on_signal(signum)
+            if self._grow_requested or self._watch_listener:
+                self._grow()
             self._reap()
             if not self.stopping:
                 self._spawn_missing()
@@ -98,9 +107,13 @@ class Supervisor:
             signal.signal(sig, _record_only)
 
     def _wait_for_signals(self, timeout: float | None) -> list:
-        """Block until a signal arrives or ``timeout`` passes; return the signal numbers."""
+        """Block until a signal (or a worker's message) arrives, a watched listener
+        has a waiting connection, or ``timeout`` passes; return the signal numbers."""
+        watched = [self._wake_r]
+        if self._watch_listener and not self.stopping:
+            watched.append(self.listener.sock)
         try:
-            select.select([self._wake_r], [], [], timeout)
+            select.select(watched, [], [], timeout)
         except InterruptedError:
             pass
         try:
@@ -109,7 +122,9 @@ class Supervisor:
             return []
 
     def _on_signal(self, signum: int) -> None:
-        if signum in STOP_SIGNALS:
+        if signum == GROW[0]:
+            self._grow_requested = True
+        elif signum in STOP_SIGNALS:
             log.info("received %s, stopping", signal.Signals(signum).name)
             self.stopping = True
         elif signum == signal.SIGHUP and not self.stopping:
@@ -137,10 +152,9 @@ class Supervisor:
         code = WORKER_CRASHED
         try:
             os.close(self._wake_r)
-            os.close(self._wake_w)
             worker = Worker(self.listener.sock, self.config,
-                            self.scoreboard.attach(index, os.getpid()))
-            worker.install_signals(supervisor_pid)
+                            self.scoreboard.attach(index, os.getpid()), self._wake_w)
+            worker.start(supervisor_pid)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             code = worker.run()
         except BaseException:
@@ -161,14 +175,74 @@ class Supervisor:
             info = self.workers.pop(pid, None)
             if info is None:
                 continue
-            self.scoreboard.release(info.slot)
-            retired = self.stopping or info.generation != self.generation
-            if retired and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                log.debug("worker %d stopped", pid)
+            state = self.scoreboard.release(info.slot)
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                log.debug("worker %d stopped after %d requests", pid, state.served + state.failed)
             else:
-                log.warning("worker %d died after %.1f s (%s)%s", pid,
-                            time.monotonic() - info.started, describe_exit(status),
-                            "" if retired else "; starting a replacement")
+                log.warning("worker %d died %s after %.1f s (%s)", pid,
+                            "while running a request" if state.busy_since > 0 else "idle",
+                            time.monotonic() - info.started, describe_exit(status))
+
+    def _grow(self) -> None:
+        """No worker accepts: add one if a connection waits, up to the pool's ceiling.
+
+        If none waits yet, watch the listener so the next one wakes us.
+        """
+        self._grow_requested = self._watch_listener = False
+        current = sum(1 for w in self.workers.values() if w.generation == self.generation)
+        if self.scoreboard.accepting_count() > 0 or current >= self.config.pool_ceiling:
+            return
+        if select.select([self.listener.sock], [], [], 0)[0]:
+            self._spawn()  # its slot counts as accepting at once: no double growth
+            log.debug("a connection waits and no worker accepts: grew the pool to %d",
+                      current + 1)
+        else:
+            self._watch_listener = True
+
+    def _housekeeping(self, now: float) -> None:
+        """Kill workers stuck past the time limit, retire oversized and surplus ones."""
+        limit = self.config.request_timeout
+        surplus = sum(1 for w in self.workers.values()
+                      if w.generation == self.generation) - self.config.workers
+        # Newest first: when the pool shrinks, the oldest workers, whose caches
+        # are warmest, stay.
+        for pid, info in sorted(self.workers.items(), key=lambda item: -item[1].started):
+            state = self.scoreboard.read(info.slot)
+            if limit and state.busy_since > 0 and now - state.busy_since > limit + self.config.kill_grace:
+                log.warning("worker %d: request still running %g s after its %g s time limit "
+                            "ignored the interrupt; killing the worker",
+                            pid, self.config.kill_grace, limit)
+                self._signal_workers(signal.SIGKILL, [pid])
+            elif surplus > 0 and info.generation == self.generation and \
+                    state.busy_since == 0 and now - state.idle_since > self.config.shrink_after:
+                log.debug("worker %d idle for %g s: shrinking the pool", pid, self.config.shrink_after)
+                self._retire(pid, info)
+                surplus -= 1
+        if self.config.max_worker_rss and now >= self._next_rss_check:
+            self._next_rss_check = now + STATUS_INTERVAL
+            self._retire_oversized()
+
+    def _retire(self, pid: int, info: WorkerInfo) -> None:
+        """Stop one worker gracefully (it finishes its request) without replacing it now."""
+        info.generation = -1  # no longer counts towards the current pool
+        self._signal_workers(signal.SIGTERM, [pid])
+
+    def _retire_oversized(self) -> None:
+        """Replace workers whose resident memory passed max_worker_rss (between requests:
+        SIGTERM lets the request in flight finish)."""
+        import psutil
+
+        for pid, info in list(self.workers.items()):
+            if info.generation != self.generation:
+                continue
+            try:
+                rss = psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > self.config.max_worker_rss:
+                log.info("worker %d uses %d MiB, over max_worker_rss; replacing it",
+                         pid, rss >> 20)
+                self._retire(pid, info)
 
     def _signal_workers(self, sig: int, pids=None) -> None:
         for pid in list(self.workers if pids is None else pids):
@@ -200,7 +274,8 @@ class Supervisor:
 
     def _next_duty(self) -> float | None:
         """Return seconds until the next timed duty, or None if there is none."""
-        waits = [self._watchdog, STATUS_INTERVAL if self.notifier.active else None]
+        waits = [self._watchdog, STATUS_INTERVAL if self.notifier.active else None,
+                 HOUSEKEEPING_INTERVAL]
         if self.config.idle_exit:
             waits.append(max(0.0, self.config.idle_exit - self._idle_for(time.monotonic())))
         waits = [w for w in waits if w is not None]
@@ -208,6 +283,7 @@ class Supervisor:
 
     def _timed_duties(self) -> None:
         now = time.monotonic()
+        self._housekeeping(now)
         if self._watchdog:
             self.notifier.notify("WATCHDOG=1")
         if self.notifier.active and now >= self._next_status:

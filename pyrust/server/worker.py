@@ -9,14 +9,15 @@ or ``recv()`` until the kernel hands it work.
 import errno
 import logging
 import os
+import random
 import select
 import signal
 import socket
 import struct
-import sys
 import time
 
 from pyrust import protocol
+from pyrust.server import osutil
 from pyrust.server.executor import Executor
 
 log = logging.getLogger("pyrust.worker")
@@ -28,22 +29,9 @@ _CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EINTR, errno.EPROTO}
 #: accept() errors from a passing shortage: retried after a pause, not in a tight loop.
 _SHORTAGE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SHORTAGE_PAUSE = 0.1  # seconds
-
-
-def _terminate_with_parent() -> None:
-    """Have the kernel send SIGTERM when the parent exits (Linux ``PR_SET_PDEATHSIG``).
-
-    Elsewhere this does nothing; the supervisor's normal stop still reaches
-    every worker, only a SIGKILLed supervisor leaves them to finish alone.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+#: The byte a worker writes to the supervisor's wake-up pipe when it took the
+#: last idle worker's place: "grow the pool".  Signal numbers are below 65.
+GROW = b"\xff"
 
 
 def _has_data(conn: socket.socket) -> bool:
@@ -56,16 +44,24 @@ def _has_data(conn: socket.socket) -> bool:
 
 
 class Worker:
-    """Serves requests from ``listener`` until stopped; see :meth:`run`."""
+    """Serves requests from ``listener`` until stopped; see :meth:`run`.
 
-    def __init__(self, listener: socket.socket, config, slot) -> None:
+    ``slot`` is its scoreboard slot; ``wake_fd`` the supervisor's wake-up pipe.
+    """
+
+    def __init__(self, listener: socket.socket, config, slot, wake_fd: int) -> None:
         self.listener = listener
         self.config = config
-        self.slot = slot  # this worker's scoreboard slot
-        self.executor = Executor(config.compile_cache_size)
+        self.slot = slot
+        self.wake_fd = wake_fd
+        self.executor = Executor(config.compile_cache_size, config.max_reply_bytes)
+        self.std_fds = osutil.StandardFds()
+        self.uid = os.getuid()
         self.alive = True
         self.phase = ACCEPTING
         self.conn = None
+        self.retire_after = (config.max_requests + random.randint(0, config.max_requests_jitter)
+                             if config.max_requests else 0)
         seconds = config.idle_timeout
         self._timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
 
@@ -87,28 +83,32 @@ class Worker:
             except OSError:
                 pass
 
-    def install_signals(self, supervisor_pid: int) -> None:
-        """Set the worker's signal dispositions (called in the child after fork).
+    def start(self, supervisor_pid: int) -> None:
+        """Set up the process (called in the child after fork): signals, limits.
 
-        The worker also asks for SIGTERM when the supervisor dies, however it
-        dies, so orphaned workers never keep serving the socket on their own.
+        The worker asks for SIGTERM when the supervisor dies, however it dies,
+        so orphaned workers never keep serving the socket on their own.
         """
-        signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours
+        signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours to fill
         signal.signal(signal.SIGTERM, self._on_stop)
-        _terminate_with_parent()
-        if os.getppid() != supervisor_pid:  # it died before we asked
-            self._on_stop(signal.SIGTERM, None)
         # Ctrl-C in a terminal reaches the whole process group; the supervisor
         # turns it into an orderly stop, so the worker ignores it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
+        self.executor.install_timer()
+        if self.config.max_worker_memory:
+            osutil.limit_address_space(self.config.max_worker_memory)
+        osutil.terminate_with_parent()
+        if os.getppid() != supervisor_pid:  # it died before we asked
+            self._on_stop(signal.SIGTERM, None)
 
     def run(self) -> int:
         """Accept and serve connections until stopped; return the exit code."""
         log.debug("worker %d started", os.getpid())
         while self.alive:
             self.phase = ACCEPTING
+            self.slot.accepting()
             try:
                 conn, _ = self.listener.accept()
             except OSError as exc:
@@ -121,14 +121,40 @@ class Worker:
                     time.sleep(SHORTAGE_PAUSE)
                     continue
                 raise
+            if self.slot.connected():
+                self._ask_for_help()
             try:
-                self.serve_connection(conn)
+                if self.admit(conn):
+                    self.serve_connection(conn)
             finally:
                 self.conn = None
                 conn.close()
         log.debug("worker %d stopping after %d requests", os.getpid(),
                   self.slot.served + self.slot.failed)
         return 0
+
+    def admit(self, conn: socket.socket) -> bool:
+        """Return whether ``conn`` comes from this service's own user.
+
+        The socket's 0600 mode keeps others out; this second line of defence
+        answers anyone else with a status-2 refusal and logs it.
+        """
+        try:
+            uid = osutil.peer_uid(conn)
+        except OSError as exc:
+            log.warning("refused a connection: cannot read its credentials: %s", exc)
+            return False
+        if uid == self.uid:
+            return True
+        log.warning("refused a connection from uid %d (this service runs as uid %d)",
+                    uid, self.uid)
+        try:
+            conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, (
+                "refused: this service belongs to uid %d and your uid is %d"
+                % (self.uid, uid)).encode()))
+        except OSError:
+            pass
+        return False
 
     def serve_connection(self, conn: socket.socket) -> None:
         """Serve requests on ``conn`` until it closes, idles out, or the worker stops."""
@@ -168,7 +194,7 @@ class Worker:
             conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, str(exc).encode()))
             return not exc.fatal
         try:
-            result = self.executor.run(code)
+            result = self.executor.run(code, self.config.request_timeout)
         except Exception:
             # The executor contains everything a program does, so this is a
             # pyrust bug; the worker's state is suspect, so it retires.
@@ -179,8 +205,26 @@ class Worker:
                 protocol.SERVICE_ERROR, b"pyrust: internal error in the worker; see the service log"))
             return False
         self.slot.end(ok=result.status == protocol.OK)
+        self._after_run()
+        conn.sendall(protocol.encode_response(result.status, result.output))
+        return True
+
+    def _ask_for_help(self) -> None:
+        """No worker is left in accept(): ask the supervisor for another (it knows
+        the ceiling, and whether a connection is actually waiting)."""
+        try:
+            os.write(self.wake_fd, GROW)
+        except OSError:  # the pipe is full: the supervisor has been asked already
+            pass
+
+    def _after_run(self) -> None:
+        """Undo what a program may have done to the process, and retire if due."""
+        self.std_fds.restore()
         if signal.getsignal(signal.SIGTERM) != self._on_stop:
             # The program took over SIGTERM; without ours, stopping would hang.
             signal.signal(signal.SIGTERM, self._on_stop)
-        conn.sendall(protocol.encode_response(result.status, result.output))
-        return True
+        if not self.executor.timer_installed():
+            self.executor.install_timer()
+        if self.retire_after and self.slot.served + self.slot.failed >= self.retire_after:
+            log.info("worker %d retiring after %d requests", os.getpid(), self.retire_after)
+            self.alive = False

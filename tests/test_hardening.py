@@ -1,0 +1,267 @@
+"""Only its user gets in; bad input and bad code never take the service down.
+
+Every case runs against a live server and ends by checking it still serves.
+"""
+
+import os
+import signal
+import socket
+import threading
+
+import psutil
+import pytest
+
+from pyrust import client, protocol
+from conftest import TIMEOUT, request
+
+
+def still_serves(server):
+    assert server.request("2+3") == (0, "5\n")
+
+
+def died_without_reply(server, code):
+    """Send ``code``; assert the worker died running it (end-of-file, no reply)."""
+    with server.connect() as sock:
+        sock.sendall(protocol.encode_request(code.encode()))
+        with pytest.raises(protocol.ConnectionClosed):
+            protocol.read_response(sock)
+
+
+# --- access ----------------------------------------------------------------------
+
+@pytest.fixture
+def public_server():
+    """A server whose socket everyone can reach (only this test's own directory
+    under /tmp is opened), to test the second line of defence."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    from conftest import Server
+
+    top = tempfile.mkdtemp(prefix="pyrust-public-")
+    server = Server(Path(top) / "server", workers=1)
+    for path, mode in ((top, 0o755), (server.dir, 0o755), (server.path, 0o777)):
+        os.chmod(path, mode)
+    yield server
+    server.close()
+    shutil.rmtree(top)
+
+
+def test_another_uid_is_refused_by_peer_credentials(public_server):
+    server = public_server
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child becomes `nobody` and tries its luck
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, repr(request(server.path, "2+3")).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as reply:
+        answer = reply.read()
+    os.waitpid(pid, 0)
+    status, output = eval(answer)
+    assert status == protocol.BAD_REQUEST
+    assert output == "refused: this service belongs to uid %d and your uid is 65534" % os.getuid()
+    assert "refused a connection from uid 65534" in server.log()
+    still_serves(server)
+
+
+# --- limits ----------------------------------------------------------------------
+
+def test_output_over_the_reply_limit_is_refused(make_server):
+    server = make_server("max_reply_bytes = 100000\n", workers=1)
+    status, output = server.request("print('x' * 300000)")
+    assert status == protocol.BAD_REQUEST
+    assert output == ("output too large: 300001 bytes, the maximum is 100000 bytes "
+                      "(max_reply_bytes in the configuration)")
+    assert server.request("print('x' * 99999)") == (0, "x" * 99999 + "\n")
+    still_serves(server)
+
+
+def test_the_memory_limit_turns_a_huge_allocation_into_memory_error(make_server):
+    server = make_server("max_worker_memory = 1073741824\n", workers=1)
+    pid = server.request("import os; os.getpid()")
+    status, output = server.request("b = bytearray(2 * 1024 ** 3)")
+    assert status == protocol.ERROR and output.endswith("MemoryError\n")
+    assert server.request("import os; os.getpid()") == pid  # the same worker goes on
+    still_serves(server)
+
+
+# --- time limits -----------------------------------------------------------------
+
+def test_a_runaway_loop_is_interrupted_with_a_clear_message(make_server):
+    server = make_server("request_timeout = 0.5\n", workers=1)
+    pid = server.request("import os; os.getpid()")
+    status, output = server.request("print('started')\nwhile True: pass")
+    assert status == protocol.TIMEOUT
+    assert output.startswith("started\nTraceback (most recent call last):\n")
+    assert output.endswith("pyrust.RequestTimeout: timed out after 0.5 s\n")
+    assert server.request("import os; os.getpid()") == pid  # no need for a new worker
+    still_serves(server)
+
+
+@pytest.mark.parametrize("code", [
+    "while True:\n    try:\n        while True: pass\n    except BaseException: pass",
+    "import time; time.sleep(60)",
+])
+def test_code_that_catches_the_interrupt_gets_it_again(make_server, code):
+    server = make_server("request_timeout = 0.3\n", workers=1)
+    status, output = server.request(code)
+    assert status == protocol.TIMEOUT
+    assert output.endswith("pyrust.RequestTimeout: timed out after 0.3 s\n")
+    still_serves(server)
+
+
+@pytest.mark.parametrize("code", [
+    # C code that never checks for signals
+    "sum(range(10 ** 13))",
+    # blocks the signal the interrupt uses
+    "import signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])\nwhile True: pass",
+    # takes the signal over
+    "import signal\n_ = signal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True: pass",
+])
+def test_code_that_ignores_the_interrupt_loses_its_worker(make_server, code):
+    # max_workers = 1: only the replacement can answer next, so its answer
+    # proves the supervisor has handled (and logged) the death.
+    server = make_server("request_timeout = 0.3\nkill_grace = 0.3\nmax_workers = 1\n",
+                         workers=1)
+    died_without_reply(server, code)
+    still_serves(server)  # a fresh worker took its place
+    assert "ignored the interrupt; killing the worker" in server.log()
+    assert "died while running a request" in server.log()
+
+
+def test_the_cli_explains_a_worker_that_died(make_server):
+    import subprocess
+    import sys
+    from conftest import pyrust_env
+
+    server = make_server(workers=1)
+    result = subprocess.run([sys.executable, "-m", "pyrust", "-c", "import os; os._exit(3)"],
+                            capture_output=True, timeout=TIMEOUT,
+                            env=pyrust_env(PYRUST_SOCKET=server.path))
+    assert result.returncode == 125
+    assert result.stderr.decode().startswith("pyrust: the worker running the code died "
+                                             "before it replied")
+    still_serves(server)
+
+
+# --- no waiting behind slow work -------------------------------------------------
+
+def test_a_quick_request_is_not_kept_waiting_by_slow_ones(make_server, tmp_path):
+    server = make_server("max_workers = 4\n", workers=1)
+    gate = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    gate.bind(str(tmp_path / "gate.sock"))
+    gate.listen(8)
+    gate.settimeout(TIMEOUT)
+    slow = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect(%r)\n"
+            "s.recv(1)\n'slow'" % str(tmp_path / "gate.sock"))
+    replies = []
+    threads = [threading.Thread(target=lambda: replies.append(server.request(slow)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    held = [gate.accept()[0] for _ in range(3)]  # all three slow requests are running
+    # Every worker that existed is busy; this one is answered anyway, and first.
+    assert server.request("2+3") == (0, "5\n")
+    assert replies == []
+    for conn in held:
+        conn.sendall(b"!")
+        conn.close()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert replies == [(0, "'slow'\n")] * 3
+    assert len(server.worker_pids()) == 4
+
+
+def test_the_pool_shrinks_back_when_idle(make_server, tmp_path):
+    server = make_server("max_workers = 3\nshrink_after = 0.2\n", workers=1)
+    gate = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    gate.bind(str(tmp_path / "gate.sock"))
+    gate.listen(8)
+    gate.settimeout(TIMEOUT)
+    slow = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect(%r)\ns.recv(1)"
+            % str(tmp_path / "gate.sock"))
+    threads = [threading.Thread(target=server.request, args=(slow,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    held = [gate.accept()[0] for _ in range(2)]
+    assert server.request("1") == (0, "1\n")
+    pool = sorted((psutil.Process(pid) for pid in server.worker_pids()),
+                  key=lambda p: p.create_time())
+    assert len(pool) == 3
+    for conn in held:
+        conn.sendall(b"!")
+    for t in threads:
+        t.join(TIMEOUT)
+    # The extra workers go once idle for shrink_after; the first one stays.
+    gone, alive = psutil.wait_procs(pool[1:], timeout=TIMEOUT)
+    assert alive == [] and pool[0].is_running()
+    assert server.worker_pids() == {pool[0].pid}
+    still_serves(server)
+
+
+# --- crashes -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("code, how", [
+    ("import os; os._exit(3)", "exit status 3"),
+    ("import ctypes; ctypes.string_at(0)", "killed by SIGSEGV"),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),
+])
+def test_a_worker_that_dies_is_reported_and_replaced(make_server, code, how):
+    server = make_server("max_workers = 1\n", workers=1)
+    died_without_reply(server, code)
+    still_serves(server)  # served by the replacement, so the death was handled
+    assert "died while running a request" in server.log() and how in server.log()
+
+
+@pytest.mark.parametrize("code, last_line", [
+    ("raise MemoryError", "MemoryError"),
+    ("def f(): f()\nf()", "RecursionError: maximum recursion depth exceeded"),
+    ("import sys; sys.setrecursionlimit(10**6)\n"
+     "def f(n): return f(n + 1) if n < 50000 else n\nf(0)", None),
+])
+def test_exhaustion_inside_the_code_is_an_error_not_a_crash(make_server, code, last_line):
+    server = make_server(workers=1)
+    status, output = server.request(code)
+    if last_line is None:
+        assert (status, output) == (0, "50000\n")
+    else:
+        assert status == protocol.ERROR and output.splitlines()[-1] == last_line
+    # Interpreter state the code changed does not reach the next request.
+    assert server.request("import sys; sys.getrecursionlimit()") == (0, "1000\n")
+    still_serves(server)
+
+
+def test_code_that_closes_or_replaces_fds_0_to_2(make_server):
+    server = make_server(workers=1)
+    pid = server.request("import os; os.getpid()")
+    assert server.request("import os\nfor fd in (0, 1, 2): os.close(fd)")[0] == 0
+    assert server.request("import os\nfd = os.open(os.devnull, os.O_WRONLY)\n"
+                          "os.dup2(fd, 1); os.dup2(fd, 2)")[0] == 0
+    assert server.request(b"\xff")[0] == protocol.BAD_REQUEST  # makes the worker log a line
+    assert server.request("import os; os.getpid()") == pid
+    assert "refused a request: invalid request" in server.log()  # its stderr still works
+    still_serves(server)
+
+
+# --- recycling ---------------------------------------------------------------------
+
+def test_workers_are_recycled_after_max_requests(make_server):
+    server = make_server("max_requests = 5\n", workers=1)
+    pids = [server.request("import os; os.getpid()")[1] for _ in range(10)]
+    assert pids[:5] == [pids[0]] * 5 and pids[5:] == [pids[5]] * 5 and pids[0] != pids[5]
+
+
+def test_a_worker_over_max_worker_rss_is_replaced_between_requests(make_server):
+    server = make_server("max_worker_rss = 209715200\n", workers=1)
+    status, pid = server.request("import builtins, os\n"
+                                 "builtins.hog = bytearray(300 * 1024 * 1024)\nos.getpid()")
+    assert status == 0
+    gone, alive = psutil.wait_procs([psutil.Process(int(pid))], timeout=TIMEOUT)
+    assert alive == []
+    assert "over max_worker_rss; replacing it" in server.log()
+    assert server.request("import os; os.getpid()")[1] != pid
