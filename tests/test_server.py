@@ -8,7 +8,6 @@ import struct
 import threading
 
 import psutil
-
 import pytest
 
 from pyrust import protocol
