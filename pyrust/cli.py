@@ -11,26 +11,41 @@ import sys
 from pyrust import __version__
 
 USAGE = """\
-usage: pyrust [--socket PATH] [--config FILE] -c CODE
-       pyrust [--socket PATH] [--config FILE] --daemon
+usage: pyrust [--socket PATH] [--config FILE] -c CODE [ARG ...]
+       pyrust [--socket PATH] [--config FILE] FILE [ARG ...]
+       pyrust [--socket PATH] [--config FILE] -m MODULE [ARG ...]
+       pyrust [--socket PATH] [--config FILE] - [ARG ...]   (program on stdin; also when piped)
+       pyrust status [--json]
+       pyrust --daemon | --stop-daemon | --daemon-status | --clear-cache
        pyrust serve [--socket PATH] [--config FILE] [--workers N] [--log-level LEVEL]
        pyrust --version | --help
 
-  -c CODE    run CODE in the warm service and print its output; the value of a
-             final bare expression is echoed as the interactive interpreter does
-  --daemon   start a standalone service in the background; return once it answers
-  serve      run the service in the foreground (see 'pyrust serve --help')
-  --socket   socket path (else $PYRUST_SOCKET, the config's 'socket',
-             $XDG_RUNTIME_DIR/pyrust/pyrust.sock, /tmp/pyrust-$UID/pyrust.sock)
-  --config   configuration file (default $XDG_CONFIG_HOME/pyrust/config.toml)
+Runs the program in the warm service exactly as python would: the same
+output, exit status, argv, working directory and environment, with the
+terminal's own stdin, stdout and stderr. One difference: with -c, the value
+of a final bare expression is echoed, as the interactive interpreter does.
 
-exit status: 0 when the code ran, 1 when it raised or the service refused or
-failed the request; 2 for usage errors; 125 when no service could be reached.
+  --daemon         start a standalone service in the background
+  --stop-daemon    stop the running service (requests in flight finish)
+  --daemon-status  exit 0 if a service answers, 1 if not
+  --clear-cache    clear the running service's compile caches
+  status           the service's state (--json for every figure)
+  serve            run the service in the foreground (see 'pyrust serve --help')
+  --socket         socket path (else $PYRUST_SOCKET, the config's 'socket',
+                   $XDG_RUNTIME_DIR/pyrust/pyrust.sock, /tmp/pyrust-$UID/pyrust.sock)
+  --config         configuration file (default $XDG_CONFIG_HOME/pyrust/config.toml)
+
+exit status: the program's own, as python gives it (130 and the like when it
+was interrupted); 124 when it ran past its time limit; 2 for usage errors;
+125 when pyrust itself failed (no service, request refused, worker lost).
 """
 
 EXIT_USAGE = 2
-#: No service could be reached; below 126/127 (shell) and 128+N (killed by signal N).
+#: pyrust's own failures; below 126/127 (shell) and 128+N (killed by signal N).
 EXIT_SERVICE = 125
+_FLAGS = {"--daemon": "daemon", "--stop-daemon": "stop", "--daemon-status": "daemon-status",
+          "--clear-cache": "clear-cache", "--version": "version", "-V": "version",
+          "--help": "help", "-h": "help"}
 
 
 class UsageError(Exception):
@@ -39,7 +54,8 @@ class UsageError(Exception):
 
 def parse_args(argv: list) -> dict:
     """Return the options in ``argv`` as a dict; raise UsageError if malformed."""
-    opts = {"socket": None, "config": None, "action": None, "code": None, "rest": []}
+    opts = {"socket": None, "config": None, "action": None, "form": None, "source": None,
+            "rest": []}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -51,22 +67,27 @@ def parse_args(argv: list) -> dict:
                     raise UsageError("%s needs a value" % name)
                 value = argv[i]
             opts[name[2:]] = value
-        elif arg == "-c" or (arg.startswith("-c") and len(arg) > 2):
-            code = arg[2:] if len(arg) > 2 else None
-            if code is None:
-                if i + 1 == len(argv):
-                    raise UsageError("-c needs an argument")
+        elif arg[:2] in ("-c", "-m"):
+            source = arg[2:]
+            if not source:
                 i += 1
-                code = argv[i]
-            return dict(opts, action="run", code=code, rest=argv[i + 1:])
-        elif arg in ("--daemon", "--version", "--help", "-h", "-V"):
-            return dict(opts, action=arg.lstrip("-"), rest=argv[i + 1:])
-        elif arg == "serve":
-            return dict(opts, action="serve", rest=argv[i + 1:])
+                if i == len(argv):
+                    raise UsageError("%s needs an argument" % arg)
+                source = argv[i]
+            return dict(opts, action="run", form=arg[1], source=source, rest=argv[i + 1:])
+        elif arg in _FLAGS:
+            return dict(opts, action=_FLAGS[arg], rest=argv[i + 1:])
+        elif arg in ("serve", "status"):
+            return dict(opts, action=arg, rest=argv[i + 1:])
+        elif arg == "-" or not arg.startswith("-"):
+            form = "-" if arg == "-" else "f"
+            return dict(opts, action="run", form=form, source=arg, rest=argv[i + 1:])
         else:
-            raise UsageError("unknown argument %r" % arg)
+            raise UsageError("unknown option %r" % arg)
         i += 1
-    raise UsageError("nothing to do")
+    if not sys.stdin.isatty():  # `pyrust < script.py`, as python reads it
+        return dict(opts, action="run", form="-", source="", rest=[])
+    raise UsageError("nothing to run (the interactive interpreter is python's own job)")
 
 
 def load_settings(opts: dict):
@@ -82,7 +103,7 @@ def load_settings(opts: dict):
     return resolve_socket_path(opts["socket"], config and config.socket), config
 
 
-def connect(opts: dict):
+def connect(opts: dict, autostart: bool = True):
     """Return a socket connected to the service, autostarting a server if allowed.
 
     Raise PyrustError, saying what to do, when no service can be reached.
@@ -94,6 +115,8 @@ def connect(opts: dict):
     try:
         return client.connect(path)
     except ServiceUnavailable as exc:
+        if not autostart:
+            raise
         if config is not None and not config.autostart:
             raise PyrustError("%s; start it with 'pyrust --daemon' (autostart is off in the "
                               "configuration)" % exc) from None
@@ -103,23 +126,86 @@ def connect(opts: dict):
     return client.connect(path)
 
 
-def run_code(opts: dict) -> int:
-    """``pyrust -c CODE``: run it, write its output, return the exit code."""
+def run_program(opts: dict) -> int:
+    """Run the program in the service with this process's fds 0-2; return its exit code."""
     from pyrust import client, protocol
 
-    if opts["rest"]:
-        raise UsageError("arguments after -c CODE are not supported yet")
-    code = opts["code"].encode("utf-8", "surrogateescape")
-    status, output = client.request(lambda: connect(opts), code)
-    if status == protocol.OK:
-        sys.stdout.buffer.write(output)
-        return 0
-    if status == protocol.ERROR:  # the program's output, then its traceback
-        sys.stderr.buffer.write(output)
-        return 1
+    form, source = opts["form"], opts["source"]
+    # sys.argv[0] as python sets it: "-c", "-m" (runpy then puts the path), the
+    # script's path, "-", or "" for a program piped in without "-".
+    argv0 = {"c": "-c", "m": "-m", "f": source}.get(form, source)
+    if form == "-":  # the program comes from stdin, as `python -` reads it
+        source = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    fields = [(protocol.OP, protocol.OP_RUN), (protocol.FORM, form.encode()),
+              (protocol.SOURCE, source.encode("utf-8", "surrogateescape")),
+              (protocol.STDIO, b"f")]
+    fields += [(protocol.ARG, os.fsencode(arg)) for arg in [argv0] + opts["rest"]]
+    fields += [(protocol.ENV, key + b"=" + value) for key, value in os.environb.items()]
+    try:
+        fields.append((protocol.CWD, os.getcwdb()))
+    except OSError:
+        pass  # the directory is gone: the program runs in the service's own
+    message = client.extended_request(fields, (0, 1, 2))
+    status, payload = client.request(lambda: connect(opts), message, forward_interrupts=True)
+    if status in (protocol.OK, protocol.ERROR, protocol.TIMEOUT) and len(payload) >= 4:
+        (code,) = protocol.EXIT_CODE.unpack(payload[:4])
+        if code < 0:
+            _die_by_signal(-code)
+        return code
+    return _failed(status, payload)
+
+
+def _die_by_signal(signum: int) -> None:
+    """End this process by ``signum``, as python does after an uncaught KeyboardInterrupt."""
+    import _signal
+
+    sys.stdout.flush()
+    _signal.signal(signum, _signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _failed(status: int, payload: bytes) -> int:
+    """Report a request the service refused or failed; return EXIT_SERVICE."""
+    from pyrust import protocol
+
     name = protocol.STATUS_NAMES.get(status, "status %d" % status)
-    sys.stderr.write("pyrust: %s: %s\n" % (name, output.decode("utf-8", "replace").rstrip()))
-    return 1
+    sys.stderr.write("pyrust: %s: %s\n" % (name, payload.decode("utf-8", "replace").rstrip()))
+    return EXIT_SERVICE
+
+
+def control(opts: dict, op: bytes) -> "tuple[int, bytes]":
+    """Send control operation ``op`` (never autostarting a service); return the reply."""
+    from pyrust import client, protocol
+
+    message = client.extended_request([(protocol.OP, op)])
+    return client.request(lambda: connect(opts, autostart=False), message)
+
+
+def service_command(opts: dict) -> int:
+    """``status``, ``--stop-daemon``, ``--daemon-status``, ``--clear-cache``."""
+    from pyrust import protocol
+    from pyrust.errors import ServiceUnavailable
+
+    action = opts["action"]
+    op = {"status": protocol.OP_STATUS, "daemon-status": protocol.OP_STATUS,
+          "stop": protocol.OP_STOP, "clear-cache": protocol.OP_CLEAR_CACHE}[action]
+    try:
+        status, payload = control(opts, op)
+    except ServiceUnavailable as exc:
+        sys.stderr.write("pyrust: %s\n" % exc)
+        return 1 if action in ("daemon-status", "status") else EXIT_SERVICE
+    if status != protocol.OK:
+        return _failed(status, payload)
+    if action == "status" and "--json" not in opts["rest"]:
+        from pyrust.status import describe
+
+        payload = describe(payload)
+    elif action == "daemon-status":
+        from pyrust.status import one_line
+
+        payload = one_line(payload)
+    sys.stdout.write(payload.decode("utf-8", "replace"))
+    return 0
 
 
 def main(argv: list = None) -> int:
@@ -131,7 +217,7 @@ def main(argv: list = None) -> int:
         opts = parse_args(argv)
         action = opts["action"]
         if action == "run":
-            return run_code(opts)
+            return run_program(opts)
         if action == "serve":
             from pyrust.server.main import main as serve
 
@@ -141,11 +227,13 @@ def main(argv: list = None) -> int:
             from pyrust.daemon import start_daemon
 
             return start_daemon(load_settings(opts)[0], opts["config"])
-        if action in ("version", "V"):
+        if action == "version":
             print("pyrust %s" % __version__)
             return 0
-        sys.stdout.write(USAGE)
-        return 0
+        if action == "help":
+            sys.stdout.write(USAGE)
+            return 0
+        return service_command(opts)
     except UsageError as exc:
         sys.stderr.write("pyrust: %s\n%s" % (exc, USAGE))
         return EXIT_USAGE

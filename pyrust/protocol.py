@@ -1,10 +1,13 @@
-"""Wire protocol v1: framing shared by the client and the server.
+"""The wire protocol: framing shared by the client and the server.
 
-Request:  ``[u32 big-endian length][length bytes of UTF-8 code]``
-Response: ``[u8 status][u32 big-endian length][length bytes of UTF-8 output]``
+v1 request:  ``[u32 big-endian length][length bytes of UTF-8 code]``
+Response:    ``[u8 status][u32 big-endian length][length bytes of payload]``
 
-Several requests may follow each other on one connection; every request gets
-exactly one response, in order.  ``docs/protocol.md`` has byte-exact examples.
+The extended request sets the length's top bit (never valid in v1) and
+carries fields (``[u8 tag][u32 length][value]``), with the client's fds 0-2
+attached (``SCM_RIGHTS``) to the payload.  Several requests may follow each
+other on one connection; every request gets exactly one response, in order.
+``docs/protocol.md`` has byte-exact examples.
 
 This is a leaf module: it imports nothing from the package, and only the C
 ``_struct`` accelerator from the standard library, so the client stays lean.
@@ -17,7 +20,7 @@ from _struct import Struct
 OK = 0              #: the code ran; the payload is its output
 ERROR = 1           #: the code raised; the payload is its output, then the traceback
 BAD_REQUEST = 2     #: the frame was refused (too large, not UTF-8, malformed); says why
-TIMEOUT = 3         #: reserved: the code ran past the request time limit
+TIMEOUT = 3         #: the code ran past the request time limit
 WORKER_DIED = 4     #: reserved: the worker running the code died (signal, os._exit)
 SERVICE_ERROR = 5   #: the service failed for a reason of its own
 
@@ -31,12 +34,28 @@ STATUS_NAMES = {
 }
 
 #: A request length with this bit set can never be a valid v1 length (it would
-#: be 2 GiB or more, far above any configurable maximum), so the bit is
-#: reserved to announce a future extended request form.
+#: be 2 GiB or more, far above any configurable maximum), so the bit
+#: announces the extended request form.
 EXTENDED_FLAG = 0x8000_0000
 
 HEADER = Struct(">I")            # request header: payload length
 RESPONSE_HEADER = Struct(">BI")  # response header: status, payload length
+FIELD = Struct(">BI")            # extended field header: tag, value length
+EXIT_CODE = Struct(">i")         # extended run response: the program's exit code
+
+# Extended request fields (tags).  Unknown tags are refused, not skipped.
+OP = 1        #: one byte: an OP_* value
+FORM = 2      #: one byte: "c" code, "f" file, "m" module, "-" program read from stdin
+SOURCE = 3    #: UTF-8: the code, the file's path, or the module's name
+ARG = 4       #: sys.argv, one entry (bytes) per field, argv[0] first; absent: as python sets it
+CWD = 5       #: the client's working directory (bytes)
+ENV = 6       #: one KEY=VALUE of the client's environment (bytes), repeated
+TIMEOUT_MS = 7  #: u32: time limit in milliseconds (0: none); absent: the server's
+STDIO = 8     #: one byte: "f" fds 0-2 are attached; "c" capture output as v1 does
+REPEATED = (ARG, ENV)
+
+OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION = b"r", b"s", b"S", b"C", b"R", b"v"
+OPS = (OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION)
 
 
 class ProtocolError(Exception):
@@ -125,3 +144,40 @@ def read_response(sock) -> "tuple[int, bytes]":
     """
     status, length = RESPONSE_HEADER.unpack(recv_exact(sock, RESPONSE_HEADER.size))
     return status, recv_exact(sock, length, started=True)
+
+
+def encode_fields(fields) -> bytes:
+    """Return the extended payload for ``fields``: (tag, bytes value) pairs."""
+    return b"".join(FIELD.pack(tag, len(value)) + value for tag, value in fields)
+
+
+def encode_extended(fields) -> "tuple[bytes, bytes]":
+    """Return (header, payload) of an extended request; send the fds with the payload."""
+    payload = encode_fields(fields)
+    return HEADER.pack(EXTENDED_FLAG | len(payload)), payload
+
+
+def decode_fields(payload: bytes) -> dict:
+    """Return {tag: value} (a list of values for repeated tags) from an extended payload.
+
+    Raise ProtocolError (not fatal: the payload was read whole) if malformed.
+    """
+    fields = {tag: [] for tag in REPEATED}
+    offset = 0
+    while offset < len(payload):
+        if offset + FIELD.size > len(payload):
+            raise ProtocolError("malformed extended request: truncated field header", False)
+        tag, size = FIELD.unpack_from(payload, offset)
+        offset += FIELD.size
+        value = payload[offset:offset + size]
+        if len(value) != size:
+            raise ProtocolError("malformed extended request: field %d is truncated" % tag, False)
+        offset += size
+        if tag in REPEATED:
+            fields[tag].append(value)
+        elif tag in (OP, FORM, SOURCE, CWD, TIMEOUT_MS, STDIO) and tag not in fields:
+            fields[tag] = value
+        else:
+            raise ProtocolError("malformed extended request: unknown or repeated field %d"
+                                % tag, False)
+    return fields

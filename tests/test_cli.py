@@ -27,10 +27,10 @@ TRANSCRIPTS = [
     (["-c", "raise SystemExit('bye')"], "", "bye\n", 1),
     (["--socket", "{socket}", "-c", "2+3"], "5\n", "", 0),
     (["--socket={socket}", "-c", "2+3"], "5\n", "", 0),
-    (["-c", "2+3", "arg"], "", "pyrust: arguments after -c CODE are not supported yet\n", 2),
+    (["-c", "import sys; print(sys.argv)", "a", "-b"], "['-c', 'a', '-b']\n", "", 0),
     (["-c"], "", "pyrust: -c needs an argument\n", 2),
-    (["--bogus"], "", "pyrust: unknown argument '--bogus'\n", 2),
-    ([], "", "pyrust: nothing to do\n", 2),
+    (["--bogus"], "", "pyrust: unknown option '--bogus'\n", 2),
+    ([], "", "", 0),  # stdin is /dev/null: an empty program, as `python < /dev/null`
     (["--socket"], "", "pyrust: --socket needs a value\n", 2),
     (["--version"], "pyrust 0.1.0\n", "", 0),
     (["--config", "{noautostart}", "--socket", "/nonexistent/pyrust.sock", "-c", "1"], "",
@@ -44,6 +44,7 @@ TRANSCRIPTS = [
 
 def pyrust(args, env=None, **kwargs):
     """Run the pyrust command with this checkout; return the CompletedProcess (text)."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
     return subprocess.run([sys.executable, "-m", "pyrust", *args], capture_output=True,
                           timeout=TIMEOUT, env=pyrust_env(**(env or {})), **kwargs)
 

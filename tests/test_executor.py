@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pyrust import protocol
-from pyrust.server.executor import Executor
+from pyrust.server.executor import Executor, v1_job
 
 # The issue's program table: code -> (status, output).
 PROGRAMS = [
@@ -69,6 +69,11 @@ DIFFERENTIAL = [
 DIFFERENTIAL_IN_WORKER = DIFFERENTIAL + ["def r(): r()\nr()"]
 
 
+def run(executor, code):
+    """Run ``code`` as a protocol v1 request would."""
+    return executor.run(v1_job(code, 0))
+
+
 @pytest.fixture
 def executor():
     return Executor(cache_size=16)
@@ -76,14 +81,14 @@ def executor():
 
 @pytest.mark.parametrize("code, status, output", PROGRAMS)
 def test_program_table(executor, code, status, output):
-    result = executor.run(code)
+    result = run(executor, code)
     assert (result.status, result.output.decode()) == (status, output)
 
 
 @pytest.mark.parametrize("code, name", [("1/0", "ZeroDivisionError"),
                                          ("undefined_var", "NameError")])
 def test_errors_have_status_1_and_a_traceback(executor, code, name):
-    result = executor.run(code)
+    result = run(executor, code)
     assert result.status == protocol.ERROR
     text = result.output.decode()
     assert text.startswith("Traceback (most recent call last):\n")
@@ -100,7 +105,7 @@ def run_python(code):
 @pytest.mark.parametrize("code", DIFFERENTIAL)
 def test_same_output_and_exit_code_as_python_c(executor, code):
     output, returncode = run_python(code)
-    result = executor.run(code)
+    result = run(executor, code)
     assert (result.output, result.exit_code) == (output, returncode)
     assert result.status == (protocol.OK if returncode == 0 else protocol.ERROR)
 
@@ -116,12 +121,12 @@ def test_state_does_not_leak_between_runs(executor, tmp_path):
     cwd, path, argv = os.getcwd(), sys.path[:], sys.argv[:]
     streams = (sys.stdin, sys.stdout, sys.stderr, sys.displayhook, sys.excepthook)
     main = sys.modules["__main__"]
-    first = executor.run(
+    first = run(executor, 
         "import os, sys\nsecret = 1\nos.chdir(%r)\nsys.argv.append('extra')\n"
         "sys.path.insert(0, '/nowhere')\nsys.displayhook = None\nsys.excepthook = None\n"
         "import __main__; __main__.marker = 1\nsys.stdout = sys.stderr = None" % str(tmp_path))
     assert first.status == protocol.OK, first.output
-    second = executor.run(
+    second = run(executor, 
         "import os, sys, __main__\n"
         "print('secret' in globals(), hasattr(__main__, 'marker'), os.getcwd(), sys.argv,"
         " '/nowhere' in sys.path)")
@@ -132,14 +137,14 @@ def test_state_does_not_leak_between_runs(executor, tmp_path):
 
 
 def test_closing_the_streams_does_not_break_the_next_run(executor):
-    result = executor.run("import sys; print('a'); sys.stdout.close(); sys.stderr.close()")
+    result = run(executor, "import sys; print('a'); sys.stdout.close(); sys.stderr.close()")
     assert (result.status, result.output) == (protocol.OK, b"a\n")
-    assert executor.run("print('b')").output == b"b\n"
+    assert run(executor, "print('b')").output == b"b\n"
 
 
 def test_cache_hit_behaves_like_a_miss(executor):
     for code in ("x = 1\nx + 1", "print(1)", "1/0", "1+"):
-        first, second = executor.run(code), executor.run(code)
+        first, second = run(executor, code), run(executor, code)
         assert first == second
     assert executor.cache_len() == 3  # programs that do not compile are not cached
 
@@ -147,7 +152,7 @@ def test_cache_hit_behaves_like_a_miss(executor):
 def test_cache_is_bounded_lru():
     executor = Executor(cache_size=2)
     for code in ("1", "2", "1", "3"):  # "2" is least recently used when "3" arrives
-        executor.run(code)
+        run(executor, code)
     assert executor.cache_len() == 2
     assert set(executor._cache) == {"1", "3"}
     assert executor.clear_cache() == 2 and executor.cache_len() == 0
@@ -155,15 +160,15 @@ def test_cache_is_bounded_lru():
 
 def test_cache_size_zero_disables_it():
     executor = Executor(cache_size=0)
-    assert executor.run("2+3").output == b"5\n"
+    assert run(executor, "2+3").output == b"5\n"
     assert executor.cache_len() == 0
 
 
 def test_output_that_is_not_utf8_is_replaced(executor):
-    result = executor.run("import sys; _ = sys.stdout.buffer.write(b'a\\xffb')")
+    result = run(executor, "import sys; _ = sys.stdout.buffer.write(b'a\\xffb')")
     assert result.output == "a\ufffdb".encode()
 
 
 def test_future_imports_of_pyrust_do_not_leak_into_programs(executor):
     # executor.py itself uses no __future__ flags today; programs must never inherit any.
-    assert executor.run("def f(x: undefined_name): pass").status == protocol.ERROR
+    assert run(executor, "def f(x: undefined_name): pass").status == protocol.ERROR

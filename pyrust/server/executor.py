@@ -1,24 +1,24 @@
-"""Run one program the way ``python -c`` would, inside a long-lived worker.
+"""Run one program the way ``python`` would, inside a long-lived worker.
 
-Each run gets a fresh ``__main__`` module, its own captured stdout/stderr
-(interleaved in the order written), REPL-style echo of a final bare
-expression, and tracebacks formatted exactly as ``python -c`` prints them.
-Interpreter state a later run would see (``sys`` streams and hooks, argv,
-path, ``__main__``, the working directory) is restored afterwards.
+A Job names the program (``-c`` code, a file, a module, or a program read
+from stdin), its argv, cwd, environment, time limit, and either the client's
+fds 0-2 or None to capture the output as protocol v1 does.  Each run gets a
+fresh ``__main__``; tracebacks, exit codes and ``SystemExit`` behave exactly
+as under ``python``.  The one intended difference: with ``-c``, the value of
+a final bare expression is echoed as the interactive interpreter does.
 """
 
 import ast
-import builtins
 import collections
-import io
 import linecache
 import os
+import runpy
 import signal
+import socket
 import sys
-import types
-from importlib.machinery import BuiltinImporter
 
 from pyrust import protocol
+from pyrust.server.runstate import Borrowed, Capture, client_streams, fresh_main
 
 FILENAME = "<string>"  # what python -c names the code in tracebacks
 #: Programs larger than this are compiled every time rather than cached, so
@@ -32,12 +32,10 @@ _get_recursion_limit = sys.getrecursionlimit
 _set_recursion_limit = sys.setrecursionlimit
 #: Python 3.13+ shows the source lines of python -c code in tracebacks.
 _SHOW_SOURCE = sys.version_info >= (3, 13)
-#: ``sys`` attributes a program may rebind and the next one must not see.
-_SYS_ATTRS = ("stdin", "stdout", "stderr", "argv", "displayhook", "excepthook")
-
-
 #: Exit code of a run stopped by its time limit (as timeout(1) uses).
 EXIT_TIMEOUT = 124
+#: Exit code meaning "die by SIGINT", as python does after an uncaught KeyboardInterrupt.
+EXIT_SIGINT = -signal.SIGINT
 #: After the first interrupt, how often it is raised again in code that catches it.
 REINTERRUPT_INTERVAL = 1.0
 
@@ -56,30 +54,23 @@ class RequestTimeout(BaseException):
         super().__init__("timed out after %g s" % seconds)
 
 
+class ClientGone(BaseException):
+    """Raised inside a program whose client went away: nobody waits for it."""
+
+    __module__ = "pyrust"
+
+
+class Job(collections.namedtuple("Job", "form source argv cwd env time_limit fds")):
+    """One run: ``form`` is "c", "-", "f" or "m"; ``fds`` the client's 0-2 or None."""
+
+
+def v1_job(code: str, time_limit: float) -> Job:
+    """Return the Job of a protocol v1 request: ``python -c`` with captured output."""
+    return Job("c", code, ("-c",), None, None, time_limit, None)
+
+
 class Result(collections.namedtuple("Result", "status output exit_code")):
-    """What a run produced: wire status, output bytes, and python's exit code."""
-
-
-class _Sink(io.BytesIO):
-    """The bytes both captured streams write to; survives the program closing them.
-
-    Beyond ``limit`` bytes it keeps counting but stores nothing more, so a
-    program printing without end cannot grow the worker without bound.
-    """
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-        self.size = 0
-
-    def write(self, data) -> int:
-        self.size += len(data)
-        if self.size <= self.limit:
-            return super().write(data)
-        return len(data)
-
-    def close(self):
-        pass
+    """What a run produced: wire status, captured output bytes, and python's exit code."""
 
 
 class Program(collections.namedtuple("Program", "body echo")):
@@ -87,39 +78,57 @@ class Program(collections.namedtuple("Program", "body echo")):
     final bare expression, or None)."""
 
 
-def compile_program(source: str, filename: str = FILENAME) -> Program:
+def compile_program(source, filename: str = FILENAME, echo: bool = True) -> Program:
     """Return ``source`` compiled for a run; raise SyntaxError (or ValueError) if it does not compile."""
     tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
-    echo = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = tree.body.pop()
-        echo = compile(ast.Expression(last.value), filename, "eval", dont_inherit=True)
-    return Program(compile(tree, filename, "exec", dont_inherit=True), echo)
+    last = None
+    if echo and tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = compile(ast.Expression(tree.body.pop().value), filename, "eval", dont_inherit=True)
+    return Program(compile(tree, filename, "exec", dont_inherit=True), last)
 
 
 class Executor:
-    """Runs programs with a bounded LRU cache of compiled code keyed by source."""
+    """Runs Jobs, with a bounded LRU cache of compiled ``-c`` code keyed by source."""
 
     def __init__(self, cache_size: int, max_output: int = 1 << 62) -> None:
         self.cache_size = cache_size
         self.max_output = max_output
         self._cache = collections.OrderedDict()
+        self._borrowed = Borrowed()
         self._time_limit = 0.0  # of the run in progress; 0 when none runs
-        # The worker's own directory, to return to after each run even if the
-        # program renamed or removed the directory it moved to.
-        self._home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._client = None     # the connection of the run in progress, for interrupts
 
-    def install_timer(self) -> None:
-        """Take SIGALRM for time limits (main thread only; the worker calls it once)."""
+    # -- signals: time limit and client interrupts ------------------------------
+
+    def install_signals(self) -> None:
+        """Take SIGALRM (time limits) and SIGIO (client interrupts); main thread only."""
         signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.signal(signal.SIGIO, self._on_client)
 
-    def timer_installed(self) -> bool:
-        """Return whether SIGALRM is still ours (a program may have taken it)."""
-        return signal.getsignal(signal.SIGALRM) == self._on_alarm
+    def signals_installed(self) -> bool:
+        """Return whether both handlers are still ours (a program may have taken one)."""
+        return (signal.getsignal(signal.SIGALRM) == self._on_alarm
+                and signal.getsignal(signal.SIGIO) == self._on_client)
 
     def _on_alarm(self, signum, frame) -> None:
         if self._time_limit:  # only inside a run: never in pyrust's own code around it
             raise RequestTimeout(self._time_limit)
+
+    def _on_client(self, signum, frame) -> None:
+        """Bytes or end-of-file on the client's connection during a run: Ctrl-C, or gone."""
+        conn = self._client
+        if conn is None:
+            return
+        try:
+            data = conn.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if self._client is not None:
+            raise KeyboardInterrupt if data else ClientGone("the client went away")
+
+    # -- the compile cache --------------------------------------------------------
 
     def clear_cache(self) -> int:
         """Empty the compile cache; return how many entries it held."""
@@ -132,7 +141,7 @@ class Executor:
         return len(self._cache)
 
     def _compiled(self, source: str) -> Program:
-        """Return ``source`` compiled, from the cache when it is there."""
+        """Return ``-c`` code ``source`` compiled, from the cache when it is there."""
         program = self._cache.get(source)
         if program is not None:
             self._cache.move_to_end(source)
@@ -144,83 +153,108 @@ class Executor:
                 self._cache.popitem(last=False)
         return program
 
-    def run(self, source: str, time_limit: float = 0.0) -> Result:
-        """Run ``source`` as ``python -c`` would; return its Result.
+    # -- runs -----------------------------------------------------------------------
 
-        ``time_limit`` (seconds, 0 for none) interrupts the program with
-        RequestTimeout (status TIMEOUT) if it runs longer; install_timer()
-        must have been called.  Output beyond ``max_output`` bytes is dropped
-        and the run refused (status BAD_REQUEST).  Never raises for anything
-        the program does: exceptions, SystemExit and KeyboardInterrupt all
-        become part of the Result.
+    def run(self, job: Job, client=None) -> Result:
+        """Run ``job`` as python would; return its Result.
+
+        ``client`` (the connection) lets bytes from the client raise
+        KeyboardInterrupt in the program and its going away raise ClientGone;
+        install_signals() must have been called for that and for time limits.
+        Captured output beyond ``max_output`` bytes is dropped and the run
+        refused (status BAD_REQUEST).  Never raises for anything the program
+        does: exceptions, SystemExit and interrupts become part of the Result.
         """
-        sink = _Sink(self.max_output)
-        out = io.TextIOWrapper(sink, encoding="utf-8", write_through=True)
-        err = io.TextIOWrapper(sink, encoding="utf-8", errors="backslashreplace",
-                               write_through=True)
-        saved = [getattr(sys, name) for name in _SYS_ATTRS]
-        saved_path = sys.path[:]
-        saved_main = sys.modules.get("__main__")
-        main = _fresh_main()
-        sys.modules["__main__"] = main
-        sys.stdin, sys.stdout, sys.stderr = io.StringIO(), out, err
-        sys.argv = ["-c"]
+        capture = Capture(self.max_output) if job.fds is None else None
+        streams = capture.streams() if capture is not None else None
         try:
-            exit_code = self._execute(source, main.__dict__, err, time_limit)
-        except RequestTimeout:  # the alarm fired just as the program ended
-            exit_code = EXIT_TIMEOUT
+            if streams is None:
+                self._borrowed.enter(job, (sys.stdin, sys.stdout, sys.stderr), fresh_main())
+                streams = client_streams()  # on the client's fds, now 0-2
+                sys.stdin, sys.stdout, sys.stderr = streams
+            else:
+                self._borrowed.enter(job, streams, fresh_main())
+        except OSError as exc:
+            message = "pyrust: cannot enter %s: %s\n" % (job.cwd, exc.strerror)
+            return Result(protocol.ERROR, message.encode(), 1)
+        self._client = client
+        try:
+            exit_code = self._execute(job, sys.modules["__main__"].__dict__, streams[2])
+        except (RequestTimeout, KeyboardInterrupt, ClientGone):  # just as the program ended
+            exit_code = EXIT_TIMEOUT if self._time_limit else 1
         finally:
-            for name, value in zip(_SYS_ATTRS, saved):
-                setattr(sys, name, value)
-            if sys.path != saved_path:
-                sys.path[:] = saved_path
-            sys.modules["__main__"] = saved_main
-            os.fchdir(self._home_fd)
-        if sink.size > sink.limit:
-            return Result(protocol.BAD_REQUEST, b"output too large: %d bytes, the maximum is %d "
-                          b"bytes (max_reply_bytes in the configuration)"
-                          % (sink.size, sink.limit), 1)
-        output = _utf8(sink.getvalue())
-        if exit_code == EXIT_TIMEOUT:
-            return Result(protocol.TIMEOUT, output, exit_code)
-        return Result(protocol.OK if exit_code == 0 else protocol.ERROR, output, exit_code)
+            self._client = None
+            self._borrowed.leave()
+        return _result(exit_code, capture)
 
-    def _execute(self, source: str, namespace: dict, err, time_limit: float) -> int:
-        """Compile and run ``source`` in ``namespace``; return python's exit code."""
-        try:
-            program = self._compiled(source)
-        except Exception as exc:  # SyntaxError, ValueError (NUL bytes), RecursionError...
-            # Like python -c: no "Traceback" header, just the error and its caret.
-            _print_like_python(exc, None, err)
-            return 1
+    def _load(self, job: Job, namespace: dict) -> Program:
+        """Return the job's program compiled, setting what python sets for its form."""
+        # sys.path[0] is what python puts there for the form (the worker's own
+        # entry is put back after the run).
+        if job.form == "c":
+            sys.path[0] = ""
+            return self._compiled(job.source)
+        if job.form == "-":
+            sys.path[0] = ""
+            return compile_program(job.source, "<stdin>", echo=False)
+        # A file: python reads it as bytes (so its coding declaration applies).
+        sys.path[0] = os.path.dirname(os.path.realpath(job.source))
+        namespace["__file__"] = job.source
+        with open(job.source, "rb") as f:
+            return compile_program(f.read(), job.source, echo=False)
+
+    def _execute(self, job: Job, namespace: dict, err) -> int:
+        """Compile and run the job's program in ``namespace``; return python's exit code."""
+        program = None
+        if job.form != "m":
+            try:
+                program = self._load(job, namespace)
+            except OSError as exc:  # python's own words for a script it cannot open
+                err.write("%s: can't open file %r: [Errno %d] %s\n" % (
+                    sys.executable, os.path.abspath(job.source), exc.errno, exc.strerror))
+                return 2
+            except Exception as exc:  # SyntaxError, ValueError (NUL bytes), RecursionError...
+                # Like python: no "Traceback" header, just the error and its caret.
+                _print_like_python(exc, None, err)
+                return 1
+        else:
+            sys.path[0] = os.getcwd()
         limit = _get_recursion_limit()
-        # python -c runs the program's frame at depth 1; here pyrust's frames
-        # lie below it, so the limit grows by their number and a program may
+        # python runs the program's frame at depth 1; here pyrust's frames lie
+        # below it, so the limit grows by their number and a program may
         # recurse exactly as deep as under python. The program sees (and sets)
-        # the limit as python -c would show it.
+        # the limit as python would show it.
         offset = _stack_depth() + _EXTRA_DEPTH
         _set_recursion_limit(limit + offset)
         sys.getrecursionlimit = lambda: _get_recursion_limit() - offset
         sys.setrecursionlimit = lambda n: _set_recursion_limit(n + offset)
-        if _SHOW_SOURCE:
-            linecache.cache[FILENAME] = (len(source), None, source.splitlines(True), FILENAME)
-        if time_limit:
-            self._time_limit = time_limit
-            signal.setitimer(signal.ITIMER_REAL, time_limit, REINTERRUPT_INTERVAL)
+        if _SHOW_SOURCE and job.form == "c":
+            linecache.cache[FILENAME] = (len(job.source), None,
+                                         job.source.splitlines(True), FILENAME)
+        if job.time_limit:
+            self._time_limit = job.time_limit
+            signal.setitimer(signal.ITIMER_REAL, job.time_limit, REINTERRUPT_INTERVAL)
         try:
-            exec(program.body, namespace)
-            if program.echo is not None:
-                _echo(eval(program.echo, namespace))
+            if program is None:
+                # Exactly what python -m does, down to its frames in tracebacks.
+                runpy._run_module_as_main(job.source)
+            else:
+                exec(program.body, namespace)
+                if program.echo is not None:
+                    _echo(eval(program.echo, namespace))
         except SystemExit as exc:
             return _system_exit_code(exc, err)
         except RequestTimeout as exc:
             _print_exception(exc, err)
             return EXIT_TIMEOUT
+        except KeyboardInterrupt as exc:
+            _print_exception(exc, err)
+            return EXIT_SIGINT
         except BaseException as exc:
             _print_exception(exc, err)
             return 1
         finally:
-            if time_limit:
+            if job.time_limit:
                 self._time_limit = 0.0
                 signal.setitimer(signal.ITIMER_REAL, 0)
             sys.getrecursionlimit = _get_recursion_limit
@@ -231,12 +265,18 @@ class Executor:
         return 0
 
 
-def _fresh_main() -> types.ModuleType:
-    """Return a new ``__main__`` module whose globals look as under python -c."""
-    main = types.ModuleType("__main__")
-    main.__dict__.update(__builtins__=builtins, __annotations__={},
-                         __loader__=BuiltinImporter)
-    return main
+def _result(exit_code: int, capture) -> Result:
+    """Return the Result of a run that ended with ``exit_code``."""
+    output = b""
+    if capture is not None:
+        if capture.size > capture.limit:
+            return Result(protocol.BAD_REQUEST, b"output too large: %d bytes, the maximum is %d "
+                          b"bytes (max_reply_bytes in the configuration)"
+                          % (capture.size, capture.limit), 1)
+        output = _utf8(capture.getvalue())
+    if exit_code == EXIT_TIMEOUT:
+        return Result(protocol.TIMEOUT, output, exit_code)
+    return Result(protocol.OK if exit_code == 0 else protocol.ERROR, output, exit_code)
 
 
 def _stack_depth() -> int:
@@ -254,7 +294,7 @@ def _echo(value) -> None:
 
 
 def _print_exception(exc: BaseException, err) -> None:
-    """Print ``exc`` with its traceback as python -c does, without pyrust's own frame."""
+    """Print ``exc`` with its traceback as python does, without pyrust's own frame."""
     tb = exc.__traceback__
     # The first entry is Executor._execute, which called exec(); python's
     # traceback starts at the program's own frame.

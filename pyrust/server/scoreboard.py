@@ -17,7 +17,12 @@ import mmap
 import time
 from struct import Struct
 
+# header: slots in use (high-water mark), requests served and failed by workers
+# that are gone, the compile-cache epoch (bumped to make every worker clear its cache)
+_HEADER = Struct("=qqqq")
 _COUNT = Struct("=q")
+_RETIRED = Struct("=qq")
+_EPOCH_OFFSET = 24
 _STATE = Struct("=d")
 _COUNTERS = Struct("=qqqd")   # pid, requests served, requests failed, idle since
 ACCEPTING = 0.0   # in accept(): free to take a new connection
@@ -85,20 +90,18 @@ class Scoreboard:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._mm = mmap.mmap(-1, _COUNT.size + size * (_STATE.size + _COUNTERS.size))
-        self._busy_all = memoryview(self._mm)[_COUNT.size:_COUNT.size + size * _STATE.size].cast("d")
+        self._mm = mmap.mmap(-1, _HEADER.size + size * (_STATE.size + _COUNTERS.size))
+        self._busy_all = memoryview(self._mm)[_HEADER.size:_HEADER.size + size * _STATE.size].cast("d")
         for index in range(size):
             self._busy_all[index] = FREE
         self._free = list(range(size - 1, -1, -1))  # pop() hands out the lowest index
         self._high_water = 0
-        #: totals of workers that are gone, so counts survive recycling
-        self.retired_served = self.retired_failed = 0
 
     def _busy_offset(self, index: int) -> int:
-        return _COUNT.size + index * _STATE.size
+        return _HEADER.size + index * _STATE.size
 
     def _counters_offset(self, index: int) -> int:
-        return _COUNT.size + self.size * _STATE.size + index * _COUNTERS.size
+        return _HEADER.size + self.size * _STATE.size + index * _COUNTERS.size
 
     def claim(self) -> int:
         """Return a free slot index for a new worker; raise IndexError if none is free."""
@@ -127,21 +130,41 @@ class Scoreboard:
                            *_COUNTERS.unpack_from(self._mm, self._counters_offset(index)))
 
     def release(self, index: int) -> WorkerState:
-        """Free slot ``index`` of a worker that is gone; return its last state."""
+        """Free slot ``index`` of a worker that is gone; return its last state.
+
+        Its counts move to the header's totals, so they survive recycling.
+        """
         state = self.read(index)
-        self.retired_served += state.served
-        self.retired_failed += state.failed
+        _, served, failed, _ = _HEADER.unpack_from(self._mm, 0)
+        _RETIRED.pack_into(self._mm, _COUNT.size, served + state.served, failed + state.failed)
         _COUNTERS.pack_into(self._mm, self._counters_offset(index), 0, 0, 0, 0.0)
         self._busy_all[index] = FREE
         self._free.append(index)
         self._free.sort(reverse=True)
         return state
 
-    def totals(self, indexes) -> "tuple[int, int]":
-        """Return (served, failed) over the live slots ``indexes`` and retired workers."""
-        served, failed = self.retired_served, self.retired_failed
-        for index in indexes:
-            state = self.read(index)
+    def live_states(self) -> list:
+        """Return the states of the slots that hold a worker (any process may ask)."""
+        (count,) = _COUNT.unpack_from(self._mm, 0)
+        states = [self.read(i) for i in range(count) if self._busy_all[i] != FREE]
+        return [s for s in states if s.pid]
+
+    def totals(self) -> "tuple[int, int]":
+        """Return (served, failed) over every worker, live or gone."""
+        _, served, failed, _ = _HEADER.unpack_from(self._mm, 0)
+        for state in self.live_states():
             served += state.served
             failed += state.failed
         return served, failed
+
+    def cache_epoch(self) -> int:
+        """Return the compile-cache epoch: a worker that saw another one clears its cache."""
+        return _COUNT.unpack_from(self._mm, _EPOCH_OFFSET)[0]
+
+    def bump_cache_epoch(self) -> None:
+        """Ask every worker to clear its compile cache before its next request.
+
+        Two workers bumping at the same instant may count once; both asked for
+        the same thing, and it is done.
+        """
+        _COUNT.pack_into(self._mm, _EPOCH_OFFSET, self.cache_epoch() + 1)

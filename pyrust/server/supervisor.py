@@ -16,6 +16,7 @@ import time
 
 from pyrust.config import MAX_WORKERS
 from pyrust.errors import PyrustError
+from pyrust.server.control import ServiceInfo
 from pyrust.server.scoreboard import Scoreboard
 from pyrust.server.worker import GROW, Worker
 
@@ -69,6 +70,7 @@ class Supervisor:
         self.generation = 0
         self.scoreboard = Scoreboard(MAX_SLOTS)
         self.started = time.monotonic()
+        self.info = ServiceInfo(listener.source, listener.path, time.time(), self.scoreboard)
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._watchdog = notifier.watchdog_interval()
@@ -153,7 +155,7 @@ class Supervisor:
         try:
             os.close(self._wake_r)
             worker = Worker(self.listener.sock, self.config,
-                            self.scoreboard.attach(index, os.getpid()), self._wake_w)
+                            self.scoreboard.attach(index, os.getpid()), self._wake_w, self.info)
             worker.start(supervisor_pid)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             code = worker.run()
@@ -305,7 +307,7 @@ class Supervisor:
 
     def status_line(self) -> str:
         """Return the one-line status shown by ``systemctl status``."""
-        served, failed = self.scoreboard.totals(w.slot for w in self.workers.values())
+        served, failed = self.scoreboard.totals()
         busy = sum(1 for w in self.workers.values() if self.scoreboard.read(w.slot).busy_since)
         return ("%d workers (%d busy), %d requests served, %d failed, up %ds"
                 % (len(self.workers), busy, served, failed, time.monotonic() - self.started))

@@ -7,6 +7,7 @@ or ``recv()`` until the kernel hands it work.
 """
 
 import errno
+import fcntl
 import logging
 import os
 import random
@@ -17,8 +18,8 @@ import struct
 import time
 
 from pyrust import protocol
-from pyrust.server import osutil
-from pyrust.server.executor import Executor
+from pyrust.server import control, osutil
+from pyrust.server.executor import Executor, Job, v1_job
 
 log = logging.getLogger("pyrust.worker")
 
@@ -32,6 +33,7 @@ SHORTAGE_PAUSE = 0.1  # seconds
 #: The byte a worker writes to the supervisor's wake-up pipe when it took the
 #: last idle worker's place: "grow the pool".  Signal numbers are below 65.
 GROW = b"\xff"
+_FDS = struct.Struct("3i")  # the client's fds 0-2, as SCM_RIGHTS carries them
 
 
 def _has_data(conn: socket.socket) -> bool:
@@ -43,19 +45,50 @@ def _has_data(conn: socket.socket) -> bool:
     return bool(select.select([conn], [], [], 0)[0])
 
 
+def _receive_with_fds(conn: socket.socket, length: int) -> "tuple[bytes, tuple]":
+    """Read an extended payload of ``length`` bytes and the fds attached to it.
+
+    Raise ProtocolError if more fds came than the three expected (they are closed).
+    """
+    data, ancillary, flags, _ = conn.recvmsg(length, socket.CMSG_SPACE(_FDS.size))
+    fds = []
+    for level, kind, blob in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack("%di" % (len(blob) // 4), blob[:len(blob) - len(blob) % 4])
+    if flags & socket.MSG_CTRUNC or len(fds) not in (0, 3):
+        _close_all(fds)
+        raise protocol.ProtocolError("malformed extended request: attach exactly the three "
+                                     "fds 0, 1 and 2", fatal=True)
+    if not data and length:
+        _close_all(fds)
+        raise protocol.ConnectionClosed(partial=True)
+    if len(data) < length:
+        data += protocol.recv_exact(conn, length - len(data), started=True)
+    return data, tuple(fds)
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class Worker:
     """Serves requests from ``listener`` until stopped; see :meth:`run`.
 
     ``slot`` is its scoreboard slot; ``wake_fd`` the supervisor's wake-up pipe.
     """
 
-    def __init__(self, listener: socket.socket, config, slot, wake_fd: int) -> None:
+    def __init__(self, listener: socket.socket, config, slot, wake_fd: int, info) -> None:
         self.listener = listener
         self.config = config
         self.slot = slot
         self.wake_fd = wake_fd
+        self.info = info  # control.ServiceInfo
         self.executor = Executor(config.compile_cache_size, config.max_reply_bytes)
-        self.std_fds = osutil.StandardFds()
+        self.cache_epoch = info.scoreboard.cache_epoch()
         self.uid = os.getuid()
         self.alive = True
         self.phase = ACCEPTING
@@ -96,7 +129,7 @@ class Worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
-        self.executor.install_timer()
+        self.executor.install_signals()
         if self.config.max_worker_memory:
             osutil.limit_address_space(self.config.max_worker_memory)
         osutil.terminate_with_parent()
@@ -185,16 +218,31 @@ class Worker:
         self.phase = BUSY  # from the first byte on, the request is in flight
         self.slot.begin()
         (length,) = protocol.HEADER.unpack(header)
+        extended = bool(length & protocol.EXTENDED_FLAG)
+        fds = ()
         try:
-            protocol.check_length(length, self.config.max_request_bytes)
-            code = protocol.decode_code(protocol.recv_exact(conn, length, started=True))
+            if extended:
+                length &= ~protocol.EXTENDED_FLAG
+                protocol.check_length(length, self.config.max_request_bytes)
+                payload, fds = _receive_with_fds(conn, length)
+                job = self._job(protocol.decode_fields(payload), fds)
+            else:
+                protocol.check_length(length, self.config.max_request_bytes)
+                code = protocol.recv_exact(conn, length, started=True)
+                job = v1_job(protocol.decode_code(code), self.config.request_timeout)
         except protocol.ProtocolError as exc:
+            _close_all(fds)
             log.info("refused a request: %s", exc)
             self.slot.end(ok=False)
             conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, str(exc).encode()))
             return not exc.fatal
+        if isinstance(job, bytes):  # a control operation
+            status, reply = control.handle(job, self)
+            self.slot.end(ok=True)
+            conn.sendall(protocol.encode_response(status, reply))
+            return True
         try:
-            result = self.executor.run(code, self.config.request_timeout)
+            result = self._run(job, conn if extended else None)
         except Exception:
             # The executor contains everything a program does, so this is a
             # pyrust bug; the worker's state is suspect, so it retires.
@@ -204,10 +252,64 @@ class Worker:
             conn.sendall(protocol.encode_response(
                 protocol.SERVICE_ERROR, b"pyrust: internal error in the worker; see the service log"))
             return False
+        finally:
+            _close_all(fds)
         self.slot.end(ok=result.status == protocol.OK)
         self._after_run()
-        conn.sendall(protocol.encode_response(result.status, result.output))
+        if extended:
+            reply = protocol.EXIT_CODE.pack(result.exit_code) + result.output
+        else:
+            reply = result.output
+        conn.sendall(protocol.encode_response(result.status, reply))
         return True
+
+    def _job(self, fields: dict, fds: tuple):
+        """Return the Job an extended request asks for, or its control op (bytes).
+
+        Raise ProtocolError (not fatal: the payload was read) if it is malformed.
+        """
+        op = fields.get(protocol.OP, protocol.OP_RUN)
+        if op not in protocol.OPS:
+            raise protocol.ProtocolError("malformed extended request: unknown op %r" % op, False)
+        if op != protocol.OP_RUN:
+            return op
+        form = fields.get(protocol.FORM, b"c").decode("ascii", "replace")
+        stdio = fields.get(protocol.STDIO, b"c")
+        if form not in ("c", "-", "f", "m") or stdio not in (b"c", b"f") or \
+                protocol.SOURCE not in fields:
+            raise protocol.ProtocolError("malformed extended request: needs a form (c, -, f, m), "
+                                         "a source, and stdio c or f", False)
+        if stdio == b"f" and len(fds) != 3:
+            raise protocol.ProtocolError("malformed extended request: stdio f needs the "
+                                         "client's fds 0, 1 and 2 attached", False)
+        source = protocol.decode_code(fields[protocol.SOURCE])
+        argv = [os.fsdecode(a) for a in fields[protocol.ARG]] or \
+            [{"c": "-c", "-": "-", "f": source, "m": "-m"}[form]]
+        env = None
+        if fields[protocol.ENV]:
+            env = dict(os.fsdecode(e).partition("=")[::2] for e in fields[protocol.ENV])
+        cwd = os.fsdecode(fields[protocol.CWD]) if protocol.CWD in fields else None
+        limit = self.config.request_timeout
+        if protocol.TIMEOUT_MS in fields:
+            limit = struct.unpack(">I", fields[protocol.TIMEOUT_MS])[0] / 1000.0
+        return Job(form, source, argv, cwd, env, limit, fds if stdio == b"f" else None)
+
+    def _run(self, job: Job, conn):
+        """Run ``job``; with the client's connection, its Ctrl-C or departure
+        interrupts the program (SIGIO on the connection, only during the run)."""
+        epoch = self.info.scoreboard.cache_epoch()
+        if epoch != self.cache_epoch:  # someone asked for --clear-cache
+            self.cache_epoch = epoch
+            self.executor.clear_cache()
+        if conn is None:
+            return self.executor.run(job)
+        fcntl.fcntl(conn, fcntl.F_SETOWN, os.getpid())
+        flags = fcntl.fcntl(conn, fcntl.F_GETFL)
+        fcntl.fcntl(conn, fcntl.F_SETFL, flags | os.O_ASYNC)
+        try:
+            return self.executor.run(job, conn)
+        finally:
+            fcntl.fcntl(conn, fcntl.F_SETFL, flags)
 
     def _ask_for_help(self) -> None:
         """No worker is left in accept(): ask the supervisor for another (it knows
@@ -218,13 +320,12 @@ class Worker:
             pass
 
     def _after_run(self) -> None:
-        """Undo what a program may have done to the process, and retire if due."""
-        self.std_fds.restore()
+        """Take back the signals a program may have taken, and retire if due."""
         if signal.getsignal(signal.SIGTERM) != self._on_stop:
             # The program took over SIGTERM; without ours, stopping would hang.
             signal.signal(signal.SIGTERM, self._on_stop)
-        if not self.executor.timer_installed():
-            self.executor.install_timer()
+        if not self.executor.signals_installed():
+            self.executor.install_signals()
         if self.retire_after and self.slot.served + self.slot.failed >= self.retire_after:
             log.info("worker %d retiring after %d requests", os.getpid(), self.retire_after)
             self.alive = False

@@ -1,0 +1,80 @@
+"""Control operations of the extended protocol, answered by whichever worker
+accepted the connection: status, stop, reload, clear-cache, version.
+
+Stop and reload are signals to the supervisor (this worker's parent), so they
+take the same orderly path as ``systemctl stop`` and ``systemctl reload``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+from pyrust import __version__, protocol
+
+
+class ServiceInfo:
+    """What the supervisor tells its workers about the service at fork time."""
+
+    def __init__(self, source: str, path: str, started: float, scoreboard) -> None:
+        self.source, self.path, self.started = source, path, started  # started: time.time()
+        self.scoreboard = scoreboard
+
+
+def handle(op: bytes, worker) -> "tuple[int, bytes]":
+    """Carry out control operation ``op`` for ``worker``; return (status, payload)."""
+    if op == protocol.OP_STATUS:
+        return protocol.OK, json.dumps(status(worker), indent=2).encode() + b"\n"
+    if op == protocol.OP_VERSION:
+        return protocol.OK, ("pyrust %s (Python %s)\n" % (
+            __version__, sys.version.split()[0])).encode()
+    if op == protocol.OP_CLEAR_CACHE:
+        worker.info.scoreboard.bump_cache_epoch()
+        return protocol.OK, b"compile caches cleared\n"
+    if op in (protocol.OP_STOP, protocol.OP_RELOAD):
+        os.kill(os.getppid(), signal.SIGTERM if op == protocol.OP_STOP else signal.SIGHUP)
+        return protocol.OK, b"stopping\n" if op == protocol.OP_STOP else b"reloading\n"
+    raise ValueError("not a control operation: %r" % op)
+
+
+def status(worker) -> dict:
+    """Return the service's status as a JSON-ready dict (RSS figures from psutil)."""
+    import psutil
+
+    board = worker.info.scoreboard
+    states = board.live_states()
+    served, failed = board.totals()
+
+    def rss(pid):
+        try:
+            return psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            return None
+
+    supervisor = os.getppid()
+    return {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "socket": {"path": worker.info.path, "obtained_from": worker.info.source},
+        "supervisor": {"pid": supervisor, "rss": rss(supervisor)},
+        "workers": [{"pid": s.pid, "state": _state_name(s), "served": s.served,
+                     "failed": s.failed, "rss": rss(s.pid)} for s in states],
+        "workers_busy": sum(1 for s in states if s.busy_since),
+        "workers_idle": sum(1 for s in states if not s.busy_since),
+        "uptime_seconds": round(time.time() - worker.info.started, 3),
+        "requests_served": served,
+        "requests_failed": failed,
+        "preloaded_modules": list(worker.config.preload),
+        "compile_cache": {"entries": worker.executor.cache_len(),
+                          "capacity": worker.config.compile_cache_size,
+                          "scope": "per worker; this is the answering worker's"},
+    }
+
+
+def _state_name(state) -> str:
+    if state.busy_since:
+        return "busy"
+    return "idle" if state.state == 0.0 else "connected"

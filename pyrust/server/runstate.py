@@ -1,0 +1,128 @@
+"""The process state a run borrows and gives back.
+
+A program runs inside a long-lived worker, so everything python would give it
+fresh, and everything it may change that the next program would see, is set
+up here before the run and put back after it: the standard streams (captured,
+or the client's own fds 0-2), ``sys.argv``, ``sys.path``, ``__main__``, the
+working directory and the environment.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import sys
+import types
+from importlib.machinery import BuiltinImporter
+
+from pyrust.server.osutil import StandardFds
+
+#: ``sys`` attributes a program may rebind and the next one must not see.
+SYS_ATTRS = ("stdin", "stdout", "stderr", "argv", "displayhook", "excepthook")
+
+
+class Capture(io.BytesIO):
+    """The bytes both captured streams write to; survives the program closing them.
+
+    Beyond ``limit`` bytes it keeps counting but stores nothing more, so a
+    program printing without end cannot grow the worker without bound.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.size += len(data)
+        if self.size <= self.limit:
+            return super().write(data)
+        return len(data)
+
+    def close(self):
+        pass
+
+    def streams(self):
+        """Return (stdin, stdout, stderr) for a captured run: stdout and stderr
+        interleave into this buffer in the order written; stdin is empty."""
+        out = io.TextIOWrapper(self, encoding="utf-8", write_through=True)
+        err = io.TextIOWrapper(self, encoding="utf-8", errors="backslashreplace",
+                               write_through=True)
+        return io.StringIO(), out, err
+
+
+def client_streams():
+    """Return (stdin, stdout, stderr) on fds 0-2 as python makes them at start-up:
+    stdout line-buffered only on a terminal, stderr always line-buffered."""
+    def text(fd, mode, errors):
+        tty = os.isatty(fd)
+        raw = io.FileIO(fd, mode, closefd=False)
+        buffered = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
+        return io.TextIOWrapper(buffered, encoding="utf-8", errors=errors,
+                                line_buffering=(fd == 2 or tty) and mode == "w")
+
+    return text(0, "r", "strict"), text(1, "w", "strict"), text(2, "w", "backslashreplace")
+
+
+def fresh_main() -> types.ModuleType:
+    """Return a new ``__main__`` module whose globals look as under python -c."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__builtins__=builtins, __annotations__={}, __loader__=BuiltinImporter)
+    return main
+
+
+class Borrowed:
+    """Set up the process for one run (:meth:`enter`) and restore it (:meth:`leave`)."""
+
+    def __init__(self) -> None:
+        # The worker's own directory and fds 0-2, to return to after each run
+        # even if the program removed the directory or closed the fds.
+        self._home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._std_fds = StandardFds()
+        self._saved = None
+
+    def enter(self, job, streams, main: types.ModuleType) -> None:
+        """Give the process to ``job``: its streams, argv, cwd, environment, ``__main__``.
+
+        Raise OSError if the job's working directory cannot be entered (the
+        process is then restored already).
+        """
+        self._saved = ([getattr(sys, name) for name in SYS_ATTRS], sys.path[:],
+                       sys.modules.get("__main__"),
+                       dict(os.environ) if job.env is not None else None, streams)
+        if job.fds is not None:
+            for target, fd in enumerate(job.fds):
+                os.dup2(fd, target)
+        sys.stdin, sys.stdout, sys.stderr = streams
+        sys.argv = list(job.argv)
+        sys.modules["__main__"] = main
+        try:
+            if job.cwd is not None:
+                os.chdir(job.cwd)
+            if job.env is not None:
+                os.environ.clear()
+                os.environ.update(job.env)
+        except OSError:
+            self.leave()
+            raise
+
+    def leave(self) -> None:
+        """Put back everything :meth:`enter` changed, and what the program broke."""
+        attrs, path, main, environ, streams = self._saved
+        # What the program wrote reaches the client before the reply, as at exit.
+        for stream in (sys.stdout, sys.stderr) + tuple(streams[1:]):
+            try:
+                stream.flush()
+            except (AttributeError, ValueError, OSError):
+                pass
+        for name, value in zip(SYS_ATTRS, attrs):
+            setattr(sys, name, value)
+        if sys.path != path:
+            sys.path[:] = path
+        sys.modules["__main__"] = main
+        if environ is not None:
+            os.environ.clear()
+            os.environ.update(environ)
+        os.fchdir(self._home_fd)
+        self._std_fds.restore()
