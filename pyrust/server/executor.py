@@ -170,7 +170,8 @@ class Executor:
         try:
             if streams is None:
                 self._borrowed.enter(job, (sys.stdin, sys.stdout, sys.stderr), fresh_main())
-                streams = client_streams()  # on the client's fds, now 0-2
+                # on the client's fds, now 0-2, as its environment asks
+                streams = client_streams(os.environ)
                 sys.stdin, sys.stdout, sys.stderr = streams
             else:
                 self._borrowed.enter(job, streams, fresh_main())
@@ -178,12 +179,17 @@ class Executor:
             message = "pyrust: cannot enter %s: %s\n" % (job.cwd, exc.strerror)
             return Result(protocol.ERROR, message.encode(), 1)
         self._client = client
+        # With the client's own terminal, SIGINT means what it means to python.
+        saved_sigint = signal.signal(signal.SIGINT, signal.default_int_handler) \
+            if job.fds is not None else None
         try:
             exit_code = self._execute(job, sys.modules["__main__"].__dict__, streams[2])
         except (RequestTimeout, KeyboardInterrupt, ClientGone):  # just as the program ended
             exit_code = EXIT_TIMEOUT if self._time_limit else 1
         finally:
             self._client = None
+            if saved_sigint is not None:
+                signal.signal(signal.SIGINT, saved_sigint)
             self._borrowed.leave()
         return _result(exit_code, capture)
 
@@ -196,12 +202,15 @@ class Executor:
             return self._compiled(job.source)
         if job.form == "-":
             sys.path[0] = ""
+            namespace["__file__"] = "<stdin>"
             return compile_program(job.source, "<stdin>", echo=False)
-        # A file: python reads it as bytes (so its coding declaration applies).
+        # A file: python reads it as bytes (so its coding declaration applies)
+        # and, since 3.9, names it by its absolute path.
+        path = os.path.abspath(job.source)
         sys.path[0] = os.path.dirname(os.path.realpath(job.source))
-        namespace["__file__"] = job.source
+        namespace["__file__"] = path
         with open(job.source, "rb") as f:
-            return compile_program(f.read(), job.source, echo=False)
+            return compile_program(f.read(), path, echo=False)
 
     def _execute(self, job: Job, namespace: dict, err) -> int:
         """Compile and run the job's program in ``namespace``; return python's exit code."""
@@ -265,6 +274,9 @@ class Executor:
         return 0
 
 
+_HANDLER_CODES = (Executor._on_alarm.__code__, Executor._on_client.__code__)
+
+
 def _result(exit_code: int, capture) -> Result:
     """Return the Result of a run that ended with ``exit_code``."""
     output = b""
@@ -294,12 +306,22 @@ def _echo(value) -> None:
 
 
 def _print_exception(exc: BaseException, err) -> None:
-    """Print ``exc`` with its traceback as python does, without pyrust's own frame."""
+    """Print ``exc`` with its traceback as python does, without pyrust's own frames."""
     tb = exc.__traceback__
     # The first entry is Executor._execute, which called exec(); python's
     # traceback starts at the program's own frame.
     tb = tb.tb_next if tb is not None else None
-    _print_like_python(exc, tb, err)
+    # An interrupt raised by pyrust's signal handlers ends in the handler's
+    # frame; python's own handlers are C and leave none.
+    entries = []
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    if entries and entries[-1].tb_frame.f_code in _HANDLER_CODES:
+        entries.pop()
+        if entries:
+            entries[-1].tb_next = None
+    _print_like_python(exc, entries[0] if entries else None, err)
 
 
 def _print_like_python(exc: BaseException, tb, err) -> None:

@@ -10,6 +10,7 @@ working directory and the environment.
 from __future__ import annotations
 
 import builtins
+import codecs
 import io
 import os
 import sys
@@ -52,15 +53,30 @@ class Capture(io.BytesIO):
         return io.StringIO(), out, err
 
 
-def client_streams():
-    """Return (stdin, stdout, stderr) on fds 0-2 as python makes them at start-up:
-    stdout line-buffered only on a terminal, stderr always line-buffered."""
-    def text(fd, mode, errors):
-        tty = os.isatty(fd)
+def client_streams(env):
+    """Return (stdin, stdout, stderr) on fds 0-2 as python makes them at start-up
+    under the environment ``env``: stdout line-buffered only on a terminal,
+    stderr line-buffered; unbuffered (write-through) under PYTHONUNBUFFERED;
+    the encoding PYTHONIOENCODING names, else UTF-8."""
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    encoding, _, errors = env.get("PYTHONIOENCODING", "").partition(":")
+    if encoding:
+        try:
+            encoding = codecs.lookup(encoding).name  # the name python reports
+        except LookupError:
+            encoding = ""
+
+    def text(fd, mode, default_errors):
         raw = io.FileIO(fd, mode, closefd=False)
-        buffered = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
-        return io.TextIOWrapper(buffered, encoding="utf-8", errors=errors,
-                                line_buffering=(fd == 2 or tty) and mode == "w")
+        if mode == "r":
+            return io.TextIOWrapper(io.BufferedReader(raw), encoding or "utf-8",
+                                    errors or default_errors)
+        if unbuffered:
+            return io.TextIOWrapper(raw, encoding or "utf-8", errors or default_errors,
+                                    write_through=True)
+        return io.TextIOWrapper(io.BufferedWriter(raw), encoding or "utf-8",
+                                errors or default_errors,
+                                line_buffering=fd == 2 or os.isatty(fd))
 
     return text(0, "r", "strict"), text(1, "w", "strict"), text(2, "w", "backslashreplace")
 
