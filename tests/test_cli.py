@@ -170,3 +170,50 @@ def test_daemon_reports_a_server_that_cannot_start(tmp_path):
     assert result.returncode == 125
     assert "the server did not start" in result.stderr.decode()
     assert "cannot preload module 'no_such_module_xyz'" in result.stderr.decode()
+
+
+def test_status_reports_the_running_service(make_server):
+    import json
+
+    import psutil
+
+    server = make_server('preload = ["fractions"]\n', workers=2)
+    assert server.request("1") == (0, "1\n")
+    result = pyrust(["status", "--json"], env={"PYRUST_SOCKET": server.path})
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["version"] == "0.1.0"
+    assert status["socket"] == {"path": server.path, "obtained_from": "systemd"}
+    assert status["supervisor"]["pid"] == server.proc.pid
+    assert status["supervisor"]["rss"] == pytest.approx(
+        psutil.Process(server.proc.pid).memory_info().rss, rel=0.5)
+    assert {w["pid"] for w in status["workers"]} == server.worker_pids()
+    assert all(w["rss"] > 0 for w in status["workers"])
+    assert status["workers_busy"] == 1  # the one answering
+    assert status["workers_idle"] == 1
+    assert status["requests_served"] >= 1 and status["requests_failed"] == 0
+    assert status["preloaded_modules"] == ["fractions"]
+    assert status["uptime_seconds"] > 0
+    assert status["compile_cache"]["capacity"] == 256
+    human = pyrust(["status"], env={"PYRUST_SOCKET": server.path}).stdout.decode()
+    assert "socket:     %s (from systemd)" % server.path in human
+    assert "preloaded:  fractions" in human
+
+
+def test_old_flags_ask_the_service(make_server, tmp_path):
+    server = make_server(workers=1)
+    env = {"PYRUST_SOCKET": server.path}
+    alive = pyrust(["--daemon-status"], env=env)
+    assert alive.returncode == 0
+    assert alive.stdout.decode().startswith("pyrust: serving on %s (supervisor pid %d"
+                                            % (server.path, server.proc.pid))
+    assert pyrust(["-c", "x = 1\nx"], env=env).stdout == b"1\n"  # compiled and cached
+    cleared = pyrust(["--clear-cache"], env=env)
+    assert (cleared.returncode, cleared.stdout) == (0, b"compile caches cleared\n")
+    assert b'"entries": 0' in pyrust(["status", "--json"], env=env).stdout
+    stopped = pyrust(["--stop-daemon"], env=env)
+    assert (stopped.returncode, stopped.stdout) == (0, b"stopping\n")
+    assert server.proc.wait(TIMEOUT) == 0
+    gone = pyrust(["--daemon-status"], env={"PYRUST_SOCKET": str(tmp_path / "none.sock")})
+    assert gone.returncode == 1 and gone.stderr.startswith(b"pyrust: no pyrust service at ")
+    assert not os.path.exists(tmp_path / "none.sock")  # asking never starts a service

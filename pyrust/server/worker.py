@@ -217,6 +217,10 @@ class Worker:
         header = protocol.recv_exact(conn, protocol.HEADER.size)
         self.phase = BUSY  # from the first byte on, the request is in flight
         self.slot.begin()
+        epoch = self.info.scoreboard.cache_epoch()
+        if epoch != self.cache_epoch:  # someone asked for --clear-cache
+            self.cache_epoch = epoch
+            self.executor.clear_cache()
         (length,) = protocol.HEADER.unpack(header)
         extended = bool(length & protocol.EXTENDED_FLAG)
         fds = ()
@@ -297,10 +301,6 @@ class Worker:
     def _run(self, job: Job, conn):
         """Run ``job``; with the client's connection, its Ctrl-C or departure
         interrupts the program (SIGIO on the connection, only during the run)."""
-        epoch = self.info.scoreboard.cache_epoch()
-        if epoch != self.cache_epoch:  # someone asked for --clear-cache
-            self.cache_epoch = epoch
-            self.executor.clear_cache()
         if conn is None:
             return self.executor.run(job)
         fcntl.fcntl(conn, fcntl.F_SETOWN, os.getpid())
