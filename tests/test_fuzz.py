@@ -32,7 +32,7 @@ from conftest import request
 MAX = 4096  # max_request_bytes of the servers here: absurd lengths stay cheap
 CONFIG = "max_request_bytes = %d\n" % MAX
 TOP_BIT = 0x8000_0000
-EXAMPLES = 1000  # per property test; the whole file runs in about 20 s
+EXAMPLES = 600  # per property test: the file runs in 10 to 20 s on 2 CPUs
 #: Bound on each blocking call on a fuzzed connection.  The server answers
 #: these frames in microseconds; the bound only turns a missing reply into a
 #: failure quickly, since Hypothesis replays a failure many times to shrink it.
