@@ -34,6 +34,9 @@ _set_recursion_limit = sys.setrecursionlimit
 _SHOW_SOURCE = sys.version_info >= (3, 13)
 #: Exit code of a run stopped by its time limit (as timeout(1) uses).
 EXIT_TIMEOUT = 124
+#: What _execute returns for a run its time limit stopped: no exit code can be
+#: this, so SystemExit(124) stays an ordinary exit.
+_TIMED_OUT = -1000
 #: Exit code meaning "die by SIGINT", as python does after an uncaught KeyboardInterrupt.
 EXIT_SIGINT = -signal.SIGINT
 #: After the first interrupt, how often it is raised again in code that catches it.
@@ -184,8 +187,10 @@ class Executor:
             if job.fds is not None else None
         try:
             exit_code = self._execute(job, sys.modules["__main__"].__dict__, streams[2])
-        except (RequestTimeout, KeyboardInterrupt, ClientGone):  # just as the program ended
-            exit_code = EXIT_TIMEOUT if self._time_limit else 1
+        except RequestTimeout:  # the alarm fired just as the program ended
+            exit_code = _TIMED_OUT
+        except (KeyboardInterrupt, ClientGone):
+            exit_code = EXIT_SIGINT
         finally:
             self._client = None
             if saved_sigint is not None:
@@ -255,7 +260,7 @@ class Executor:
             return _system_exit_code(exc, err)
         except RequestTimeout as exc:
             _print_exception(exc, err)
-            return EXIT_TIMEOUT
+            return _TIMED_OUT
         except KeyboardInterrupt as exc:
             _print_exception(exc, err)
             return EXIT_SIGINT
@@ -286,8 +291,8 @@ def _result(exit_code: int, capture) -> Result:
                           b"bytes (max_reply_bytes in the configuration)"
                           % (capture.size, capture.limit), 1)
         output = _utf8(capture.getvalue())
-    if exit_code == EXIT_TIMEOUT:
-        return Result(protocol.TIMEOUT, output, exit_code)
+    if exit_code == _TIMED_OUT:
+        return Result(protocol.TIMEOUT, output, EXIT_TIMEOUT)
     return Result(protocol.OK if exit_code == 0 else protocol.ERROR, output, exit_code)
 
 

@@ -14,6 +14,8 @@ import select
 import signal
 import time
 
+import psutil  # imported at start: a first use mid-run would look like growth
+
 from pyrust.config import MAX_WORKERS
 from pyrust.errors import PyrustError
 from pyrust.server.control import ServiceInfo
@@ -232,8 +234,6 @@ class Supervisor:
     def _retire_oversized(self) -> None:
         """Replace workers whose resident memory passed max_worker_rss (between requests:
         SIGTERM lets the request in flight finish)."""
-        import psutil
-
         for pid, info in list(self.workers.items()):
             if info.generation != self.generation:
                 continue

@@ -50,6 +50,8 @@ def _receive_with_fds(conn: socket.socket, length: int) -> "tuple[bytes, tuple]"
 
     Raise ProtocolError if more fds came than the three expected (they are closed).
     """
+    if not length:  # nothing to read (and nothing for fds to ride on)
+        return b"", ()
     data, ancillary, flags, _ = conn.recvmsg(length, socket.CMSG_SPACE(_FDS.size))
     fds = []
     for level, kind, blob in ancillary:
@@ -141,7 +143,6 @@ class Worker:
         log.debug("worker %d started", os.getpid())
         while self.alive:
             self.phase = ACCEPTING
-            self.slot.accepting()
             try:
                 conn, _ = self.listener.accept()
             except OSError as exc:
@@ -161,6 +162,9 @@ class Worker:
                     self.serve_connection(conn)
             finally:
                 self.conn = None
+                # Free again before the client can see the close, however the
+                # connection ended (a frame cut short leaves no busy mark).
+                self.slot.accepting()
                 conn.close()
         log.debug("worker %d stopping after %d requests", os.getpid(),
                   self.slot.served + self.slot.failed)
