@@ -36,18 +36,18 @@ pick_manager() {
     fi
 }
 
-# Stop a standalone server this installation started, and wait for it: the
-# requests in flight finish (SIGTERM is a graceful stop).
+# Stop the standalone server on the socket, whichever installation started
+# it, and wait for it to go: requests in flight finish (a graceful stop).
 stop_standalone() {
-    local pids i
-    pids=$(pgrep -f "^$venv/bin/python[0-9.]* -m pyrust serve --socket" || true)
-    [ -n "$pids" ] || return 0
-    kill $pids 2>/dev/null || true
+    local i
+    [ -x "$data/pyrust" ] || return 0
+    "$data/pyrust" --daemon-status >/dev/null 2>&1 || return 0
+    "$data/pyrust" --stop-daemon >/dev/null 2>&1 || true
     for i in $(seq 1 400); do
-        kill -0 $pids 2>/dev/null || return 0
+        "$data/pyrust" --daemon-status >/dev/null 2>&1 || return 0
         sleep 0.1
     done
-    echo "pyrust: server $pids did not stop within 40 s" >&2
+    echo "pyrust: the running server did not stop within 40 s" >&2
     return 1
 }
 
@@ -67,6 +67,23 @@ install_venv() {
     quiet_pip "$here[systemd]" 2>/dev/null || quiet_pip "$here"
     # A regular (not editable) install, always of this checkout's code.
     quiet_pip --force-reinstall --no-deps "$here"
+}
+
+# The `pyrust` command: pip's console script imports `re` and the whole site
+# machinery first; this launcher starts python with -I -S and finds pyrust
+# itself, so a call costs little more than a bare interpreter.
+write_launcher() {
+    local site
+    site=$("$venv/bin/python" -I -c 'import os, pyrust; print(os.path.dirname(os.path.dirname(pyrust.__file__)))')
+    cat > "$data/pyrust" <<LAUNCHER
+#!$venv/bin/python -IS
+# The pyrust command (written by install.sh): python without site, pyrust on the path.
+import sys
+sys.path.append("$site")
+from pyrust.cli import main
+sys.exit(main())
+LAUNCHER
+    chmod 755 "$data/pyrust"
 }
 
 start_systemd() {
@@ -97,15 +114,16 @@ uninstall() {
     elif [ "$manager" = launchd ]; then
         launchctl bootout "gui/$(id -u)/$label" 2>/dev/null || true
         rm -f "$plist"
+    else
+        stop_standalone
     fi
-    stop_standalone
     # The socket's directory (systemd keeps it after removing the socket; a
     # standalone server leaves its lock file there).
     local run_dir=/tmp/pyrust-$(id -u)
     if [ -n "${XDG_RUNTIME_DIR:-}" ]; then run_dir=$XDG_RUNTIME_DIR/pyrust; fi
     rm -f "$run_dir/pyrust.sock.lock"
     rmdir "$run_dir" 2>/dev/null || true
-    if [ "$(readlink "$bin_dir/pyrust" 2>/dev/null)" = "$venv/bin/pyrust" ]; then
+    if [ "$(readlink "$bin_dir/pyrust" 2>/dev/null)" = "$data/pyrust" ]; then
         rm -f "$bin_dir/pyrust"
     fi
     rm -rf "$data" "$log_dir"
@@ -121,17 +139,18 @@ main() {
         return
     fi
     install_venv
+    write_launcher
     mkdir -p "$bin_dir"
-    ln -sf "$venv/bin/pyrust" "$bin_dir/pyrust"
-    stop_standalone
+    ln -sf "$data/pyrust" "$bin_dir/pyrust"
     case $manager in
         systemd) start_systemd ;;
         launchd) start_launchd ;;
         none)
             say "no user service manager is running; starting a standalone background server"
-            "$venv/bin/pyrust" --daemon >/dev/null ;;
+            stop_standalone  # an upgrade must not leave old code serving
+            "$data/pyrust" --daemon >/dev/null ;;
     esac
-    result=$("$venv/bin/pyrust" -c "2+3")
+    result=$("$data/pyrust" -c "2+3")
     if [ "$result" != 5 ]; then
         echo "pyrust: self-check failed: 'pyrust -c \"2+3\"' printed '$result'" >&2
         exit 1
