@@ -47,6 +47,40 @@ def connect(path, timeout=TIMEOUT) -> socket.socket:
     return sock
 
 
+class Gate:
+    """A socket the test listens on, so a program inside the server can tell
+    the test it started and wait for the test's word to go on: ordering by
+    events, never by sleeping."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(16)
+        self.sock.settimeout(TIMEOUT)
+
+    def program(self, first: str = "", result: str = "None") -> str:
+        """Return code that connects, sends ``first``, waits for a byte, then gives ``result``."""
+        return ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect(%r)\n"
+                "s.sendall(%r)\ns.recv(1)\n%s" % (self.path, first.encode(), result))
+
+    def accept(self) -> socket.socket:
+        """Return the connection of the next program that reached the gate."""
+        conn = self.sock.accept()[0]
+        conn.settimeout(TIMEOUT)
+        return conn
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def gate(tmp_path):
+    g = Gate(tmp_path / "gate.sock")
+    yield g
+    g.close()
+
+
 class Server:
     """A ``pyrust serve`` process started on a socket the test owns."""
 

@@ -4,14 +4,12 @@ Every case runs against a live server and ends by checking it still serves.
 """
 
 import os
-import signal
-import socket
 import threading
 
 import psutil
 import pytest
 
-from pyrust import client, protocol
+from pyrust import protocol
 from conftest import TIMEOUT, request
 
 
@@ -151,20 +149,15 @@ def test_the_cli_explains_a_worker_that_died(make_server):
 
 # --- no waiting behind slow work -------------------------------------------------
 
-def test_a_quick_request_is_not_kept_waiting_by_slow_ones(make_server, tmp_path):
+def test_a_quick_request_is_not_kept_waiting_by_slow_ones(make_server, gate):
     server = make_server("max_workers = 4\n", workers=1)
-    gate = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    gate.bind(str(tmp_path / "gate.sock"))
-    gate.listen(8)
-    gate.settimeout(TIMEOUT)
-    slow = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect(%r)\n"
-            "s.recv(1)\n'slow'" % str(tmp_path / "gate.sock"))
+    slow = gate.program(result="'slow'")
     replies = []
     threads = [threading.Thread(target=lambda: replies.append(server.request(slow)))
                for _ in range(3)]
     for t in threads:
         t.start()
-    held = [gate.accept()[0] for _ in range(3)]  # all three slow requests are running
+    held = [gate.accept() for _ in range(3)]  # all three slow requests are running
     # Every worker that existed is busy; this one is answered anyway, and first.
     assert server.request("2+3") == (0, "5\n")
     assert replies == []
@@ -177,18 +170,13 @@ def test_a_quick_request_is_not_kept_waiting_by_slow_ones(make_server, tmp_path)
     assert len(server.worker_pids()) == 4
 
 
-def test_the_pool_shrinks_back_when_idle(make_server, tmp_path):
+def test_the_pool_shrinks_back_when_idle(make_server, gate):
     server = make_server("max_workers = 3\nshrink_after = 0.2\n", workers=1)
-    gate = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    gate.bind(str(tmp_path / "gate.sock"))
-    gate.listen(8)
-    gate.settimeout(TIMEOUT)
-    slow = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect(%r)\ns.recv(1)"
-            % str(tmp_path / "gate.sock"))
-    threads = [threading.Thread(target=server.request, args=(slow,)) for _ in range(2)]
+    threads = [threading.Thread(target=server.request, args=(gate.program(),))
+               for _ in range(2)]
     for t in threads:
         t.start()
-    held = [gate.accept()[0] for _ in range(2)]
+    held = [gate.accept() for _ in range(2)]
     assert server.request("1") == (0, "1\n")
     pool = sorted((psutil.Process(pid) for pid in server.worker_pids()),
                   key=lambda p: p.create_time())

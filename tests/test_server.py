@@ -126,24 +126,19 @@ def test_exit_in_a_program_does_not_kill_the_worker(make_server):
     assert server.request("import os; os.getpid()") == pid
 
 
-def test_sigterm_lets_the_request_in_flight_finish(make_server, tmp_path):
+def test_sigterm_lets_the_request_in_flight_finish(make_server, gate):
     server = make_server(workers=1)
-    sync = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sync.bind(str(tmp_path / "sync.sock"))
-    sync.listen(1)
-    sync.settimeout(TIMEOUT)
-    code = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect(%r)\n"
-            "s.sendall(b'started')\ns.recv(2)\n'finished'" % str(tmp_path / "sync.sock"))
-    with server.connect() as sock, sync:
+    code = gate.program(first="started", result="'finished'")
+    with server.connect() as sock:
         sock.sendall(protocol.encode_request(code.encode()))
-        peer, _ = sync.accept()
+        peer = gate.accept()
         with peer:
             assert peer.recv(7) == b"started"
             server.proc.send_signal(signal.SIGTERM)
             server.wait_notification("STOPPING=1")  # the workers have been told to stop
             with server.connect() as late:
                 late.sendall(protocol.encode_request(b"'late'"))
-                peer.sendall(b"go")
+                peer.sendall(b"g")
                 assert protocol.read_response(sock) == (0, b"'finished'\n")
                 assert sock.recv(1) == b""  # a stopping worker takes no further request
                 assert server.proc.wait(TIMEOUT) == 0
