@@ -204,10 +204,13 @@ def test_ctrl_c_interrupts_the_code_as_in_python(parity_server):
         assert proc.stdout.readline() == b"ready\n"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=TIMEOUT)
+        # Python 3.13 marks which call the interrupt landed in (print or
+        # sleep); that varies run to run, for python as for pyrust.
+        err = b"\n".join(line for line in err.split(b"\n") if line.strip(b" ~^"))
         results.append((proc.returncode, err))
     assert results[1] == results[0]
     assert results[0][0] == -signal.SIGINT
-    assert results[0][1].endswith(b"KeyboardInterrupt\n")
+    assert results[0][1].endswith(b"KeyboardInterrupt")
 
 
 def test_a_killed_client_frees_its_worker(tmp_path):
