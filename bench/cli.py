@@ -21,7 +21,7 @@ from bench import (alternative, coldstart, hotpath, machine, memory, plot, repor
                    targets, throughput, userinstall, warm)
 
 SECTIONS = ("warm", "throughput", "cold", "alternative", "memory", "hotpath")
-QUICK = dict(requests=200, warmup=20, duration=0.2, repeats=1, cold_runs=2, hyperfine_runs=3,
+QUICK = dict(requests=100, warmup=10, duration=0.2, repeats=1, cold_runs=2, hyperfine_runs=3,
              memory_requests=1000, hotpath_requests=500)
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DOCS = ("docs/benchmarks.json", "docs/benchmarks-cdf.png", "docs/benchmarks.md")
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated sections to run (default: all of %s)" % ",".join(SECTIONS))
     add("--requests", type=int, default=10000, help="timed requests per warm-path case")
     add("--warmup", type=int, default=1000, help="untimed requests before each warm-path case")
-    add("--duration", type=float, default=1.0, help="seconds per throughput point")
+    add("--duration", type=float, default=0.7, help="seconds per throughput point")
     add("--repeats", type=int, default=3, help="repeats of each throughput point (fresh servers)")
     add("--cold-runs", type=int, default=10, help="activations per cold-start case")
     add("--hyperfine-runs", type=int, default=40, help="runs per hyperfine command")
@@ -131,8 +131,8 @@ def all_verified(results: dict) -> bool:
         return False
     warm_ok = all(r[s]["wrong"] == 0 for r in results.get("warm", {}).get("rows", [])
                   for s in ("pyrust", "floor"))
-    runs = results.get("throughput", {}).get("runs", {})
-    throughput_ok = all(r["wrong"] == 0 for rows in runs.values() for r in rows)
+    configs = results.get("throughput", {}).get("configurations", [])
+    throughput_ok = all(r["wrong"] == 0 for c in configs for r in c["rows"])
     memory_ok = results.get("memory", {}).get("wrong", 0) == 0
     cold = results.get("cold_start", {})
     cold_ok = all(cold[k]["verified"] == cold[k]["runs"] for k in ("no preload", "preload numpy")

@@ -62,34 +62,28 @@ def warm_section(warm: dict) -> str:
 
 
 def throughput_section(t: dict) -> str:
-    pool = str(t["default_workers"])
-    sizes = sorted(t["runs"], key=int)
-    headers = ["concurrency"]
-    for w in sizes:
-        headers += ["%s worker%s req/s" % (w, "" if w == "1" else "s"), "range", "srv CPU",
-                    "client CPU", "CPU µs/req"]
-    if len(sizes) > 1:
-        headers.append("%s / 1" % pool)
+    configs = t["configurations"]
+    single = {r["concurrency"]: r["rps"] for r in configs[0]["rows"]}
     rows = []
-    for i, level in enumerate(r["concurrency"] for r in t["runs"][sizes[0]]):
-        row = [level]
-        for w in sizes:
-            r = t["runs"][w][i]
-            row += ["%.0f" % r["rps"], "%.0f-%.0f" % (r["rps_min"], r["rps_max"]),
-                    "%.0f%%" % (r["server_cpu"] * 100), "%.0f%%" % (r["client_cpu"] * 100),
-                    "%.0f" % ((r["server_cpu"] + r["client_cpu"]) / r["rps"] * 1e6)]
-        if len(sizes) > 1:
-            row.append("%.2fx" % (t["runs"][pool][i]["rps"] / t["runs"]["1"][i]["rps"]))
-        rows.append(row)
-    wrong = sum(r["wrong"] for runs in t["runs"].values() for r in runs)
-    total = sum(r["requests"] for runs in t["runs"].values() for r in runs)
-    return ("## Throughput (`%s`, a connection per request, unpinned)\n\n"
-            "Median of %d repeats of %g s, each with fresh servers (range: slowest-fastest); "
-            "CPU columns are shares of one CPU (the machine has %s); CPU µs/req is server "
-            "and client CPU time per request. "
+    for config in configs:
+        for r in config["rows"]:
+            rows.append([config["name"], r["concurrency"], "%.0f" % r["rps"],
+                         "%.0f-%.0f" % (r["rps_min"], r["rps_max"]),
+                         "%.0f%%" % (r["server_cpu"] * 100), "%.0f%%" % (r["client_cpu"] * 100),
+                         "%.0f" % ((r["server_cpu"] + r["client_cpu"]) / r["rps"] * 1e6),
+                         "%.2fx" % (r["rps"] / single[r["concurrency"]])])
+    wrong = sum(r["wrong"] for c in configs for r in c["rows"])
+    total = sum(r["requests"] for c in configs for r in c["rows"])
+    return ("## Throughput (`%s`, a connection per request)\n\n"
+            "Median of %d repeats of %g s, each with fresh servers (range: slowest-fastest). "
+            "Servers and clients are unpinned in the first two configurations and pinned "
+            "with taskset in the others. CPU columns "
+            "are shares of one CPU (the machine has %d); CPU µs/req is server and client CPU "
+            "time per request; x 1 worker compares with the first configuration. "
             "%d replies checked, %d wrong.\n\n"
-            % (t["program"], t["repeats"], t["duration"], pool, total, wrong)
-            + table(headers, rows, align="r" * len(headers)))
+            % (t["program"], t["repeats"], t["duration"], t["default_workers"], total, wrong)
+            + table(["configuration", "concurrency", "req/s", "range", "srv CPU", "client CPU",
+                     "CPU µs/req", "x 1 worker"], rows, align="lrrrrrrr"))
 
 
 def cold_section(c: dict) -> str:

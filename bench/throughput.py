@@ -23,7 +23,7 @@ from bench.programs import PROGRAMS
 
 LEVELS = (1, 2, 4, 8, 16)
 #: Seconds between forking the clients and the start of the counted window.
-LEAD_IN = 0.3
+LEAD_IN = 0.2
 
 
 def _client_loop(path: str, program, expected: bytes, start: int, end: int) -> tuple:
@@ -108,26 +108,44 @@ def _median_row(points: list) -> dict:
             "repeats": points}
 
 
+def configurations() -> list:
+    """Return ``[(name, workers, server CPUs, client CPUs)]``: 1 worker and the default
+    pool, unpinned, then 1 worker pinned in each of the two wake-up regimes, for reference."""
+    pool = os.cpu_count() or 1
+    cpus = sorted(os.sched_getaffinity(0))
+    found = [("1 worker", 1, None, None)]
+    if pool > 1:
+        found.append(("%d workers" % pool, pool, None, None))
+    found.append(("1 worker, all on CPU %d" % cpus[0], 1, cpus[:1], cpus[:1]))
+    if len(cpus) > 1:
+        found.append(("1 worker on CPU %d, clients on CPU %d" % (cpus[0], cpus[1]), 1,
+                      cpus[:1], cpus[1:2]))
+    return found
+
+
 def run(workdir: str, duration: float, repeats: int, progress, levels=LEVELS,
         program=PROGRAMS[0]) -> dict:
-    """Run the throughput section for 1 worker and the default pool; return its figures.
+    """Run the throughput section for every configuration; return its figures.
 
     Where the scheduler puts the processes decides which of the machine's two
     wake-up regimes a run gets, and it tends to keep that placement for a
     server's life, so each repeat starts fresh servers; rows give the median.
     """
-    pool = os.cpu_count() or 1
-    sizes = sorted({1, pool})
-    points = {(w, level): [] for w in sizes for level in levels}
+    found = configurations()
+    points = {(c[0], level): [] for c in found for level in levels}
     for repeat in range(repeats):
-        for workers in sizes:
-            directory = servers.private_dir(workdir, "throughput-%d-%d" % (workers, repeat))
-            with servers.start_pyrust(directory, workers=workers) as server:
+        for index, (name, workers, server_cpus, client_cpus) in enumerate(found):
+            directory = servers.private_dir(workdir, "throughput-%d-%d" % (index, repeat))
+            with servers.start_pyrust(directory, workers=workers, cpus=server_cpus) as server, \
+                    servers.client_pinned(client_cpus):
                 for level in levels:
-                    progress("throughput: repeat %d/%d, %d worker(s), concurrency %d"
-                             % (repeat + 1, repeats, workers, level))
-                    points[workers, level].append(
+                    progress("throughput: repeat %d/%d, %s, concurrency %d"
+                             % (repeat + 1, repeats, name, level))
+                    points[name, level].append(
                         measure(server.path, server.pid, program, level, duration))
     return {"program": program.label, "duration": duration, "repeats": repeats,
-            "default_workers": pool,
-            "runs": {str(w): [_median_row(points[w, level]) for level in levels] for w in sizes}}
+            "default_workers": os.cpu_count() or 1,
+            "configurations": [{"name": name, "workers": workers, "server_cpus": server_cpus,
+                                "client_cpus": client_cpus,
+                                "rows": [_median_row(points[name, level]) for level in levels]}
+                               for name, workers, server_cpus, client_cpus in found]}
