@@ -54,7 +54,10 @@ def warm_section(warm: dict) -> str:
                          _us(p["server_cpu_per_request"]), _us(f["mean"]), _us(f["p50"]),
                          _us(f["p99"]), _us(f["server_cpu_per_request"]),
                          "%.2fx" % r["ratio_p50"], _checked(p, f)])
-        parts.append("### %s (%s)\n\n" % (placement["name"], placement["describe"]) + table(
+        bare = placement.get("raw")
+        bare = ("Bare round trip here (one byte to a forked echo process over a socketpair): "
+                "p50 %.1f µs, mean %.1f µs.\n\n" % (bare["p50"], bare["mean"]) if bare else "")
+        parts.append("### %s (%s)\n\n%s" % (placement["name"], placement["describe"], bare) + table(
             ["program", "connection", "mean", "p50", "p90", "p99", "p99.9", "max", "CV",
              "srv CPU", "floor mean", "floor p50", "floor p99", "floor srv CPU", "x floor",
              "replies verified"], rows))
