@@ -175,6 +175,7 @@ def main(argv=None) -> int:
         args.plot = None
     facts = machine.describe()
     facts["command"] = "python -m bench " + shlex.join(argv)
+    other = machine.OtherLoad()
     workdir = tempfile.mkdtemp(prefix="pyrust-bench-")
     try:
         results, samples = run_sections(args, workdir, progress)
@@ -184,6 +185,7 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     facts["load_after"] = machine.load_average()
+    facts["other_load"] = other.describe()
     results = {"machine": facts, **results, "targets": targets.judge(results)}
     progress.note("done in %.0f s" % (time.monotonic() - progress.started))
     text = report.render(results)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -27,6 +28,35 @@ def cpu_model() -> str:
 def load_average() -> str:
     """Return the 1, 5 and 15 minute load averages as text."""
     return "%.2f %.2f %.2f" % os.getloadavg()
+
+
+def busy_seconds() -> float:
+    """Return the CPU time (s) the whole machine has spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    """Return the CPU time (s) used by this process and its reaped descendants."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+class OtherLoad:
+    """Measures the CPU time that processes other than the bench used while it ran."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.busy, self.own = busy_seconds(), own_seconds()
+
+    def describe(self) -> str:
+        """Return the other processes' CPU time so far, and its share of the machine."""
+        other = (busy_seconds() - self.busy) - (own_seconds() - self.own)
+        capacity = (time.monotonic() - self.started) * (os.cpu_count() or 1)
+        return "%.1f CPU s by other processes (%.1f%% of the machine's capacity)" % (
+            max(other, 0.0), 100 * max(other, 0.0) / capacity)
 
 
 def commit() -> str:
