@@ -30,12 +30,14 @@ def load_average() -> str:
     return "%.2f %.2f %.2f" % os.getloadavg()
 
 
-def busy_seconds() -> float:
-    """Return the CPU time (s) the whole machine has spent busy since boot (/proc/stat)."""
+def machine_seconds() -> "tuple[float, float]":
+    """Return ``(busy, steal)``: CPU seconds the whole machine has spent busy since
+    boot, and those the hypervisor took from it (/proc/stat)."""
     with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        fields = [int(v) for v in f.readline().split()[1:]] + [0] * 8
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _, _, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 def own_seconds() -> float:
@@ -49,14 +51,16 @@ class OtherLoad:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
-        self.busy, self.own = busy_seconds(), own_seconds()
+        self.busy, self.steal = machine_seconds()
+        self.own = own_seconds()
 
     def describe(self) -> str:
-        """Return the other processes' CPU time so far, and its share of the machine."""
-        other = (busy_seconds() - self.busy) - (own_seconds() - self.own)
+        """Return the other processes' CPU time so far, its share of the machine, and steal."""
+        busy, steal = machine_seconds()
+        other = max(0.0, (busy - self.busy) - (own_seconds() - self.own))
         capacity = (time.monotonic() - self.started) * (os.cpu_count() or 1)
-        return "%.1f CPU s by other processes (%.1f%% of the machine's capacity)" % (
-            max(other, 0.0), 100 * max(other, 0.0) / capacity)
+        return ("%.1f CPU s used by other processes (%.1f%% of the machine), %.1f s stolen "
+                "by the hypervisor" % (other, 100 * other / capacity, steal - self.steal))
 
 
 def commit() -> str:

@@ -56,13 +56,12 @@ def warm_targets(warm: dict) -> list:
                          "worst %.1f%% (%s, %s)" % (cv * 100, worst["program"], worst["mode"]),
                          cv < CV_LIMIT, _missed_by(cv, CV_LIMIT)))
     slowest = max(warm["rows"], key=lambda r: r["pyrust"]["mean"])
-    mean = slowest["pyrust"]["mean"]
-    rows.append(_row("warm mean far inside %.0f us (the predecessor's target)"
-                     % PREDECESSOR_MEAN_US,
+    mean, far = slowest["pyrust"]["mean"], PREDECESSOR_MEAN_US / 2
+    rows.append(_row("warm mean far inside the predecessor's %.0f us (taken as <= %.0f us, "
+                     "every case)" % (PREDECESSOR_MEAN_US, far),
                      "worst %.1f us (%s, %s, %s)" % (mean, slowest["placement"],
                                                      slowest["program"], slowest["mode"]),
-                     mean < PREDECESSOR_MEAN_US,
-                     "worst is %.0f%% of it" % (100 * mean / PREDECESSOR_MEAN_US)))
+                     mean <= far, _missed_by(mean, far)))
     return rows
 
 

@@ -84,3 +84,12 @@ def test_the_bench_command_writes_every_figure(tmp_path):
     assert results["hot_path"]["handlers"] and results["hot_path"]["profile"]
     assert any(t["target"].startswith("warm p50") for t in results["targets"])
     assert "## Warm path" in done.stdout and "## Targets" in done.stdout
+
+
+def test_the_markdown_report_replaces_only_the_measured_part(tmp_path):
+    from bench.cli import BEGIN, END, write_markdown
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Title\n\nprose\n\n%s\nold run\n%s\n\nafter\n" % (BEGIN, END))
+    write_markdown(str(page), "new run\n")
+    assert page.read_text() == "# Title\n\nprose\n\n%s\n\nnew run\n%s\n\nafter\n" % (BEGIN, END)
