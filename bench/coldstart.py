@@ -86,7 +86,8 @@ def run(workdir: str, runs: int, progress, install=None) -> dict:
         base = [sys.executable, "-m", "pyrust", "serve"]
         env = servers.server_env(PYTHONPATH=servers.ROOT)
         preloadable = importlib.util.find_spec("numpy") is not None
-    results = {"server": " ".join(base), "install": "non-editable" if install else "checkout"}
+    results = {"server": "pyrust serve" if install else "python -m pyrust serve",
+               "install": "non-editable" if install else "checkout"}
     cases = [("no preload", (), PROGRAMS[0])]
     if preloadable:
         cases.append(("preload numpy", ("numpy",), PROGRAMS[0]))

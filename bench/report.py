@@ -97,7 +97,8 @@ def cold_section(c: dict) -> str:
     rows = [[name, c[name]["runs"], "%.1f" % c[name]["min"], "%.1f" % c[name]["median"],
              "%.1f" % c[name]["max"], "%d/%d" % (c[name]["verified"], c[name]["runs"])]
             for name in ("no preload", "preload numpy") if name in c]
-    text = head + "Server: `%s` (%s install).\n\n" % (c["server"], c["install"])
+    text = head + ("Server: `%s` from the %s install, default pool, activated by "
+                   "systemd-socket-activate.\n\n" % (c["server"], c["install"]))
     text += table(["case", "runs", "min", "median", "max", "replies verified"], rows,
                   align="lrrrrr")
     return text + ("\n\nnumpy: %s" % c["numpy"] if "numpy" in c else "")
