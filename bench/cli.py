@@ -186,6 +186,7 @@ def main(argv=None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     facts["load_after"] = machine.load_average()
     facts["other_load"] = other.describe()
+    facts["other_load_figures"] = other.figures()
     results = {"machine": facts, **results, "targets": targets.judge(results)}
     progress.note("done in %.0f s" % (time.monotonic() - progress.started))
     text = report.render(results)

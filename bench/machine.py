@@ -54,13 +54,21 @@ class OtherLoad:
         self.busy, self.steal = machine_seconds()
         self.own = own_seconds()
 
-    def describe(self) -> str:
-        """Return the other processes' CPU time so far, its share of the machine, and steal."""
+    def figures(self) -> dict:
+        """Return CPU seconds used by other processes (``other``; slightly negative
+        when within the accounting's rounding), the machine's capacity over the
+        same time, and the seconds stolen by the hypervisor."""
         busy, steal = machine_seconds()
-        other = max(0.0, (busy - self.busy) - (own_seconds() - self.own))
-        capacity = (time.monotonic() - self.started) * (os.cpu_count() or 1)
+        return {"other": (busy - self.busy) - (own_seconds() - self.own),
+                "capacity": (time.monotonic() - self.started) * (os.cpu_count() or 1),
+                "steal": steal - self.steal}
+
+    def describe(self) -> str:
+        """Return the figures as one line of text."""
+        f = self.figures()
+        other = max(0.0, f["other"])
         return ("%.1f CPU s used by other processes (%.1f%% of the machine), %.1f s stolen "
-                "by the hypervisor" % (other, 100 * other / capacity, steal - self.steal))
+                "by the hypervisor" % (other, 100 * other / f["capacity"], f["steal"]))
 
 
 def commit() -> str:

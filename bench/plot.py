@@ -24,6 +24,7 @@ def draw(samples: dict, path: str, program: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     placements = list(dict.fromkeys(placement for placement, _, _ in samples))
     modes = list(dict.fromkeys(mode for _, mode, _ in samples))
@@ -38,6 +39,9 @@ def draw(samples: dict, path: str, program: str) -> None:
                 xs, ys = cdf_points(data)
                 ax.plot(xs, ys, style, label=server)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: "%g" % x))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title("%s, %s" % (placement, mode), fontsize=10)
         ax.set_xlabel("round trip (µs, log scale)")
         ax.grid(True, which="both", alpha=0.3)
