@@ -12,6 +12,7 @@ complete inside the window count.  Servers and clients are left unpinned.
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import time
 import traceback
@@ -60,6 +61,10 @@ def _fork_client(path: str, program, expected: bytes, start: int, end: int) -> "
     code = 1
     try:
         os.close(read_fd)
+        # A server that stops answering must not hang the bench: SIGALRM's
+        # default action ends this client, and the parent reports it.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(int((end - time.monotonic_ns()) / 1e9) + 30)
         result = _client_loop(path, program, expected, start, end)
         os.write(write_fd, ("%d %d %r\n" % result).encode())
         code = 0
