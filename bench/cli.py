@@ -97,7 +97,8 @@ def run_sections(args, workdir: str, progress: Progress) -> "tuple[dict, dict]":
         except Exception as exc:  # one broken section must not hide the others' figures
             progress.note("section %s FAILED: %s" % (name, exc))
             traceback.print_exc()
-            results[key] = {"skipped": "failed: %s" % exc, "failed": True}
+            results[key] = {"skipped": "failed: %s" % exc, "failed": "%s: %s" % (
+                type(exc).__name__, exc)}
     if "warm" in only:
         progress.expect(warm.case_count())
         section("warm", "warm", lambda: warm.run(workdir, args.requests, args.warmup, progress))
@@ -127,7 +128,7 @@ def run_sections(args, workdir: str, progress: Progress) -> "tuple[dict, dict]":
 
 def all_verified(results: dict) -> bool:
     """Return whether no section failed and no reply was wrong."""
-    if any(isinstance(s, dict) and s.get("failed") for s in results.values()):
+    if any(isinstance(s, dict) and "failed" in s for s in results.values()):
         return False
     warm_ok = all(r[s]["wrong"] == 0 for r in results.get("warm", {}).get("rows", [])
                   for s in ("pyrust", "floor"))

@@ -164,6 +164,12 @@ SECTIONS = (("machine", machine_section), ("warm", warm_section),
 
 
 def render(results: dict) -> str:
-    """Return the whole report for ``results``."""
-    return "\n\n".join(render_one(results[key]) for key, render_one in SECTIONS
-                       if results.get(key) is not None) + "\n"
+    """Return the whole report for ``results``; a failed section shows why."""
+    parts = []
+    for key, render_one in SECTIONS:
+        section = results.get(key)
+        if isinstance(section, dict) and "failed" in section:
+            parts.append("## %s\n\nThis section FAILED: %s" % (key, section["failed"]))
+        elif section is not None:
+            parts.append(render_one(section))
+    return "\n\n".join(parts) + "\n"

@@ -116,6 +116,9 @@ def judge(results: dict) -> list:
     rows = []
     for key, judge_section in (("warm", warm_targets), ("throughput", throughput_targets),
                                ("cold_start", cold_targets), ("alternative", alternative_targets)):
-        if results.get(key) is not None:
-            rows += judge_section(results[key])
+        section = results.get(key)
+        if isinstance(section, dict) and "failed" in section:
+            rows.append(_row("targets of section %s" % key, section["skipped"], None))
+        elif section is not None:
+            rows += judge_section(section)
     return rows
