@@ -47,21 +47,30 @@ def _open_connections(path: str, count: int) -> dict:
     return held
 
 
-def drive(path: str, workers: int, requests: int) -> dict:
-    """Send ``requests`` requests spread over the workers; return ``{"verified", "wrong"}``."""
-    expected = [client.reference_reply(path, p) for p in PROGRAMS]
+def _send(socks: list, expected: list, first: int, count: int) -> int:
+    """Send requests ``first`` to ``first + count`` round-robin over ``socks``, cycling
+    through the program table; return how many replies were wrong."""
     frames = [p.frame for p in PROGRAMS]
-    held = _open_connections(path, workers)
-    socks = list(held.values())
     wrong = 0
+    for i in range(first, first + count):
+        sock, k = socks[i % len(socks)], i % len(frames)
+        sock.sendall(frames[k])
+        reply = sock.recv(client.RECV_SIZE)
+        if reply != expected[k]:
+            wrong += not PROGRAMS[k].accepts(*client.read_reply(sock, reply))
+    return wrong
+
+
+def drive(path: str, workers: int, requests: int, warm: int, on_warm) -> dict:
+    """Send ``requests`` requests spread over the workers, calling ``on_warm()`` after
+    the first ``warm`` of them; return ``{"verified", "wrong", "per_worker"}``."""
+    expected = [client.reference_reply(path, p) for p in PROGRAMS]
+    socks = list(_open_connections(path, workers).values())
     try:
         with client.watchdog(requests):
-            for i in range(requests):
-                sock, k = socks[i % len(socks)], i % len(frames)
-                sock.sendall(frames[k])
-                reply = sock.recv(client.RECV_SIZE)
-                if reply != expected[k]:
-                    wrong += not PROGRAMS[k].accepts(*client.read_reply(sock, reply))
+            wrong = _send(socks, expected, 0, warm)
+            on_warm()
+            wrong += _send(socks, expected, warm, requests - warm)
     finally:
         for sock in socks:
             sock.close()
@@ -69,11 +78,18 @@ def drive(path: str, workers: int, requests: int) -> dict:
 
 
 def run(workdir: str, requests: int, progress) -> dict:
-    """Run the memory section on a default-size pool; return its figures."""
+    """Run the memory section on a default-size pool; return its figures.
+
+    Snapshots: idle after start, after a warm-up of 1% of the requests (first
+    use fills caches and imports modules), and after all of them; growth
+    between the last two would be a leak.
+    """
     workers = os.cpu_count() or 1
+    warm = max(1, requests // 100)
     with servers.start_pyrust(servers.private_dir(workdir, "memory"), workers=workers) as server:
-        idle = snapshot(server.pid)
+        found = {"idle": snapshot(server.pid)}
         progress("memory: %d requests over %d workers" % (requests, workers))
-        traffic = drive(server.path, workers, requests)
-        after = snapshot(server.pid)
-    return {"workers": workers, "requests": requests, "idle": idle, "after": after, **traffic}
+        traffic = drive(server.path, workers, requests, warm,
+                        lambda: found.update(warm=snapshot(server.pid)))
+        found["after"] = snapshot(server.pid)
+    return {"workers": workers, "requests": requests, "warm_requests": warm, **found, **traffic}

@@ -122,18 +122,23 @@ def alternative_section(a: dict) -> str:
 
 
 def memory_section(m: dict) -> str:
+    phases = [p for p in ("idle", "warm", "after") if p in m]
     rows = []
-    for label, pid_key in [("supervisor", None)] + [("worker %s" % pid, pid)
-                                                   for pid in sorted(m["idle"]["workers"])]:
-        idle = m["idle"]["supervisor"] if pid_key is None else m["idle"]["workers"][pid_key]
-        after = m["after"]["supervisor"] if pid_key is None else m["after"]["workers"].get(pid_key)
-        row = [label] + ["%.1f" % idle[k] for k in ("rss", "uss", "pss")]
-        row += ["%.1f" % after[k] for k in ("rss", "uss", "pss")] if after else ["gone"] * 3
-        rows.append(row)
-    return ("## Memory (MiB): idle, and after %d requests (%d per worker, %s)\n\n"
-            % (m["requests"], m["per_worker"], _checked(m) + " replies verified")
-            + table(["process", "RSS idle", "USS idle", "PSS idle", "RSS after", "USS after",
-                     "PSS after"], rows, align="lrrrrrr"))
+    for kind in ("rss", "uss", "pss"):
+        rows.append(["supervisor", kind.upper()]
+                    + ["%.1f" % m[p]["supervisor"][kind] for p in phases])
+        for pid in sorted(m["idle"]["workers"]):
+            rows.append(["worker %s" % pid, kind.upper()] + [
+                "%.1f" % m[p]["workers"][pid][kind] if pid in m[p]["workers"] else "gone"
+                for p in phases])
+    names = {"idle": "idle", "warm": "after %d" % m.get("warm_requests", 0),
+             "after": "after %d" % m["requests"]}
+    return ("## Memory (MiB): idle, after a warm-up, and after %d requests\n\n"
+            "%d per worker, %s replies verified. RSS counts shared pages, USS only the "
+            "process's own, PSS shares the shared ones out.\n\n"
+            % (m["requests"], m["per_worker"], _checked(m))
+            + table(["process", "measure"] + [names[p] for p in phases], rows,
+                    align="ll" + "r" * len(phases)))
 
 
 def hotpath_section(h: dict) -> str:
@@ -152,6 +157,8 @@ def hotpath_section(h: dict) -> str:
 
 
 def targets_section(rows: list) -> str:
+    if not rows:
+        return "## Targets\n\nNo target concerns the sections that ran."
     return "## Targets\n\n" + table(["target", "measured", "verdict", "note"],
                                     [[r["target"], r["measured"], r["verdict"], r["note"]]
                                      for r in rows], align="llll")
