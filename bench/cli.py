@@ -175,7 +175,7 @@ def main(argv=None) -> int:
                       "(.venv/bin/pip install -e '.[bench]'); no plot")
         args.plot = None
     facts = machine.describe()
-    facts["command"] = "python -m bench " + shlex.join(argv)
+    facts["command"] = shlex.join([machine.interpreter(), "-m", "bench", *argv])
     other = machine.OtherLoad()
     workdir = tempfile.mkdtemp(prefix="pyrust-bench-")
     try:
@@ -201,7 +201,8 @@ def _write_outputs(args, results, samples, text, verified, progress) -> int:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, sort_keys=False)
     if args.markdown:
-        write_markdown(args.markdown, "Command: `%s`\n\n%s" % (results["machine"]["command"], text))
+        write_markdown(args.markdown, "".join("#" + line if line.startswith("#") else line
+                                              for line in text.splitlines(True)))
     if args.plot and samples:
         plot.draw(samples, args.plot, warm.PLOTTED)
     if not verified:

@@ -84,6 +84,13 @@ def commit() -> str:
     return (head or "unknown") + ("+dirty" if dirty else "")
 
 
+def interpreter() -> str:
+    """Return the path that started this interpreter, relative to the checkout when inside it."""
+    argv0 = getattr(sys, "orig_argv", [sys.executable])[0]  # orig_argv: Python 3.10+
+    path = os.path.abspath(argv0) if os.sep in argv0 else sys.executable
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+
+
 def describe() -> dict:
     """Return the facts about this machine and run that the report starts with."""
     return {
@@ -92,6 +99,7 @@ def describe() -> dict:
         "cpus": "%d online, %d usable by the bench" % (os.cpu_count() or 0,
                                                       len(os.sched_getaffinity(0))),
         "cpu_model": cpu_model(),
+        "memory": "%.1f GiB" % (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
         "kernel": "%s %s" % (platform.system(), platform.release()),
         "python": "%s (%s)" % (platform.python_version(), sys._base_executable),
         "commit": commit(),

@@ -32,7 +32,7 @@ def _checked(*cases: dict) -> str:
 
 
 def machine_section(m: dict) -> str:
-    rows = [(k, m[k]) for k in ("command", "date", "host", "cpus", "cpu_model", "kernel",
+    rows = [(k, m[k]) for k in ("command", "date", "host", "cpus", "cpu_model", "memory", "kernel",
                                 "python", "commit", "load_before", "load_after", "other_load")
             if k in m]
     return "## Machine and run\n\n" + table(["", ""], rows, align="ll")
