@@ -4,7 +4,6 @@ Nothing here times anything or judges a figure's value: that is the bench's job.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
