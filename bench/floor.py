@@ -1,0 +1,102 @@
+"""The floor: the least a Python server does to answer v1 requests correctly.
+
+    python bench/floor.py SOCKET
+
+One process, a blocking ``accept()``, and per request: read the frame,
+compile (cached by source, as pyrust caches), run the body in fresh globals
+with stdout captured, echo the repr of a final bare expression, reply.  An
+error's reply is ``Name: message`` rather than a full traceback.  No pyrust
+code is imported: every pyrust figure is also reported as a ratio to this.
+
+It binds SOCKET itself (the directory must exist and be private), sends
+``READY=1`` to ``$NOTIFY_SOCKET`` when listening, and runs until killed.
+"""
+
+import ast
+import builtins
+import io
+import os
+import socket
+import struct
+import sys
+
+HEADER = struct.Struct(">I")
+REPLY = struct.Struct(">BI")
+
+
+def compile_program(source):
+    """Return ``(body, echo)`` code objects; ``echo`` evaluates a final bare expression."""
+    tree = compile(source, "<string>", "exec", ast.PyCF_ONLY_AST)
+    echo = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        echo = compile(ast.Expression(tree.body.pop().value), "<string>", "eval")
+    return compile(tree, "<string>", "exec"), echo
+
+
+def run(source, cache):
+    """Run ``source``; return ``(status, output bytes)``."""
+    out = io.StringIO()
+    saved, sys.stdout = sys.stdout, out
+    try:
+        program = cache.get(source)
+        if program is None:
+            program = cache[source] = compile_program(source)
+        namespace = {"__name__": "__main__", "__builtins__": builtins}
+        exec(program[0], namespace)
+        if program[1] is not None:
+            value = eval(program[1], namespace)
+            if value is not None:
+                out.write(repr(value) + "\n")
+        status = 0
+    except BaseException as exc:  # the floor answers everything
+        out.write("%s: %s\n" % (type(exc).__name__, exc))
+        status = 1
+    finally:
+        sys.stdout = saved
+    return status, out.getvalue().encode("utf-8")
+
+
+def recv_exact(conn, size):
+    """Return ``size`` bytes from ``conn``, or None if it closes first."""
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def serve_connection(conn, cache):
+    """Answer requests on ``conn`` until the client closes it."""
+    while True:
+        header = recv_exact(conn, HEADER.size)
+        code = header and recv_exact(conn, HEADER.unpack(header)[0])
+        if code is None:
+            return
+        status, output = run(code.decode("utf-8"), cache)
+        conn.sendall(REPLY.pack(status, len(output)) + output)
+
+
+def serve(listener):
+    """Answer requests, one connection at a time, forever."""
+    cache = {}
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            serve_connection(conn, cache)
+
+
+def main(path):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(socket.SOMAXCONN)
+    address = os.environ.pop("NOTIFY_SOCKET", None)
+    if address:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.sendto(b"READY=1", address)
+    serve(listener)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

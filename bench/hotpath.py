@@ -1,0 +1,137 @@
+"""Where a warm request's time goes: pyrust's request handling against the floor's, in-process.
+
+pyrust's own worker code (and the floor's) is called in this process on one
+end of a socketpair while the other end plays the client, so no scheduler
+or wake-up cost is in the figures: what is left is the Python work.  Two
+paths are timed: one request on an open connection (``handle_request``) and
+a whole connection carrying one request (``serve_connection``: socket
+options, the request, the end-of-file; the socketpair stands in for
+``accept``).  ``profile`` adds a cProfile of pyrust's per-request path
+(cProfile slows small Python functions down: read shares, not absolutes).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import signal
+import socket
+import time
+
+from bench import floor
+from bench.programs import PROGRAMS
+
+
+class _Pyrust:
+    """A pyrust worker driven by hand, with its SIGTERM handler installed as in a worker
+    (so the handler's "did the program take SIGTERM over?" check passes)."""
+
+    def __init__(self) -> None:
+        from pyrust.config import Config
+        from pyrust.server.worker import Worker
+
+        self.worker = Worker(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), Config())
+        self.request = self.worker.handle_request
+        self.connection = self.worker.serve_connection
+        self._previous = signal.signal(signal.SIGTERM, self.worker._on_stop)
+
+    def close(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+        self.worker.listener.close()
+
+
+class _Floor:
+    """The floor server's code driven by hand."""
+
+    def __init__(self) -> None:
+        cache = {}
+        self.request = lambda conn: _floor_request(conn, cache)
+        self.connection = lambda conn: floor.serve_connection(conn, cache)
+
+    def close(self) -> None:
+        pass
+
+
+def _floor_request(conn, cache) -> None:
+    header = floor.recv_exact(conn, floor.HEADER.size)
+    code = floor.recv_exact(conn, floor.HEADER.unpack(header)[0])
+    status, output = floor.run(code.decode("utf-8"), cache)
+    conn.sendall(floor.REPLY.pack(status, len(output)) + output)
+
+
+def _requests(handle, frame: bytes, count: int) -> float:
+    """Run ``count`` requests through ``handle`` on one connection; return ns per request."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        start = time.perf_counter_ns()
+        for _ in range(count):
+            ours.sendall(frame)
+            handle(theirs)
+            ours.recv(65536)
+        return (time.perf_counter_ns() - start) / count
+
+
+def _connections(serve, frame: bytes, count: int) -> float:
+    """Serve ``count`` one-request connections with ``serve``; return ns per connection."""
+    pair, shut = socket.socketpair, socket.SHUT_WR
+    start = time.perf_counter_ns()
+    for _ in range(count):
+        ours, theirs = pair()
+        ours.sendall(frame)
+        ours.shutdown(shut)
+        serve(theirs)
+        theirs.close()
+        ours.recv(65536)
+        ours.close()
+    return (time.perf_counter_ns() - start) / count
+
+
+def compare(count: int, programs=PROGRAMS[:1] + PROGRAMS[8:10]) -> list:
+    """Return, per program and path, the µs of pyrust's and the floor's code."""
+    rows = []
+    for program in programs:
+        for path, timer, attribute in (("persistent", _requests, "request"),
+                                       ("per-connection", _connections, "connection")):
+            row = {"program": program.label, "mode": path}
+            for name, server_class in (("pyrust", _Pyrust), ("floor", _Floor)):
+                server = server_class()
+                try:
+                    handle = getattr(server, attribute)
+                    timer(handle, program.frame, max(1, count // 10))  # warm up
+                    row[name] = timer(handle, program.frame, count) / 1000
+                finally:
+                    server.close()
+            rows.append(row)
+    return rows
+
+
+def profile(count: int, top: int = 15, program=PROGRAMS[0]) -> list:
+    """Return the ``top`` functions by own time in pyrust's per-request path, µs per request."""
+    server = _Pyrust()
+    profiler = cProfile.Profile()
+    try:
+        _requests(server.request, program.frame, max(1, count // 10))
+        profiler.enable()
+        _requests(server.request, program.frame, count)
+        profiler.disable()
+    finally:
+        server.close()
+    rows = [{"function": "%s:%d(%s)" % (_short(f), line, name), "calls": calls / count,
+             "own": tottime / count * 1e6, "cumulative": cumtime / count * 1e6}
+            for (f, line, name), (_, calls, tottime, cumtime, _)
+            in pstats.Stats(profiler).stats.items() if "bench/" not in f]
+    rows.sort(key=lambda r: r["own"], reverse=True)
+    return rows[:top]
+
+
+def _short(filename: str) -> str:
+    """Return ``filename`` from its ``pyrust/`` part on, else its base name."""
+    if "pyrust/" in filename:
+        return filename[filename.rindex("pyrust/"):]
+    return filename.rsplit("/", 1)[-1]
+
+
+def run(count: int, progress) -> dict:
+    """Run the hot-path section; return the comparison and the profile."""
+    progress("hot path: pyrust's and the floor's request handling in-process")
+    return {"requests": count, "handlers": compare(count), "profile": profile(count)}

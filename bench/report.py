@@ -1,0 +1,182 @@
+"""The readable report: Markdown tables that read well in a terminal too.
+
+``render`` turns one run's results (the dict the JSON file holds) into text;
+every section it finds is shown, skipped ones with the reason.
+"""
+
+from __future__ import annotations
+
+
+def table(headers: list, rows: list, align: str = "") -> str:
+    """Return a Markdown pipe table, padded.  ``align`` has one letter per column,
+    ``l`` or ``r``; by default the first two columns are left-aligned, the others right."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(str(h))] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    align = align or "ll" + "r" * (len(headers) - 2)
+
+    def line(values):
+        return "| " + " | ".join(v.ljust(w) if a == "l" else v.rjust(w)
+                                 for v, w, a in zip(values, widths, align)) + " |"
+    rule = "|" + "|".join("-" * (w + 1) + ("-" if a == "l" else ":")
+                          for w, a in zip(widths, align)) + "|"
+    return "\n".join([line([str(h) for h in headers]), rule] + [line(r) for r in cells])
+
+
+def _us(value: float) -> str:
+    return "%.1f" % value
+
+
+def _checked(*cases: dict) -> str:
+    wrong = sum(c["wrong"] for c in cases)
+    return "all %d" % sum(c["verified"] for c in cases) if not wrong else "%d WRONG" % wrong
+
+
+def machine_section(m: dict) -> str:
+    rows = [(k, m[k]) for k in ("command", "date", "host", "cpus", "cpu_model", "memory", "kernel",
+                                "python", "commit", "load_before", "load_after", "other_load")
+            if k in m]
+    return "## Machine and run\n\n" + table(["", ""], rows, align="ll")
+
+
+def warm_section(warm: dict) -> str:
+    parts = ["## Warm path: pyrust against the floor (µs per round trip)\n\n"
+             "pyrust with its default pool (%d workers), the floor one process, both pinned "
+             "with taskset. %d timed requests per case after %d untimed; CV = coefficient of "
+             "variation of 20 consecutive batch means; srv CPU = server CPU time per request "
+             "(schedstat); x floor = pyrust p50 / floor p50."
+             % (warm.get("pyrust_workers", 0), warm["requests_per_case"],
+                warm["warmup_per_case"])]
+    for placement in warm["placements"]:
+        rows = []
+        for r in (r for r in warm["rows"] if r["placement"] == placement["name"]):
+            p, f = r["pyrust"], r["floor"]
+            rows.append([r["program"], r["mode"], _us(p["mean"]), _us(p["p50"]), _us(p["p90"]),
+                         _us(p["p99"]), _us(p["p99.9"]), _us(p["max"]), "%.1f%%" % (p["cv"] * 100),
+                         _us(p["server_cpu_per_request"]), _us(f["mean"]), _us(f["p50"]),
+                         _us(f["p99"]), _us(f["server_cpu_per_request"]),
+                         "%.2fx" % r["ratio_p50"], _checked(p, f)])
+        bare = placement.get("raw")
+        bare = ("Bare round trip here (one byte to a forked echo process over a socketpair): "
+                "p50 %.1f µs, mean %.1f µs.\n\n" % (bare["p50"], bare["mean"]) if bare else "")
+        parts.append("### %s (%s)\n\n%s" % (placement["name"], placement["describe"], bare) + table(
+            ["program", "connection", "mean", "p50", "p90", "p99", "p99.9", "max", "CV",
+             "srv CPU", "floor mean", "floor p50", "floor p99", "floor srv CPU", "x floor",
+             "replies verified"], rows))
+    return "\n\n".join(parts)
+
+
+def throughput_section(t: dict) -> str:
+    configs = t["configurations"]
+    single = {r["concurrency"]: r["rps"] for r in configs[0]["rows"]}
+    rows = []
+    for config in configs:
+        for r in config["rows"]:
+            rows.append([config["name"], r["concurrency"], "%.0f" % r["rps"],
+                         "%.0f-%.0f" % (r["rps_min"], r["rps_max"]),
+                         "%.0f%%" % (r["server_cpu"] * 100), "%.0f%%" % (r["client_cpu"] * 100),
+                         "%.0f" % ((r["server_cpu"] + r["client_cpu"]) / r["rps"] * 1e6),
+                         "%.2fx" % (r["rps"] / single[r["concurrency"]])])
+    wrong = sum(r["wrong"] for c in configs for r in c["rows"])
+    total = sum(r["requests"] for c in configs for r in c["rows"])
+    return ("## Throughput (`%s`, a connection per request)\n\n"
+            "Median of %d repeats of %g s, each with fresh servers (range: slowest-fastest). "
+            "Servers and clients are unpinned in the first two configurations and pinned "
+            "with taskset in the others. CPU columns "
+            "are shares of one CPU (the machine has %d); CPU µs/req is server and client CPU "
+            "time per request; x 1 worker compares with the first configuration. "
+            "%d replies checked, %d wrong.\n\n"
+            % (t["program"], t["repeats"], t["duration"], t["default_workers"], total, wrong)
+            + table(["configuration", "concurrency", "req/s", "range", "srv CPU", "client CPU",
+                     "CPU µs/req", "x 1 worker"], rows, align="lrrrrrrr"))
+
+
+def cold_section(c: dict) -> str:
+    head = "## Cold start: first request after socket activation (ms, connect to reply)\n\n"
+    if "skipped" in c:
+        return head + "Skipped: %s." % c["skipped"]
+    rows = [[name, c[name]["runs"], "%.1f" % c[name]["min"], "%.1f" % c[name]["median"],
+             "%.1f" % c[name]["max"], "%d/%d" % (c[name]["verified"], c[name]["runs"])]
+            for name in ("no preload", "preload numpy") if name in c]
+    text = head + ("Server: `%s` from the %s install, default pool, activated by "
+                   "systemd-socket-activate.\n\n" % (c["server"], c["install"]))
+    text += table(["case", "runs", "min", "median", "max", "replies verified"], rows,
+                  align="lrrrrr")
+    return text + ("\n\nnumpy: %s" % c["numpy"] if "numpy" in c else "")
+
+
+def alternative_section(a: dict) -> str:
+    head = "## The user's alternative: a new process per call (hyperfine, ms)\n\n"
+    if "skipped" in a:
+        return head + "Skipped: %s." % a["skipped"]
+    by = {r["name"]: r for r in a["results"]}
+    base = by['python -c "print(2+3)"']["mean"]
+    rows = [[r["name"], "%.2f ± %.2f" % (r["mean"], r["stddev"]), "%.2f" % r["median"],
+             "%.2f" % r["min"], "%.2f" % r["max"], "%.2fx" % (r["mean"] / base)]
+            for r in a["results"]]
+    text = head + ("%d runs each after 3 warm-ups; every command's output was checked first. "
+                   "`python` is the non-editable install's venv interpreter; `base python` is "
+                   "the interpreter that venv was made from.\n\n" % a["runs"])
+    text += table(["command", "mean ± σ", "median", "min", "max", "x python -c"], rows,
+                  align="lrrrrr")
+    return text + ("\n\nnumpy: %s" % a["numpy"] if "numpy" in a else "")
+
+
+def memory_section(m: dict) -> str:
+    phases = [p for p in ("idle", "warm", "after") if p in m]
+    rows = []
+    for kind in ("rss", "uss", "pss"):
+        rows.append(["supervisor", kind.upper()]
+                    + ["%.1f" % m[p]["supervisor"][kind] for p in phases])
+        for pid in sorted(m["idle"]["workers"]):
+            rows.append(["worker %s" % pid, kind.upper()] + [
+                "%.1f" % m[p]["workers"][pid][kind] if pid in m[p]["workers"] else "gone"
+                for p in phases])
+    names = {"idle": "idle", "warm": "after %d" % m.get("warm_requests", 0),
+             "after": "after %d" % m["requests"]}
+    return ("## Memory (MiB): idle, after a warm-up, and after %d requests\n\n"
+            "%d per worker, %s replies verified. RSS counts shared pages, USS only the "
+            "process's own, PSS shares the shared ones out.\n\n"
+            % (m["requests"], m["per_worker"], _checked(m))
+            + table(["process", "measure"] + [names[p] for p in phases], rows,
+                    align="ll" + "r" * len(phases)))
+
+
+def hotpath_section(h: dict) -> str:
+    rows = [[r["program"], r["mode"], _us(r["pyrust"]), _us(r["floor"]),
+             _us(r["pyrust"] - r["floor"])] for r in h["handlers"]]
+    profile = [[r["function"], "%.0f" % r["calls"] if r["calls"] >= 1 else "%.2f" % r["calls"],
+                "%.2f" % r["own"], "%.2f" % r["cumulative"]] for r in h["profile"]]
+    return ("## Hot path: pyrust's and the floor's code in-process, no scheduler (µs)\n\n"
+            "persistent: one request on an open connection; per-connection: a connection "
+            "carrying one request, accept() excluded.\n\n"
+            + table(["program", "path", "pyrust", "floor", "difference"], rows)
+            + "\n\ncProfile of pyrust's per-request path for `2+3` (%d requests; cProfile "
+              "inflates small Python functions, read the shares):\n\n" % h["requests"]
+            + table(["function", "calls/req", "own µs/req", "cumulative µs/req"], profile,
+                    align="lrrr"))
+
+
+def targets_section(rows: list) -> str:
+    if not rows:
+        return "## Targets\n\nNo target concerns the sections that ran."
+    return "## Targets\n\n" + table(["target", "measured", "verdict", "note"],
+                                    [[r["target"], r["measured"], r["verdict"], r["note"]]
+                                     for r in rows], align="llll")
+
+
+SECTIONS = (("machine", machine_section), ("warm", warm_section),
+            ("throughput", throughput_section), ("cold_start", cold_section),
+            ("alternative", alternative_section), ("memory", memory_section),
+            ("hot_path", hotpath_section), ("targets", targets_section))
+
+
+def render(results: dict) -> str:
+    """Return the whole report for ``results``; a failed section shows why."""
+    parts = []
+    for key, render_one in SECTIONS:
+        section = results.get(key)
+        if isinstance(section, dict) and "failed" in section:
+            parts.append("## %s\n\nThis section FAILED: %s" % (key, section["failed"]))
+        elif section is not None:
+            parts.append(render_one(section))
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,199 @@
+"""Servers under test: pyrust and the floor, started pinned, ready-checked, stopped.
+
+Every server binds its socket in a private (0700) directory of its own and
+reports ``READY=1`` to a notify socket the bench binds; the bench waits for
+that datagram (or the server's exit, through a pidfd), never sleeps.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLOOR = os.path.join(ROOT, "bench", "floor.py")
+READY_TIMEOUT = 120.0  # seconds; a heavy preload on a busy machine can be slow
+STOP_TIMEOUT = 40.0    # pyrust's graceful_timeout is 30 s
+
+
+class Placement(collections.namedtuple("Placement", "name server_cpus client_cpus")):
+    """Where the server's process tree and the bench client run (CPU sets)."""
+
+    def describe(self) -> str:
+        return "server on CPU %s, client on CPU %s" % (
+            ",".join(map(str, self.server_cpus)), ",".join(map(str, self.client_cpus)))
+
+
+def placements() -> list:
+    """Return the pinned placements this machine allows: same CPU, and
+    different CPUs when the process may use two or more."""
+    cpus = sorted(os.sched_getaffinity(0))
+    found = [Placement("same CPU", (cpus[0],), (cpus[0],))]
+    if len(cpus) > 1:
+        found.append(Placement("cross CPU", (cpus[0],), (cpus[1],)))
+    return found
+
+
+@contextlib.contextmanager
+def client_pinned(cpus):
+    """Run the block with this process pinned to ``cpus`` (None: leave it unpinned)."""
+    saved = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def private_dir(base: str, name: str) -> str:
+    """Create and return ``base/name`` with mode 0700."""
+    path = os.path.join(base, name)
+    os.mkdir(path, 0o700)
+    return path
+
+
+def server_env(**extra) -> dict:
+    """Return this environment without service-manager and pyrust variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LISTEN_", "NOTIFY_SOCKET", "PYRUST_", "PYTHON"))}
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """A started server: ``path`` (its socket), ``proc``, and where it logs."""
+
+    def __init__(self, name: str, path: str, proc: subprocess.Popen, log_path: str) -> None:
+        self.name = name
+        self.path = path
+        self.proc = proc
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> int:
+        """Stop the server with SIGTERM (SIGKILL if it lingers); return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start(name: str, command: list, directory: str, cpus=None, env=None) -> ServerProcess:
+    """Start ``command`` (pinned to ``cpus`` with taskset) in ``directory``; return it once ready.
+
+    Its socket is ``directory/server.sock``.  Raise RuntimeError, with the
+    server's log, if it exits or stays silent past READY_TIMEOUT.
+    """
+    path = os.path.join(directory, "server.sock")
+    log_path = os.path.join(directory, "server.log")
+    if cpus:
+        command = ["taskset", "-c", ",".join(map(str, cpus))] + command
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(os.path.join(directory, "notify.sock"))
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=directory,
+                env=server_env(NOTIFY_SOCKET=notify.getsockname(), **(env or {})))
+        server = ServerProcess(name, path, proc, log_path)
+        try:
+            _wait_ready(notify, proc)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def _wait_ready(notify: socket.socket, proc: subprocess.Popen) -> None:
+    """Return when READY=1 arrives on ``notify``; raise RuntimeError if ``proc`` exits first."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        while True:
+            readable, _, _ = select.select([notify, pidfd], [], [], READY_TIMEOUT)
+            if not readable:
+                raise RuntimeError("server %d not ready after %g s" % (proc.pid, READY_TIMEOUT))
+            if notify in readable and b"READY=1" in notify.recv(4096).split(b"\n"):
+                return
+            if pidfd in readable:
+                raise RuntimeError("server exited with status %s before it was ready"
+                                   % proc.wait())
+    finally:
+        os.close(pidfd)
+
+
+def pyrust_config(directory: str, workers=None, preload=()) -> str:
+    """Write a pyrust configuration in ``directory``; return its path."""
+    path = os.path.join(directory, "config.toml")
+    lines = ['log_level = "warning"']
+    if workers:
+        lines.append("workers = %d" % workers)
+    if preload:
+        lines.append("preload = [%s]" % ", ".join('"%s"' % m for m in preload))
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def start_pyrust(directory: str, python: str = sys.executable, workers=None, preload=(),
+                 cpus=None, source_root=ROOT) -> ServerProcess:
+    """Start ``python -m pyrust serve`` with ``workers`` (default: pyrust's) and ``preload``.
+
+    With ``source_root``, that checkout's pyrust is put first on PYTHONPATH;
+    pass None to run the pyrust installed in ``python``'s environment.
+    """
+    config = pyrust_config(directory, workers, preload)
+    command = [python, "-m", "pyrust", "serve", "--socket",
+               os.path.join(directory, "server.sock"), "--config", config]
+    env = {"PYTHONPATH": source_root} if source_root else {}
+    return start("pyrust", command, directory, cpus, env)
+
+
+def start_floor(directory: str, python: str = sys.executable, cpus=None) -> ServerProcess:
+    """Start the floor server (bench/floor.py) in ``directory``."""
+    command = [python, FLOOR, os.path.join(directory, "server.sock")]
+    return start("floor", command, directory, cpus)
+
+
+def tree_cpu_ns(pid: int) -> int:
+    """Return the CPU time (ns) used so far by process ``pid`` and its live descendants.
+
+    Read from ``/proc/PID/task/*/schedstat`` (nanosecond resolution, unlike the
+    clock-tick figures of ``/proc/PID/stat``); processes that vanish count 0.
+    """
+    import psutil
+
+    total = 0
+    try:
+        pids = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    for p in pids:
+        try:
+            for task in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/schedstat" % (p, task)) as f:
+                    total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total

@@ -1,0 +1,124 @@
+"""The issue's targets, judged against one run's figures.
+
+Each target gives a row: what was measured, the limit, whether it was met,
+and by how much it was missed.  A section that was skipped gives "not run".
+"""
+
+from __future__ import annotations
+
+HEADLINE = "2+3"
+P50_RATIO_LIMIT = 1.25
+CV_LIMIT = 0.10
+PREDECESSOR_MEAN_US = 190.0
+SCALING_LIMIT = 1.7
+COLD_START_LIMIT_MS = 150.0
+HEAVY_IMPORT_LIMIT = 10.0
+
+
+def _row(target: str, measured: str, met, note: str = "") -> dict:
+    verdict = "not run" if met is None else ("met" if met else "MISSED")
+    return {"target": target, "measured": measured, "verdict": verdict, "note": note}
+
+
+def _missed_by(value: float, limit: float, higher_is_better: bool = False) -> str:
+    """Return "by N%" for a value on the wrong side of ``limit``, else ""."""
+    if (value >= limit) if higher_is_better else (value <= limit):
+        return ""
+    return "by %.0f%%" % (abs(value / limit - 1) * 100)
+
+
+def _ratio_rows(placement: str, cases: list) -> list:
+    """Return the p50-ratio rows of one placement: the headline program, then the worst case."""
+    rows = []
+    for r in (r for r in cases if r["program"] == HEADLINE):
+        ratio = r["ratio_p50"]
+        rows.append(_row("warm p50 <= %.2fx floor (%s, %s, %s)"
+                         % (P50_RATIO_LIMIT, placement, r["mode"], HEADLINE),
+                         "%.2fx (%.1f vs %.1f us)" % (ratio, r["pyrust"]["p50"], r["floor"]["p50"]),
+                         ratio <= P50_RATIO_LIMIT, _missed_by(ratio, P50_RATIO_LIMIT)))
+    worst = max(cases, key=lambda r: r["ratio_p50"])
+    rows.append(_row("warm p50 <= %.2fx floor (%s, every program and mode)"
+                     % (P50_RATIO_LIMIT, placement),
+                     "worst %.2fx (%s, %s)" % (worst["ratio_p50"], worst["program"], worst["mode"]),
+                     worst["ratio_p50"] <= P50_RATIO_LIMIT,
+                     _missed_by(worst["ratio_p50"], P50_RATIO_LIMIT)))
+    return rows
+
+
+def warm_targets(warm: dict) -> list:
+    rows = []
+    for placement in [p["name"] for p in warm["placements"]]:
+        cases = [r for r in warm["rows"] if r["placement"] == placement]
+        rows += _ratio_rows(placement, cases)
+        worst = max(cases, key=lambda r: r["pyrust"]["cv"])
+        cv = worst["pyrust"]["cv"]
+        rows.append(_row("CV of batch means < %d%% (%s, pinned)" % (CV_LIMIT * 100, placement),
+                         "worst %.1f%% (%s, %s)" % (cv * 100, worst["program"], worst["mode"]),
+                         cv < CV_LIMIT, _missed_by(cv, CV_LIMIT)))
+    slowest = max(warm["rows"], key=lambda r: r["pyrust"]["mean"])
+    mean, far = slowest["pyrust"]["mean"], PREDECESSOR_MEAN_US / 2
+    rows.append(_row("warm mean far inside the predecessor's %.0f us (taken as <= %.0f us, "
+                     "every case)" % (PREDECESSOR_MEAN_US, far),
+                     "worst %.1f us (%s, %s, %s)" % (mean, slowest["placement"],
+                                                     slowest["program"], slowest["mode"]),
+                     mean <= far, _missed_by(mean, far)))
+    return rows
+
+
+def throughput_targets(throughput: dict) -> list:
+    by_workers = {c["workers"]: c for c in throughput["configurations"]
+                  if c["server_cpus"] is None}
+    pool = throughput["default_workers"]
+    target = "%d workers >= %.1fx 1 worker at concurrency >= 4" % (pool, SCALING_LIMIT)
+    if pool == 1 or pool not in by_workers:
+        return [_row(target, "one CPU: no pool to compare", None)]
+    single = {r["concurrency"]: r["rps"] for r in by_workers[1]["rows"]}
+    ratios = {r["concurrency"]: r["rps"] / single[r["concurrency"]]
+              for r in by_workers[pool]["rows"] if r["concurrency"] >= 4}
+    worst = min(ratios, key=ratios.get)
+    return [_row(target + " (unpinned)", "worst %.2fx (concurrency %d)" % (ratios[worst], worst),
+                 ratios[worst] >= SCALING_LIMIT, _missed_by(ratios[worst], SCALING_LIMIT, True))]
+
+
+def cold_targets(cold: dict) -> list:
+    case = cold.get("no preload")
+    if case is None:
+        return [_row("first request after activation < %.0f ms" % COLD_START_LIMIT_MS,
+                     cold.get("skipped", "not measured"), None)]
+    return [_row("first request after activation < %.0f ms (no preload)" % COLD_START_LIMIT_MS,
+                 "median %.1f ms, max %.1f ms" % (case["median"], case["max"]),
+                 case["max"] < COLD_START_LIMIT_MS, _missed_by(case["max"], COLD_START_LIMIT_MS))]
+
+
+def alternative_targets(alt: dict) -> list:
+    if "results" not in alt:
+        return [_row('pyrust -c "2+3" no slower than python -c', alt.get("skipped", ""), None)]
+    by = {r["name"]: r for r in alt["results"]}
+    pyrust, python = by['pyrust -c "2+3"'], by['python -c "print(2+3)"']
+    ratio = pyrust["mean"] / python["mean"]
+    rows = [_row('pyrust -c "2+3" no slower than python -c "print(2+3)" (same interpreter)',
+                 "%.2fx (%.1f vs %.1f ms)" % (ratio, pyrust["mean"], python["mean"]),
+                 ratio <= 1.0, _missed_by(ratio, 1.0))]
+    if "pyrust -c numpy (preloaded)" in by:
+        speedup = by["python -c numpy"]["mean"] / by["pyrust -c numpy (preloaded)"]["mean"]
+        rows.append(_row("preloaded numpy import >= %.0fx faster than plain python"
+                         % HEAVY_IMPORT_LIMIT, "%.1fx" % speedup,
+                         speedup >= HEAVY_IMPORT_LIMIT,
+                         _missed_by(speedup, HEAVY_IMPORT_LIMIT, True)))
+    else:
+        rows.append(_row("preloaded heavy import >= %.0fx faster" % HEAVY_IMPORT_LIMIT,
+                         alt.get("numpy", "numpy not installed"), None))
+    return rows
+
+
+def judge(results: dict) -> list:
+    """Return the target rows for every section present in ``results``."""
+    rows = []
+    for key, judge_section in (("warm", warm_targets), ("throughput", throughput_targets),
+                               ("cold_start", cold_targets), ("alternative", alternative_targets)):
+        section = results.get(key)
+        if isinstance(section, dict) and "failed" in section:
+            rows.append(_row("targets of section %s" % key, section["skipped"], None))
+        elif section is not None:
+            rows += judge_section(section)
+    return rows

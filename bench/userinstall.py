@@ -1,0 +1,86 @@
+"""A regular (non-editable) install of this checkout, as users get it, built offline.
+
+``install.sh`` does ``pip install --force-reinstall .`` into a venv of its
+own.  The test venv instead holds an editable install, whose import-hook
+finder (a ``.pth`` file run at every start-up) would slow every ``pyrust``
+process down, so the start-up figures use this install: a fresh venv in the
+bench's work directory, the base interpreter, and a wheel of this checkout
+built and installed with ``--no-index`` (nothing is downloaded; building
+needs setuptools>=70.1 in the bench environment, which the ``bench`` extra
+brings).  Heavy modules the bench environment has (numpy) are made visible
+to it by symlinks, so preloading them needs no download either.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+from bench.servers import ROOT
+
+#: What a wheel of the project is built from.
+SOURCES = ("pyproject.toml", "README.md", "pyrust")
+
+
+class UserInstall(collections.namedtuple("UserInstall", "venv python pyrust linked")):
+    """The install: its ``venv`` directory, its ``python`` and ``pyrust`` commands,
+    and the modules ``linked`` into it from the bench environment."""
+
+
+class Unavailable(Exception):
+    """A section cannot run here; the message says why and how to enable it."""
+
+
+def _pip(*args: str) -> None:
+    """Run this interpreter's pip quietly; raise Unavailable with its output on failure."""
+    done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check",
+                           "--quiet", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise Unavailable("pip %s failed:\n%s" % (args[0], done.stderr.strip()[-2000:]))
+
+
+def build(workdir: str, link=("numpy",)) -> UserInstall:
+    """Build the install under ``workdir``; return it.  Raise Unavailable if it cannot be built."""
+    source = os.path.join(workdir, "user-src")
+    os.mkdir(source)
+    for name in SOURCES:
+        src = os.path.join(ROOT, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(source, name),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, source)
+    venv = os.path.join(workdir, "user-venv")
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = os.path.join(venv, "bin", "python")
+    wheels = os.path.join(workdir, "user-wheel")
+    try:
+        _pip("wheel", "--no-deps", "--no-index", "--no-build-isolation", "-w", wheels, source)
+    except Unavailable as exc:
+        raise Unavailable("cannot build a wheel of this checkout offline (the bench extra "
+                          "brings setuptools>=70.1: .venv/bin/pip install -e '.[bench]'); %s"
+                          % exc) from None
+    wheel = [os.path.join(wheels, f) for f in os.listdir(wheels) if f.endswith(".whl")]
+    _pip("--python", python, "install", "--no-deps", "--no-index", *wheel)
+    linked = [name for name in link if _link_module(name, python)]
+    return UserInstall(venv, python, os.path.join(venv, "bin", "pyrust"), linked)
+
+
+def _link_module(name: str, python: str) -> bool:
+    """Symlink module ``name`` (with its ``.libs`` and metadata) from the bench
+    environment into ``python``'s site-packages; return False if it is not installed."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    site = os.path.dirname(os.path.dirname(spec.origin))
+    query = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    target = subprocess.run([python, "-c", query], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    for entry in os.listdir(site):
+        if entry == name or entry.startswith((name + ".", name + "-")):
+            os.symlink(os.path.join(site, entry), os.path.join(target, entry))
+    return True

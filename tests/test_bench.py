@@ -1,0 +1,94 @@
+"""The benchmark works: it checks a real server's every reply, and its figures are all there.
+
+Nothing here times anything or judges a figure's value: that is the bench's job.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bench import client, coldstart, servers, stats, throughput
+from bench.programs import PROGRAMS, Program
+from conftest import ROOT, TIMEOUT, pyrust_env
+
+FIGURES = {"n", "mean", "p50", "p90", "p99", "p99.9", "max", "cv"}
+
+
+@pytest.mark.parametrize("timer", [client.time_persistent, client.time_per_connection])
+def test_the_client_verifies_every_reply_to_the_program_table(server, timer):
+    for program in PROGRAMS:
+        run = timer(server.path, program, 30, 3)
+        assert (run.verified, run.wrong) == (30, []), program.label
+        figures = stats.summarize(run.samples)
+        assert set(figures) == FIGURES and figures["n"] == 30
+        assert 0 < figures["p50"] <= figures["p99.9"] <= figures["max"]
+
+
+def test_replies_are_judged_by_status_and_output():
+    assert PROGRAMS[0].accepts(0, b"5\n")
+    assert not PROGRAMS[0].accepts(0, b"6\n") and not PROGRAMS[0].accepts(1, b"5\n")
+    division = next(p for p in PROGRAMS if p.code == "1/0")
+    assert division.accepts(1, b"Traceback ...\nZeroDivisionError: division by zero\n")
+    assert not division.accepts(0, b"ZeroDivisionError")
+
+
+def test_odd_replies_that_are_wrong_are_counted():
+    run = client._verify(PROGRAMS[0], [1, 2, 3], [(0, b"5\n"), (1, b"5\n")])
+    assert (run.verified, run.wrong) == (2, [(1, b"5\n")])
+
+
+def test_a_wrong_reference_reply_stops_the_case(server):
+    with pytest.raises(client.WrongReply):
+        client.time_persistent(server.path, Program("2+3", 0, "6\n"), 10, 1)
+
+
+def test_throughput_clients_check_their_replies(server):
+    figures = throughput.measure(server.path, server.proc.pid, PROGRAMS[0], concurrency=2,
+                                 duration=0.05)
+    assert figures["requests"] > 0 and figures["wrong"] == 0
+    assert {"rps", "server_cpu", "client_cpu"} <= set(figures)
+
+
+@pytest.mark.skipif(shutil.which(coldstart.ACTIVATE) is None,
+                    reason="needs systemd-socket-activate")
+def test_a_cold_start_is_served_by_socket_activation(tmp_path):
+    directory = servers.private_dir(str(tmp_path), "cold")
+    command = [sys.executable, "-m", "pyrust", "serve", "--config",
+               servers.pyrust_config(directory, workers=1)]
+    result = coldstart.first_request(directory, command, pyrust_env(), PROGRAMS[0])
+    assert result["ok"] and result["ms"] > 0
+
+
+def test_the_bench_command_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "warm,memory,hotpath",
+         "--json", str(out)],
+        cwd=ROOT, env=pyrust_env(), capture_output=True, text=True, timeout=TIMEOUT * 4)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    rows = results["warm"]["rows"]
+    assert len(rows) == len(servers.placements()) * len(PROGRAMS) * 2
+    for row in rows:
+        for name in ("pyrust", "floor"):
+            assert FIGURES <= set(row[name])
+            assert (row[name]["verified"], row[name]["wrong"]) == (row[name]["n"], 0)
+        assert row["ratio_p50"] > 0
+    memory = results["memory"]
+    assert memory["wrong"] == 0 and memory["verified"] == memory["requests"]
+    assert set(memory["idle"]["workers"]) == set(memory["after"]["workers"])
+    assert results["hot_path"]["handlers"] and results["hot_path"]["profile"]
+    assert any(t["target"].startswith("warm p50") for t in results["targets"])
+    assert "## Warm path" in done.stdout and "## Targets" in done.stdout
+
+
+def test_the_markdown_report_replaces_only_the_measured_part(tmp_path):
+    from bench.cli import BEGIN, END, write_markdown
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Title\n\nprose\n\n%s\nold run\n%s\n\nafter\n" % (BEGIN, END))
+    write_markdown(str(page), "new run\n")
+    assert page.read_text() == "# Title\n\nprose\n\n%s\n\nnew run\n%s\n\nafter\n" % (BEGIN, END)
