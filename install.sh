@@ -69,21 +69,10 @@ install_venv() {
     quiet_pip --force-reinstall --no-deps "$here"
 }
 
-# The `pyrust` command: pip's console script imports `re` and the whole site
-# machinery first; this launcher starts python with -I -S and finds pyrust
-# itself, so a call costs little more than a bare interpreter.
+# The `pyrust` command: a launcher that skips site and pip's script's `import re`.
 write_launcher() {
-    local site
-    site=$("$venv/bin/python" -I -c 'import os, pyrust; print(os.path.dirname(os.path.dirname(pyrust.__file__)))')
-    cat > "$data/pyrust" <<LAUNCHER
-#!$venv/bin/python -IS
-# The pyrust command (written by install.sh): python without site, pyrust on the path.
-import sys
-sys.path.append("$site")
-from pyrust.cli import main
-sys.exit(main())
-LAUNCHER
-    chmod 755 "$data/pyrust"
+    "$venv/bin/python" -I -m pyrust.units launcher --out "$data" \
+        --python "$venv/bin/python" >/dev/null
 }
 
 start_systemd() {

@@ -13,6 +13,7 @@ options, the request, the end-of-file; the socketpair stands in for
 from __future__ import annotations
 
 import cProfile
+import os
 import pstats
 import signal
 import socket
@@ -28,16 +29,28 @@ class _Pyrust:
 
     def __init__(self) -> None:
         from pyrust.config import Config
+        from pyrust.server.control import ServiceInfo
+        from pyrust.server.scoreboard import Scoreboard
         from pyrust.server.worker import Worker
 
-        self.worker = Worker(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), Config())
+        board = Scoreboard(4)
+        self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.worker = Worker(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), Config(),
+                             board.attach(board.claim(), os.getpid()), wake_w,
+                             ServiceInfo("bench", "-", time.time(), board))
         self.request = self.worker.handle_request
         self.connection = self.worker.serve_connection
-        self._previous = signal.signal(signal.SIGTERM, self.worker._on_stop)
+        self._previous = [signal.getsignal(sig)
+                          for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGIO)]
+        signal.signal(signal.SIGTERM, self.worker._on_stop)
+        self.worker.executor.install_signals()  # the time limit is armed, as in a worker
 
     def close(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in zip((signal.SIGTERM, signal.SIGALRM, signal.SIGIO), self._previous):
+            signal.signal(sig, previous)
         self.worker.listener.close()
+        os.close(self._wake_r)
+        os.close(self.worker.wake_fd)
 
 
 class _Floor:

@@ -1,7 +1,7 @@
 """A regular (non-editable) install of this checkout, as users get it, built offline.
 
 ``install.sh`` does ``pip install --force-reinstall .`` into a venv of its
-own.  The test venv instead holds an editable install, whose import-hook
+own and puts its own launcher (``python -m pyrust.units launcher``) on PATH.  The test venv instead holds an editable install, whose import-hook
 finder (a ``.pth`` file run at every start-up) would slow every ``pyrust``
 process down, so the start-up figures use this install: a fresh venv in the
 bench's work directory, the base interpreter, and a wheel of this checkout
@@ -67,7 +67,10 @@ def build(workdir: str, link=("numpy",)) -> UserInstall:
     wheel = [os.path.join(wheels, f) for f in os.listdir(wheels) if f.endswith(".whl")]
     _pip("--python", python, "install", "--no-deps", "--no-index", *wheel)
     linked = [name for name in link if _link_module(name, python)]
-    return UserInstall(venv, python, os.path.join(venv, "bin", "pyrust"), linked)
+    # The command install.sh puts on PATH: its launcher, not pip's console script.
+    subprocess.run([python, "-I", "-m", "pyrust.units", "launcher", "--out", workdir,
+                    "--python", python], check=True, capture_output=True)
+    return UserInstall(venv, python, os.path.join(workdir, "pyrust"), linked)
 
 
 def _link_module(name: str, python: str) -> bool:

@@ -57,6 +57,20 @@ def render_launchd(template_dir: str, python: str, socket_path: str, log_path: s
     return plistlib.dumps(_substitute_tree(template, values))
 
 
+def render_launcher(python: str) -> str:
+    """Return the ``pyrust`` command's script for the venv of ``python``.
+
+    pip's console script imports ``re`` and runs all of ``site`` before pyrust;
+    this one starts python with ``-I -S`` and puts pyrust's own site-packages
+    on the path, so a call costs little more than a bare interpreter.
+    """
+    site = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return ("#!%s -IS\n"
+            "# The pyrust command: python without site, pyrust on the path.\n"
+            "import sys\nsys.path.append(%r)\nfrom pyrust.cli import main\n"
+            "sys.exit(main())\n" % (python, site))
+
+
 def _substitute_tree(node, values):
     if isinstance(node, dict):
         return {_substitute(k, values): _substitute_tree(v, values) for k, v in node.items()}
@@ -70,15 +84,17 @@ def _substitute_tree(node, values):
 def main(argv=None) -> int:
     """``python -m pyrust.units``: write the rendered files into ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m pyrust.units")
-    parser.add_argument("kind", choices=("systemd", "launchd"))
-    parser.add_argument("--templates", required=True, help="the packaging/ directory")
+    parser.add_argument("kind", choices=("systemd", "launchd", "launcher"))
+    parser.add_argument("--templates", help="the packaging/ directory")
     parser.add_argument("--out", required=True, help="directory to write into")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--socket", help="socket path (launchd)")
     parser.add_argument("--log", help="log file (launchd)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    if args.kind == "systemd":
+    if args.kind == "launcher":
+        files = {"pyrust": render_launcher(args.python).encode()}
+    elif args.kind == "systemd":
         files = {k: v.encode() for k, v in render_systemd(args.templates, args.python).items()}
     else:
         files = {LAUNCHD_LABEL + ".plist": render_launchd(
@@ -86,6 +102,8 @@ def main(argv=None) -> int:
     for name, data in files.items():
         with open(os.path.join(args.out, name), "wb") as f:
             f.write(data)
+        if args.kind == "launcher":
+            os.chmod(os.path.join(args.out, name), 0o755)
         print(os.path.join(args.out, name))
     return 0
 

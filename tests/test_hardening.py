@@ -172,23 +172,24 @@ def test_a_quick_request_is_not_kept_waiting_by_slow_ones(make_server, gate):
 
 def test_the_pool_shrinks_back_when_idle(make_server, gate):
     server = make_server("max_workers = 3\nshrink_after = 0.2\n", workers=1)
+    assert server.request("1") == (0, "1\n")
+    (original,) = server.worker_pids()
     threads = [threading.Thread(target=server.request, args=(gate.program(),))
                for _ in range(2)]
     for t in threads:
         t.start()
     held = [gate.accept() for _ in range(2)]
     assert server.request("1") == (0, "1\n")
-    pool = sorted((psutil.Process(pid) for pid in server.worker_pids()),
-                  key=lambda p: p.create_time())
-    assert len(pool) == 3
+    extra = [psutil.Process(pid) for pid in server.worker_pids() - {original}]
+    assert len(extra) == 2
     for conn in held:
         conn.sendall(b"!")
     for t in threads:
         t.join(TIMEOUT)
     # The extra workers go once idle for shrink_after; the first one stays.
-    gone, alive = psutil.wait_procs(pool[1:], timeout=TIMEOUT)
-    assert alive == [] and pool[0].is_running()
-    assert server.worker_pids() == {pool[0].pid}
+    gone, alive = psutil.wait_procs(extra, timeout=TIMEOUT)
+    assert alive == []
+    assert server.worker_pids() == {original}
     still_serves(server)
 
 

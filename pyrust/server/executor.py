@@ -8,6 +8,7 @@ as under ``python``.  The one intended difference: with ``-c``, the value of
 a final bare expression is echoed as the interactive interpreter does.
 """
 
+import _signal
 import ast
 import collections
 import linecache
@@ -98,6 +99,7 @@ class Executor:
         self.max_output = max_output
         self._cache = collections.OrderedDict()
         self._borrowed = Borrowed()
+        self._capture = Capture(max_output)
         self._time_limit = 0.0  # of the run in progress; 0 when none runs
         self._client = None     # the connection of the run in progress, for interrupts
 
@@ -110,8 +112,9 @@ class Executor:
 
     def signals_installed(self) -> bool:
         """Return whether both handlers are still ours (a program may have taken one)."""
-        return (signal.getsignal(signal.SIGALRM) == self._on_alarm
-                and signal.getsignal(signal.SIGIO) == self._on_client)
+        # _signal's getsignal: the signal module's wraps the answer in an Enum.
+        return (_signal.getsignal(signal.SIGALRM) == self._on_alarm
+                and _signal.getsignal(signal.SIGIO) == self._on_client)
 
     def _on_alarm(self, signum, frame) -> None:
         if self._time_limit:  # only inside a run: never in pyrust's own code around it
@@ -168,8 +171,8 @@ class Executor:
         refused (status BAD_REQUEST).  Never raises for anything the program
         does: exceptions, SystemExit and interrupts become part of the Result.
         """
-        capture = Capture(self.max_output) if job.fds is None else None
-        streams = capture.streams() if capture is not None else None
+        capture = self._capture if job.fds is None else None
+        streams = capture.begin() if capture is not None else None
         try:
             if streams is None:
                 self._borrowed.enter(job, (sys.stdin, sys.stdout, sys.stderr), fresh_main())

@@ -27,13 +27,16 @@ class Capture(io.BytesIO):
     """The bytes both captured streams write to; survives the program closing them.
 
     Beyond ``limit`` bytes it keeps counting but stores nothing more, so a
-    program printing without end cannot grow the worker without bound.
+    program printing without end cannot grow the worker without bound.  One
+    Capture serves every run of a worker: building two text streams costs
+    more than the rest of a small request, so they are kept while intact.
     """
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
         self.size = 0
+        self._streams = None
 
     def write(self, data) -> int:
         self.size += len(data)
@@ -44,13 +47,33 @@ class Capture(io.BytesIO):
     def close(self):
         pass
 
-    def streams(self):
-        """Return (stdin, stdout, stderr) for a captured run: stdout and stderr
-        interleave into this buffer in the order written; stdin is empty."""
-        out = io.TextIOWrapper(self, encoding="utf-8", write_through=True)
-        err = io.TextIOWrapper(self, encoding="utf-8", errors="backslashreplace",
-                               write_through=True)
-        return io.StringIO(), out, err
+    def begin(self):
+        """Empty the buffer; return (stdin, stdout, stderr) for a captured run:
+        stdout and stderr interleave into this buffer in the order written,
+        stdin is empty."""
+        self.seek(0)
+        self.truncate()
+        self.size = 0
+        if not self._intact():
+            out = io.TextIOWrapper(self, encoding="utf-8", write_through=True)
+            err = io.TextIOWrapper(self, encoding="utf-8", errors="backslashreplace",
+                                   write_through=True)
+            self._streams = (io.StringIO(), out, err)
+        return self._streams
+
+    def _intact(self) -> bool:
+        """Whether the last run left the streams as they were made (not closed,
+        detached or reconfigured, stdin not read)."""
+        if self._streams is None:
+            return False
+        stdin, out, err = self._streams
+        try:
+            return (not (stdin.closed or out.closed or err.closed) and stdin.tell() == 0
+                    and out.write_through and err.write_through and not out.line_buffering
+                    and not err.line_buffering and out.encoding == err.encoding == "utf-8"
+                    and out.errors == "strict" and err.errors == "backslashreplace")
+        except ValueError:  # detached
+            return False
 
 
 def client_streams(env):

@@ -6,6 +6,7 @@ stop.  Nothing on this path polls or sleeps: the worker sleeps in ``accept()``
 or ``recv()`` until the kernel hands it work.
 """
 
+import _signal
 import errno
 import fcntl
 import logging
@@ -325,7 +326,7 @@ class Worker:
 
     def _after_run(self) -> None:
         """Take back the signals a program may have taken, and retire if due."""
-        if signal.getsignal(signal.SIGTERM) != self._on_stop:
+        if _signal.getsignal(signal.SIGTERM) != self._on_stop:
             # The program took over SIGTERM; without ours, stopping would hang.
             signal.signal(signal.SIGTERM, self._on_stop)
         if not self.executor.signals_installed():
