@@ -147,8 +147,10 @@ def pyrust_config(directory: str, workers=None, preload=()) -> str:
     """Write a pyrust configuration in ``directory``; return its path."""
     path = os.path.join(directory, "config.toml")
     lines = ['log_level = "warning"']
-    if workers:
-        lines.append("workers = %d" % workers)
+    # A fixed pool: pyrust grows it while every worker is busy, which would
+    # turn "1 worker" into several under concurrent load.
+    pool = workers or os.cpu_count() or 1
+    lines.append("workers = %d\nmax_workers = %d" % (pool, pool))
     if preload:
         lines.append("preload = [%s]" % ", ".join('"%s"' % m for m in preload))
     with open(path, "w") as f:

@@ -7,8 +7,9 @@ process down, so the start-up figures use this install: a fresh venv in the
 bench's work directory, the base interpreter, and a wheel of this checkout
 built and installed with ``--no-index`` (nothing is downloaded; building
 needs setuptools>=70.1 in the bench environment, which the ``bench`` extra
-brings).  Heavy modules the bench environment has (numpy) are made visible
-to it by symlinks, so preloading them needs no download either.
+brings).  pyrust's one run-time dependency (psutil) and heavy modules the
+bench environment has (numpy) are made visible to it by symlinks, so nothing
+needs a download.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _pip(*args: str) -> None:
         raise Unavailable("pip %s failed:\n%s" % (args[0], done.stderr.strip()[-2000:]))
 
 
-def build(workdir: str, link=("numpy",)) -> UserInstall:
+def build(workdir: str, link=("numpy", "psutil")) -> UserInstall:
     """Build the install under ``workdir``; return it.  Raise Unavailable if it cannot be built."""
     source = os.path.join(workdir, "user-src")
     os.mkdir(source)
