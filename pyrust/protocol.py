@@ -53,6 +53,8 @@ ENV = 6       #: one KEY=VALUE of the client's environment (bytes), repeated
 TIMEOUT_MS = 7  #: u32: time limit in milliseconds (0: none); absent: the server's
 STDIO = 8     #: one byte: "f" fds 0-2 are attached; "c" capture output as v1 does
 REPEATED = (ARG, ENV)
+#: Fields whose value has a fixed size, in bytes.
+SIZES = {OP: 1, FORM: 1, TIMEOUT_MS: 4, STDIO: 1}
 
 OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION = b"r", b"s", b"S", b"C", b"R", b"v"
 OPS = (OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION)
@@ -173,6 +175,9 @@ def decode_fields(payload: bytes) -> dict:
         if len(value) != size:
             raise ProtocolError("malformed extended request: field %d is truncated" % tag, False)
         offset += size
+        if SIZES.get(tag, size) != size:
+            raise ProtocolError("malformed extended request: field %d must be %d bytes, not %d"
+                                % (tag, SIZES[tag], size), False)
         if tag in REPEATED:
             fields[tag].append(value)
         elif tag in (OP, FORM, SOURCE, CWD, TIMEOUT_MS, STDIO) and tag not in fields:

@@ -338,3 +338,18 @@ def test_idle_exit_keeps_waiting_connections_for_the_next_server(make_server):
         sock.sendall(protocol.encode_request(b"2+3"))
         server.start()  # what socket activation does on this connection
         assert protocol.read_response(sock) == (0, b"5\n")
+
+
+@pytest.mark.parametrize("tag, value", [(protocol.TIMEOUT_MS, b"\x01\x02"),
+                                        (protocol.OP, b"rr"), (protocol.STDIO, b"")])
+def test_a_field_of_the_wrong_size_is_refused_and_the_worker_goes_on(make_server, tag, value):
+    server = make_server(workers=1)
+    pid = server.request("import os; os.getpid()")
+    with server.connect() as sock:
+        header, payload = protocol.encode_extended([(protocol.SOURCE, b"1"), (tag, value)])
+        sock.sendall(header + payload)
+        status, output = protocol.read_response(sock)
+        assert status == protocol.BAD_REQUEST
+        assert output.startswith(b"malformed extended request: field %d must be" % tag)
+        assert request(sock, "2+3") == (0, "5\n")  # the payload was read: the stream goes on
+    assert server.request("import os; os.getpid()") == pid
