@@ -113,13 +113,8 @@ def recv_exact(sock, size: int, started: bool = False) -> bytes:
 
 
 def check_length(length: int, max_size: int) -> None:
-    """Raise ProtocolError (fatal) unless ``length`` is an acceptable v1 length."""
-    if length & EXTENDED_FLAG:
-        raise ProtocolError(
-            "malformed request: length 0x%08x has the reserved high bit set "
-            "(extended requests are not supported by this server)" % length,
-            fatal=True,
-        )
+    """Raise ProtocolError (fatal) unless payload ``length`` (the header's value
+    without EXTENDED_FLAG) is at most ``max_size``."""
     if length > max_size:
         raise ProtocolError(
             "request too large: %d bytes, the maximum is %d bytes "

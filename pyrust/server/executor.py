@@ -96,7 +96,6 @@ class Executor:
 
     def __init__(self, cache_size: int, max_output: int = 1 << 62) -> None:
         self.cache_size = cache_size
-        self.max_output = max_output
         self._cache = collections.OrderedDict()
         self._borrowed = Borrowed()
         self._capture = Capture(max_output)

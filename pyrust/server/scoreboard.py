@@ -33,8 +33,7 @@ FREE = -1.0       # no worker in this slot
 class Slot:
     """A worker's view of its own slot."""
 
-    __slots__ = ("_mm", "_busy", "_counters", "_busy_view", "_scoreboard", "pid",
-                 "served", "failed")
+    __slots__ = ("_mm", "_busy", "_counters", "_scoreboard", "pid", "served", "failed")
 
     def __init__(self, scoreboard: "Scoreboard", index: int, pid: int) -> None:
         self._scoreboard = scoreboard

@@ -228,15 +228,14 @@ class Worker:
             self.executor.clear_cache()
         (length,) = protocol.HEADER.unpack(header)
         extended = bool(length & protocol.EXTENDED_FLAG)
+        length &= ~protocol.EXTENDED_FLAG
         fds = ()
         try:
+            protocol.check_length(length, self.config.max_request_bytes)
             if extended:
-                length &= ~protocol.EXTENDED_FLAG
-                protocol.check_length(length, self.config.max_request_bytes)
                 payload, fds = _receive_with_fds(conn, length)
                 job = self._job(protocol.decode_fields(payload), fds)
             else:
-                protocol.check_length(length, self.config.max_request_bytes)
                 code = protocol.recv_exact(conn, length, started=True)
                 job = v1_job(protocol.decode_code(code), self.config.request_timeout)
         except protocol.ProtocolError as exc:
