@@ -308,8 +308,15 @@ def test_sighup_reloads_the_configuration_and_replaces_the_workers(make_server):
     server.proc.send_signal(signal.SIGHUP)
     server.wait_notification("RELOADING=1")
     assert "STATUS=" in server.wait_notification("READY=1")
-    # The old workers finish what they had accepted, then leave.
-    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in old], timeout=TIMEOUT)
+    # The old workers finish what they had accepted, then leave (some may be
+    # gone already).
+    retiring = []
+    for pid in old:
+        try:
+            retiring.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    gone, alive = psutil.wait_procs(retiring, timeout=TIMEOUT)
     assert alive == []
     replies = {server.request("import os, sys; (os.getpid(), 'fractions' in sys.modules)")
                for _ in range(20)}
