@@ -108,7 +108,7 @@ uninstall() {
     fi
     # The socket's directory (systemd keeps it after removing the socket; a
     # standalone server leaves its lock file there).
-    local run_dir=/tmp/pyrust-$(id -u)
+    local run_dir=${TMPDIR:-/tmp}/pyrust-$(id -u)
     if [ -n "${XDG_RUNTIME_DIR:-}" ]; then run_dir=$XDG_RUNTIME_DIR/pyrust; fi
     rm -f "$run_dir/pyrust.sock.lock"
     rmdir "$run_dir" 2>/dev/null || true

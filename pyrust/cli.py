@@ -32,7 +32,7 @@ of a final bare expression is echoed, as the interactive interpreter does.
   status           the service's state (--json for every figure)
   serve            run the service in the foreground (see 'pyrust serve --help')
   --socket         socket path (else $PYRUST_SOCKET, the config's 'socket',
-                   $XDG_RUNTIME_DIR/pyrust/pyrust.sock, /tmp/pyrust-$UID/pyrust.sock)
+                   $XDG_RUNTIME_DIR/pyrust/pyrust.sock, ${TMPDIR:-/tmp}/pyrust-$UID/pyrust.sock)
   --config         configuration file (default $XDG_CONFIG_HOME/pyrust/config.toml)
 
 exit status: the program's own, as python gives it (130 and the like when it

@@ -7,8 +7,8 @@ Only C-level modules and the package's leaf modules are imported here, so a
 import _signal
 import _socket
 
-from pyrust import protocol
-from pyrust.errors import ServiceUnavailable
+from pyrust import protocol, trust
+from pyrust.errors import ServiceUnavailable, UntrustedService
 
 _FDS = protocol.Struct("3i")
 #: What the client sends on the connection when Ctrl-C is pressed during a run.
@@ -16,16 +16,29 @@ INTERRUPT = b"\x03"
 
 
 def connect(path: str):
-    """Return a socket connected to the service at ``path``.
+    """Return a socket connected to the service at ``path``, verified as the user's own.
 
     Raise ServiceUnavailable, with a one-line reason, if nothing accepts there.
+    Raise UntrustedService, before anything is sent, if the socket's directory
+    is not private to this user or the server runs as another user.
     """
+    directory = path.rpartition("/")[0] or "/"
+    try:
+        problem = trust.directory_problem(directory)
+    except OSError as exc:
+        raise ServiceUnavailable("no pyrust service at %s (%s)" % (path, exc.strerror)) from None
+    if problem is not None:
+        raise UntrustedService("refusing %s: %s" % (path, problem))
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
+        problem = trust.server_problem(sock)
     except OSError as exc:
         sock.close()
         raise ServiceUnavailable("no pyrust service at %s (%s)" % (path, exc.strerror)) from None
+    if problem is not None:
+        sock.close()
+        raise UntrustedService("refusing %s: %s" % (path, problem))
     return sock
 
 
@@ -53,29 +66,29 @@ def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, byte
     """Send ``message`` on ``sock``; return the reply's ``(status, payload)``.
 
     With ``forward_interrupts``, Ctrl-C while waiting is sent to the server,
-    which raises KeyboardInterrupt in the running code.  Raise NotDelivered
-    if the server closed the connection without reading the request (a reset,
-    or a broken pipe while sending): it did not run.  Raise
-    ServiceUnavailable if it closed after reading it: it may have run.
+    which raises KeyboardInterrupt in the running code.  A server that refused
+    the request before reading all of it (too large) replied before closing:
+    that reply is returned.  Raise NotDelivered if the server closed the
+    connection without reading the request and without a reply (a reset, or
+    a broken pipe while sending): it did not run.  Raise ServiceUnavailable
+    if it closed after reading it: it may have run.
     """
-    header, payload, fds = message
+    try:
+        _send(sock, message)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        refusal = _refusal(sock)
+        if refusal is not None:
+            return refusal
+        raise _not_delivered(exc) from None
     previous = None
     try:
-        if fds is None:
-            sock.sendall(header + payload)
-        else:  # the fds ride on the payload, never on the header (see docs/protocol.md)
-            sock.sendall(header)
-            sent = sock.sendmsg([payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                             _FDS.pack(*fds))])
-            if sent < len(payload):
-                sock.sendall(payload[sent:])
         if forward_interrupts:
             previous = _signal.signal(_signal.SIGINT, lambda *_: sock.send(INTERRUPT))
         return protocol.read_response(sock)
-    except (BrokenPipeError, ConnectionResetError) as exc:
-        # A Unix socket resets only when closed with unread data in it.
-        raise NotDelivered("the service closed the connection without reading the request "
-                           "(%s)" % exc.strerror) from None
+    except ConnectionResetError as exc:
+        # A Unix socket resets only when closed with unread data in it: the
+        # request was not read whole, so it did not run.
+        raise _not_delivered(exc) from None
     except (protocol.ConnectionClosed, OSError):
         raise ServiceUnavailable("the worker running the code died before it replied (it "
                                  "crashed, or was killed for ignoring its time limit; the "
@@ -84,6 +97,33 @@ def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, byte
     finally:
         if previous is not None:
             _signal.signal(_signal.SIGINT, previous)
+
+
+def _send(sock, message) -> None:
+    """Send the (header, payload, fds) ``message``; the fds ride on the payload."""
+    header, payload, fds = message
+    if fds is None:
+        sock.sendall(header + payload)
+        return
+    sock.sendall(header)  # never the fds on the header: see docs/protocol.md
+    sent = sock.sendmsg([payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FDS.pack(*fds))])
+    if sent < len(payload):
+        sock.sendall(payload[sent:])
+
+
+def _not_delivered(exc: OSError) -> NotDelivered:
+    return NotDelivered("the service closed the connection without reading the request "
+                        "(%s)" % exc.strerror)
+
+
+def _refusal(sock):
+    """Return the ``(status, payload)`` a server sent before closing on an unread request,
+    or None if it sent none.  Whatever it sent is already queued here, so nothing waits."""
+    sock.setblocking(False)
+    try:
+        return protocol.read_response(sock)
+    except (protocol.ConnectionClosed, OSError):
+        return None
 
 
 #: A request the server closed without reading never ran: send it again, at most this often.

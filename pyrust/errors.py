@@ -17,6 +17,10 @@ class ServiceUnavailable(PyrustError):
     """Nothing accepted the connection on the socket path."""
 
 
+class UntrustedService(PyrustError):
+    """The socket's directory or the server behind it belongs to another user."""
+
+
 class SocketInUse(PyrustError):
     """Another server is already listening on the socket path."""
 

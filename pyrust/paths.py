@@ -1,4 +1,4 @@
-"""Where pyrust's files live.  A leaf module: it imports only ``os``.
+"""Where pyrust's files live.  A leaf module: it imports only ``os`` and ``sys``.
 
 Client and server call the same functions, so they always agree on the socket.
 """
@@ -26,7 +26,8 @@ def default_socket_path() -> str:
     ``$XDG_RUNTIME_DIR/pyrust/pyrust.sock`` where the runtime directory is set
     (it is private to the user by the XDG spec); on macOS ``$TMPDIR/pyrust.sock``
     (the per-user private temporary directory, which the launchd agent uses);
-    else ``/tmp/pyrust-$UID/pyrust.sock``.
+    else ``${TMPDIR:-/tmp}/pyrust-$UID/pyrust.sock``.  Nothing makes that last
+    directory private but its creator, so client and server both verify it.
     """
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if os.path.isabs(runtime):
@@ -34,7 +35,8 @@ def default_socket_path() -> str:
     tmpdir = os.environ.get("TMPDIR", "")
     if sys.platform == "darwin" and os.path.isabs(tmpdir):
         return os.path.join(tmpdir, SOCKET_NAME)
-    return os.path.join("/tmp", "%s-%d" % (APP, os.getuid()), SOCKET_NAME)
+    return os.path.join(tmpdir if os.path.isabs(tmpdir) else "/tmp",
+                        "%s-%d" % (APP, os.getuid()), SOCKET_NAME)
 
 
 def socket_unit_file(path: str):

@@ -112,15 +112,18 @@ def recv_exact(sock, size: int, started: bool = False) -> bytes:
     return bytes(buf)
 
 
+def too_large(what: str, size: int, limit: int, setting: str) -> str:
+    """Return the refusal of something over a limit, naming the setting that raises it:
+    'request too large (N bytes; the limit is M, setting max_request_bytes)'."""
+    return "%s too large (%d bytes; the limit is %d, setting %s)" % (what, size, limit, setting)
+
+
 def check_length(length: int, max_size: int) -> None:
     """Raise ProtocolError (fatal) unless payload ``length`` (the header's value
     without EXTENDED_FLAG) is at most ``max_size``."""
     if length > max_size:
-        raise ProtocolError(
-            "request too large: %d bytes, the maximum is %d bytes "
-            "(max_request_bytes in the configuration)" % (length, max_size),
-            fatal=True,
-        )
+        raise ProtocolError(too_large("request", length, max_size, "max_request_bytes"),
+                            fatal=True)
 
 
 def decode_code(payload: bytes) -> str:

@@ -36,7 +36,7 @@ TRANSCRIPTS = [
      "pyrust: no pyrust service at /nonexistent/pyrust.sock (No such file or directory); "
      "start it with 'pyrust --daemon' (autostart is off in the configuration)\n", 125),
     (["--socket", "/dev/null/pyrust.sock", "-c", "1"], "",
-     "pyrust: the server did not start:\npyrust: socket directory /dev/null is not a "
+     "pyrust: refusing /dev/null/pyrust.sock: socket directory /dev/null is not a "
      "directory; move it away or choose another --socket\n", 125),
 ]
 

@@ -96,7 +96,11 @@ def test_socket_path_resolution_order(tmp_path, monkeypatch):
     assert paths.resolve_socket_path("/a.sock", "/c.sock") == "/a.sock"
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     monkeypatch.delenv("PYRUST_SOCKET")
+    monkeypatch.delenv("TMPDIR", raising=False)
     assert paths.resolve_socket_path(None, None) == "/tmp/pyrust-%d/pyrust.sock" % os.getuid()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert paths.resolve_socket_path(None, None) == str(
+        tmp_path / ("pyrust-%d" % os.getuid()) / "pyrust.sock")
 
 
 def test_every_setting_is_documented_in_the_readme():

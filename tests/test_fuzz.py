@@ -80,9 +80,8 @@ RAN = Reply(None)  # a program this model does not know: it ran, succeeded or ra
 
 
 def too_large(length: int) -> Reply:
-    return Reply(protocol.BAD_REQUEST, (
-        "request too large: %d bytes, the maximum is %d bytes "
-        "(max_request_bytes in the configuration)" % (length, MAX)).encode())
+    return Reply(protocol.BAD_REQUEST, protocol.too_large(
+        "request", length, MAX, "max_request_bytes").encode())
 
 
 def extended_reply(payload: bytes, known: dict) -> Reply:

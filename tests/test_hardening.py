@@ -73,8 +73,8 @@ def test_output_over_the_reply_limit_is_refused(make_server):
     server = make_server("max_reply_bytes = 100000\n", workers=1)
     status, output = server.request("print('x' * 300000)")
     assert status == protocol.BAD_REQUEST
-    assert output == ("output too large: 300001 bytes, the maximum is 100000 bytes "
-                      "(max_reply_bytes in the configuration)")
+    assert output == ("output too large (300001 bytes; the limit is 100000, "
+                      "setting max_reply_bytes)")
     assert server.request("print('x' * 99999)") == (0, "x" * 99999 + "\n")
     still_serves(server)
 

@@ -66,8 +66,8 @@ def test_an_oversized_request_is_refused_and_the_server_keeps_serving(make_serve
         sock.sendall(struct.pack(">I", len(code)))  # the body need not even be sent
         status, output = protocol.read_response(sock)
         assert status == protocol.BAD_REQUEST
-        assert output.decode() == ("request too large: 1048577 bytes, the maximum is 1048576 "
-                                   "bytes (max_request_bytes in the configuration)")
+        assert output.decode() == ("request too large (1048577 bytes; the limit is 1048576, "
+                                   "setting max_request_bytes)")
         assert sock.recv(1) == b""  # the unread body would desynchronise the stream
     assert server.request("#" * (1024 * 1024)) == (0, "")  # exactly the maximum is fine
     assert server.request("2+3") == (0, "5\n")
@@ -266,7 +266,7 @@ def test_a_program_that_takes_over_sigterm_does_not_break_the_stop(make_server):
 @pytest.mark.parametrize("problem, message", [
     ("symlink", "is a symbolic link"),
     ("open", "is open to other users (mode 755); run: chmod 700"),
-    ("foreign", "belongs to uid 65534, not to you"),
+    ("foreign", "belongs to uid 65534 (nobody), not to you"),
 ])
 def test_standalone_refuses_an_unsafe_directory(tmp_path, standalone, problem, message):
     directory = tmp_path / "sockdir"

@@ -17,6 +17,7 @@ import stat
 import sys
 
 from pyrust.errors import SocketInUse, StartupError
+from pyrust.trust import directory_problem
 
 SD_LISTEN_FDS_START = 3
 #: The name of the socket in the launchd plist's ``Sockets`` dictionary and
@@ -173,19 +174,9 @@ def bind_standalone(path: str) -> Listener:
 
 def _check_private_directory(directory: str) -> None:
     """Raise StartupError unless ``directory`` is a real directory only this user can enter."""
-    st = os.lstat(directory)
-    if stat.S_ISLNK(st.st_mode):
-        raise StartupError("socket directory %s is a symbolic link; remove it (pyrust creates "
-                           "the directory itself) or choose another --socket" % directory)
-    if not stat.S_ISDIR(st.st_mode):
-        raise StartupError("socket directory %s is not a directory; move it away or choose "
-                           "another --socket" % directory)
-    if st.st_uid != os.getuid():
-        raise StartupError("socket directory %s belongs to uid %d, not to you (uid %d); "
-                           "choose another --socket" % (directory, st.st_uid, os.getuid()))
-    if st.st_mode & 0o077:
-        raise StartupError("socket directory %s is open to other users (mode %03o); "
-                           "run: chmod 700 %s" % (directory, stat.S_IMODE(st.st_mode), directory))
+    problem = directory_problem(directory)
+    if problem is not None:
+        raise StartupError(problem)
 
 
 def _lock(lock_path: str) -> int:

@@ -94,8 +94,10 @@ def compile_program(source, filename: str = FILENAME, echo: bool = True) -> Prog
 class Executor:
     """Runs Jobs, with a bounded LRU cache of compiled ``-c`` code keyed by source."""
 
-    def __init__(self, cache_size: int, max_output: int = 1 << 62) -> None:
+    def __init__(self, cache_size: int, max_output: int = 1 << 62,
+                 max_program: int = 1 << 62) -> None:
         self.cache_size = cache_size
+        self.max_program = max_program  # bytes of a program file (max_request_bytes)
         self._cache = collections.OrderedDict()
         self._borrowed = Borrowed()
         self._capture = Capture(max_output)
@@ -167,7 +169,8 @@ class Executor:
         KeyboardInterrupt in the program and its going away raise ClientGone;
         install_signals() must have been called for that and for time limits.
         Captured output beyond ``max_output`` bytes is dropped and the run
-        refused (status BAD_REQUEST).  Never raises for anything the program
+        refused (status BAD_REQUEST), as is a program file over ``max_program``
+        bytes (it does not run).  Never raises for anything the program
         does: exceptions, SystemExit and interrupts become part of the Result.
         """
         capture = self._capture if job.fds is None else None
@@ -193,6 +196,8 @@ class Executor:
             exit_code = _TIMED_OUT
         except (KeyboardInterrupt, ClientGone):
             exit_code = EXIT_SIGINT
+        except protocol.ProtocolError as exc:  # a program file over the limit
+            return Result(protocol.BAD_REQUEST, str(exc).encode(), 1)
         finally:
             self._client = None
             if saved_sigint is not None:
@@ -217,7 +222,12 @@ class Executor:
         sys.path[0] = os.path.dirname(os.path.realpath(job.source))
         namespace["__file__"] = path
         with open(job.source, "rb") as f:
-            return compile_program(f.read(), path, echo=False)
+            source = f.read(self.max_program + 1)
+            if len(source) > self.max_program:
+                size = max(os.fstat(f.fileno()).st_size, len(source))
+                raise protocol.ProtocolError(protocol.too_large(
+                    "request", size, self.max_program, "max_request_bytes"), fatal=False)
+        return compile_program(source, path, echo=False)
 
     def _execute(self, job: Job, namespace: dict, err) -> int:
         """Compile and run the job's program in ``namespace``; return python's exit code."""
@@ -225,6 +235,8 @@ class Executor:
         if job.form != "m":
             try:
                 program = self._load(job, namespace)
+            except protocol.ProtocolError:
+                raise
             except OSError as exc:  # python's own words for a script it cannot open
                 err.write("%s: can't open file %r: [Errno %d] %s\n" % (
                     sys.executable, os.path.abspath(job.source), exc.errno, exc.strerror))
@@ -289,9 +301,8 @@ def _result(exit_code: int, capture) -> Result:
     output = b""
     if capture is not None:
         if capture.size > capture.limit:
-            return Result(protocol.BAD_REQUEST, b"output too large: %d bytes, the maximum is %d "
-                          b"bytes (max_reply_bytes in the configuration)"
-                          % (capture.size, capture.limit), 1)
+            return Result(protocol.BAD_REQUEST, protocol.too_large(
+                "output", capture.size, capture.limit, "max_reply_bytes").encode(), 1)
         output = _utf8(capture.getvalue())
     if exit_code == _TIMED_OUT:
         return Result(protocol.TIMEOUT, output, EXIT_TIMEOUT)

@@ -6,19 +6,13 @@ Linux and macOS differ here; each function says what it does on each.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import resource
 import signal
-import socket
-import struct
 import sys
 
 log = logging.getLogger("pyrust.worker")
-
-_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
 
 def terminate_with_parent() -> None:
     """Have the kernel send SIGTERM when the parent exits (Linux ``PR_SET_PDEATHSIG``).
@@ -32,24 +26,6 @@ def terminate_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
-
-
-def peer_uid(sock: socket.socket, libc=None) -> int:
-    """Return the uid of the process at the other end of the Unix socket ``sock``.
-
-    Linux: ``SO_PEERCRED``.  macOS and the BSDs: ``getpeereid(2)`` (``libc``
-    stands in for the C library in tests).  Raise OSError if the OS cannot say.
-    """
-    if libc is None and hasattr(socket, "SO_PEERCRED"):
-        return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                             _UCRED.size))[1]
-    if libc is None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    uid, gid = ctypes.c_uint32(), ctypes.c_uint32()
-    if libc.getpeereid(sock.fileno(), ctypes.byref(uid), ctypes.byref(gid)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "getpeereid: %s" % os.strerror(err))
-    return uid.value
 
 
 def limit_address_space(limit: int) -> None:

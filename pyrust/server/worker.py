@@ -19,6 +19,7 @@ import struct
 import time
 
 from pyrust import protocol
+from pyrust.trust import peer_uid
 from pyrust.server import control, osutil
 from pyrust.server.executor import Executor, Job, v1_job
 
@@ -90,7 +91,8 @@ class Worker:
         self.slot = slot
         self.wake_fd = wake_fd
         self.info = info  # control.ServiceInfo
-        self.executor = Executor(config.compile_cache_size, config.max_reply_bytes)
+        self.executor = Executor(config.compile_cache_size, config.max_reply_bytes,
+                                 config.max_request_bytes)
         self.cache_epoch = info.scoreboard.cache_epoch()
         self.uid = os.getuid()
         self.alive = True
@@ -178,7 +180,7 @@ class Worker:
         answers anyone else with a status-2 refusal and logs it.
         """
         try:
-            uid = osutil.peer_uid(conn)
+            uid = peer_uid(conn)
         except OSError as exc:
             log.warning("refused a connection: cannot read its credentials: %s", exc)
             return False
@@ -264,10 +266,9 @@ class Worker:
             _close_all(fds)
         self.slot.end(ok=result.status == protocol.OK)
         self._after_run()
-        if extended:
-            reply = protocol.EXIT_CODE.pack(result.exit_code) + result.output
-        else:
-            reply = result.output
+        reply = result.output
+        if extended and result.status != protocol.BAD_REQUEST:  # a refusal is only its reason
+            reply = protocol.EXIT_CODE.pack(result.exit_code) + reply
         conn.sendall(protocol.encode_response(result.status, reply))
         return True
 
