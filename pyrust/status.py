@@ -9,6 +9,14 @@ def _mib(value) -> str:
     return "?" if value is None else "%.1f MiB" % (value / 1048576)
 
 
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return "%.0f s ago" % seconds
+    if seconds < 7200:
+        return "%.0f min ago" % (seconds / 60)
+    return "%.1f h ago" % (seconds / 3600)
+
+
 def describe(payload: bytes) -> bytes:
     """Return the status JSON ``payload`` as readable lines."""
     s = json.loads(payload)
@@ -18,11 +26,18 @@ def describe(payload: bytes) -> bytes:
         "supervisor: pid %d, %s" % (s["supervisor"]["pid"], _mib(s["supervisor"]["rss"])),
         "workers:    %d busy, %d idle" % (s["workers_busy"], s["workers_idle"]),
     ]
-    lines += ["  pid %-7d %-9s %6d served %4d failed  %s"
-              % (w["pid"], w["state"], w["served"], w["failed"], _mib(w["rss"]))
+    lines += ["  pid %-7d %-9s %6d served %4d failed %4d control  %s"
+              % (w["pid"], w["state"], w["served"], w["failed"], w["control"], _mib(w["rss"]))
               for w in s["workers"]]
+    recent = s["recent_runs"]
+    since = s["seconds_since_last_failure"]
     lines += [
-        "requests:   %d served, %d failed" % (s["requests_served"], s["requests_failed"]),
+        "runs:       %d served, %d failed; last failure %s"
+        % (s["runs_served"], s["runs_failed"], "never" if since is None else _ago(since)),
+        "latency:    %s" % ("no runs yet" if not recent["count"] else
+                            "p50 %.3f ms, p99 %.3f ms (last %d runs)"
+                            % (recent["p50_ms"], recent["p99_ms"], recent["count"])),
+        "control:    %d requests (status and the like)" % s["control_requests"],
         "preloaded:  %s" % (", ".join(s["preloaded_modules"]) or "(none)"),
         "cache:      %d of %d compiled programs (in the worker that answered)"
         % (s["compile_cache"]["entries"], s["compile_cache"]["capacity"]),

@@ -21,12 +21,22 @@ def peer_uid(sock, libc=None) -> int:
 
     On the server's side that is the client; on the client's side, the process
     that called ``listen()`` (for a socket unit, the user's service manager).
-    Linux: ``SO_PEERCRED``.  macOS and the BSDs: ``getpeereid(2)`` (``libc``
-    stands in for the C library in tests).  Raise OSError if the OS cannot say.
+    Raise OSError if the OS cannot say.
+    """
+    return peer_credentials(sock, libc)[1]
+
+
+def peer_credentials(sock, libc=None) -> "tuple[int, int]":
+    """Return ``(pid, uid)`` of the process at the other end of the Unix socket ``sock``.
+
+    Linux: ``SO_PEERCRED``.  macOS and the BSDs: ``getpeereid(2)``, which
+    tells no pid (0).  ``libc`` stands in for the C library in tests.
+    Raise OSError if the OS cannot say.
     """
     if libc is None and hasattr(_socket, "SO_PEERCRED"):
-        return _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED,
-                                             _UCRED.size))[1]
+        pid, uid, _ = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED,
+                                                    _UCRED.size))
+        return pid, uid
     import ctypes
     import ctypes.util
 
@@ -36,7 +46,7 @@ def peer_uid(sock, libc=None) -> int:
     if libc.getpeereid(sock.fileno(), ctypes.byref(uid), ctypes.byref(gid)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, "getpeereid: %s" % os.strerror(err))
-    return uid.value
+    return 0, uid.value
 
 
 def describe_uid(uid: int) -> str:

@@ -190,13 +190,55 @@ def test_status_reports_the_running_service(make_server):
     assert all(w["rss"] > 0 for w in status["workers"])
     assert status["workers_busy"] == 1  # the one answering
     assert status["workers_idle"] == 1
-    assert status["requests_served"] >= 1 and status["requests_failed"] == 0
+    assert status["runs_served"] == 1 and status["runs_failed"] == 0
+    assert status["control_requests"] == 0  # this query is counted after it answers
+    assert status["recent_runs"]["count"] == 1 and status["recent_runs"]["p50_ms"] > 0
+    assert status["seconds_since_last_failure"] is None
     assert status["preloaded_modules"] == ["fractions"]
     assert status["uptime_seconds"] > 0
     assert status["compile_cache"]["capacity"] == 256
     human = pyrust(["status"], env={"PYRUST_SOCKET": server.path}).stdout.decode()
     assert "socket:     %s (from systemd)" % server.path in human
     assert "preloaded:  fractions" in human
+    assert "runs:       1 served, 0 failed; last failure never\n" in human
+    assert "control:    1 requests (status and the like)\n" in human
+
+
+def test_status_separates_runs_from_queries_and_times_recent_runs(make_server):
+    import json
+
+    server = make_server(workers=1)
+    env = {"PYRUST_SOCKET": server.path}
+    for code in ("2+3", "print(1)", "sum(range(100000))"):
+        assert pyrust(["-c", code], env=env).returncode == 0
+    assert pyrust(["--daemon-status"], env=env).returncode == 0
+    before = json.loads(pyrust(["status", "--json"], env=env).stdout)
+    assert (before["runs_served"], before["runs_failed"]) == (3, 0)
+    assert before["control_requests"] == 1  # --daemon-status; not this query
+    assert before["recent_runs"]["count"] == 3
+    assert 0 < before["recent_runs"]["p50_ms"] <= before["recent_runs"]["p99_ms"]
+    assert before["seconds_since_last_failure"] is None
+    assert pyrust(["-c", "1/0"], env=env).returncode == 1
+    after = json.loads(pyrust(["status", "--json"], env=env).stdout)
+    assert (after["runs_served"], after["runs_failed"], after["control_requests"]) == (3, 1, 2)
+    assert 0 <= after["seconds_since_last_failure"] < TIMEOUT
+    human = pyrust(["status"], env=env).stdout.decode()
+    assert re.search(r"^runs: +3 served, 1 failed; last failure \d+ s ago$", human, re.M)
+    assert re.search(r"^latency: +p50 [\d.]+ ms, p99 [\d.]+ ms \(last 4 runs\)$", human, re.M)
+
+
+def test_debug_log_has_one_line_per_run(make_server):
+    server = make_server('log_level = "debug"\n', workers=1)
+    env = {"PYRUST_SOCKET": server.path}
+    assert pyrust(["-c", "2+3"], env=env).returncode == 0
+    assert pyrust(["-c", "raise SystemExit(3)"], env=env).returncode == 3
+    assert server.request("print(1)") == (0, "1\n")
+    assert server.stop() == 0
+    runs = re.findall(r"DEBUG: run on a connection from pid (\d+): form (\w), (\d+) bytes, "
+                      r"exit (\d+) \(status (\d)\), [\d.]+ ms", server.log())
+    assert [(form, size, code, status) for _, form, size, code, status in runs] == [
+        ("c", "3", "0", "0"), ("c", "19", "3", "1"), ("c", "8", "0", "0")]
+    assert all(int(pid) > 0 for pid, *_ in runs)
 
 
 def test_old_flags_ask_the_service(make_server, tmp_path):
@@ -216,3 +258,24 @@ def test_old_flags_ask_the_service(make_server, tmp_path):
     gone = pyrust(["--daemon-status"], env={"PYRUST_SOCKET": str(tmp_path / "none.sock")})
     assert gone.returncode == 1 and gone.stderr.startswith(b"pyrust: no pyrust service at ")
     assert not os.path.exists(tmp_path / "none.sock")  # asking never starts a service
+
+
+@pytest.mark.parametrize("form", ["stdin", "file", "-c"])
+def test_an_oversized_program_is_refused_with_the_true_reason(make_server, tmp_path, form):
+    server = make_server("max_request_bytes = 60000\n", workers=1)
+    env = {"PYRUST_SOCKET": server.path}
+    program = "x = 1\n" * (12_000_000 // 6 if form == "stdin" else 12_000)
+    if form == "stdin":  # 12 MB: the server refuses long before the client has sent it
+        result = pyrust(["-"], env=env, stdin=None, input=program.encode())
+    elif form == "file":
+        (tmp_path / "big.py").write_text(program)
+        result = pyrust([str(tmp_path / "big.py")], env=env)
+    else:
+        result = pyrust(["-c", program], env=env)
+    assert result.returncode == 125
+    match = re.fullmatch(r"pyrust: bad request: request too large \((\d+) bytes; the limit is "
+                         r"60000, setting max_request_bytes\)\n", result.stderr.decode())
+    assert match, result.stderr
+    assert int(match.group(1)) >= len(program)
+    assert result.stdout == b""
+    assert pyrust(["-c", "2+3"], env=env).stdout == b"5\n"

@@ -288,7 +288,7 @@ def test_standalone_refuses_an_unsafe_directory(tmp_path, standalone, problem, m
 
 def test_ready_and_status_reach_the_service_manager(server):
     message = server.wait_notification("READY=1")
-    assert "STATUS=2 workers (0 busy), 0 requests served, 0 failed" in message
+    assert "STATUS=2 workers (0 busy), 0 runs served, 0 failed" in message
 
 
 def test_watchdog_pings_come_from_the_supervisor_loop(make_server):

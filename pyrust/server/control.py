@@ -46,7 +46,7 @@ def status(worker) -> dict:
 
     board = worker.info.scoreboard
     states = board.live_states()
-    served, failed = board.totals()
+    totals = board.totals()
 
     def rss(pid):
         try:
@@ -55,23 +55,41 @@ def status(worker) -> dict:
             return None
 
     supervisor = os.getppid()
+    now = time.time()
     return {
         "version": __version__,
         "python": sys.version.split()[0],
         "socket": {"path": worker.info.path, "obtained_from": worker.info.source},
         "supervisor": {"pid": supervisor, "rss": rss(supervisor)},
         "workers": [{"pid": s.pid, "state": _state_name(s), "served": s.served,
-                     "failed": s.failed, "rss": rss(s.pid)} for s in states],
+                     "failed": s.failed, "control": s.control, "rss": rss(s.pid)}
+                    for s in states],
         "workers_busy": sum(1 for s in states if s.busy_since),
         "workers_idle": sum(1 for s in states if not s.busy_since),
-        "uptime_seconds": round(time.time() - worker.info.started, 3),
-        "requests_served": served,
-        "requests_failed": failed,
+        "uptime_seconds": round(now - worker.info.started, 3),
+        "runs_served": totals.served,
+        "runs_failed": totals.failed,
+        "control_requests": totals.control,
+        "recent_runs": _latency(totals.durations),
+        "seconds_since_last_failure": None if totals.last_failure is None
+        else round(now - totals.last_failure, 3),
         "preloaded_modules": list(worker.config.preload),
         "compile_cache": {"entries": worker.executor.cache_len(),
                           "capacity": worker.config.compile_cache_size,
                           "scope": "per worker; this is the answering worker's"},
     }
+
+
+def _latency(durations: list) -> dict:
+    """Return the count, p50 and p99 (milliseconds, nearest rank) of run ``durations``."""
+    ordered = sorted(durations)
+
+    def percentile(p):
+        if not ordered:
+            return None
+        return round(ordered[max(0, -(-len(ordered) * p // 100) - 1)] * 1000, 3)
+
+    return {"count": len(ordered), "p50_ms": percentile(50), "p99_ms": percentile(99)}
 
 
 def _state_name(state) -> str:

@@ -181,7 +181,8 @@ class Supervisor:
                 continue
             state = self.scoreboard.release(info.slot)
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                log.debug("worker %d stopped after %d requests", pid, state.served + state.failed)
+                log.debug("worker %d stopped after %d requests", pid,
+                          state.served + state.failed + state.control)
             else:
                 log.warning("worker %d died %s after %.1f s (%s)", pid,
                             "while running a request" if state.busy_since > 0 else "idle",
@@ -307,10 +308,11 @@ class Supervisor:
 
     def status_line(self) -> str:
         """Return the one-line status shown by ``systemctl status``."""
-        served, failed = self.scoreboard.totals()
+        totals = self.scoreboard.totals(recent=0)
         busy = sum(1 for w in self.workers.values() if self.scoreboard.read(w.slot).busy_since)
-        return ("%d workers (%d busy), %d requests served, %d failed, up %ds"
-                % (len(self.workers), busy, served, failed, time.monotonic() - self.started))
+        return ("%d workers (%d busy), %d runs served, %d failed, up %ds"
+                % (len(self.workers), busy, totals.served, totals.failed,
+                   time.monotonic() - self.started))
 
     # -- stop --------------------------------------------------------------------
 

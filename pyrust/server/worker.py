@@ -19,7 +19,7 @@ import struct
 import time
 
 from pyrust import protocol
-from pyrust.trust import peer_uid
+from pyrust.trust import peer_credentials
 from pyrust.server import control, osutil
 from pyrust.server.executor import Executor, Job, v1_job
 
@@ -98,6 +98,9 @@ class Worker:
         self.alive = True
         self.phase = ACCEPTING
         self.conn = None
+        self.peer_pid = 0  # the client of the connection being served (0: unknown)
+        # One line per run at debug; the check is made once, not per request.
+        self._log_runs = log.isEnabledFor(logging.DEBUG)
         self.retire_after = (config.max_requests + random.randint(0, config.max_requests_jitter)
                              if config.max_requests else 0)
         seconds = config.idle_timeout
@@ -169,8 +172,7 @@ class Worker:
                 # connection ended (a frame cut short leaves no busy mark).
                 self.slot.accepting()
                 conn.close()
-        log.debug("worker %d stopping after %d requests", os.getpid(),
-                  self.slot.served + self.slot.failed)
+        log.debug("worker %d stopping after %d requests", os.getpid(), self.slot.requests)
         return 0
 
     def admit(self, conn: socket.socket) -> bool:
@@ -180,7 +182,7 @@ class Worker:
         answers anyone else with a status-2 refusal and logs it.
         """
         try:
-            uid = peer_uid(conn)
+            self.peer_pid, uid = peer_credentials(conn)
         except OSError as exc:
             log.warning("refused a connection: cannot read its credentials: %s", exc)
             return False
@@ -248,7 +250,7 @@ class Worker:
             return not exc.fatal
         if isinstance(job, bytes):  # a control operation
             status, reply = control.handle(job, self)
-            self.slot.end(ok=True)
+            self.slot.end_control()
             conn.sendall(protocol.encode_response(status, reply))
             return True
         try:
@@ -264,7 +266,11 @@ class Worker:
             return False
         finally:
             _close_all(fds)
-        self.slot.end(ok=result.status == protocol.OK)
+        duration = self.slot.end(ok=result.status == protocol.OK)
+        if self._log_runs:
+            log.debug("run on a connection from pid %d: form %s, %d bytes, exit %d (status %d), %.3f ms",
+                      self.peer_pid, job.form, len(job.source), result.exit_code,
+                      result.status, duration * 1000)
         self._after_run()
         reply = result.output
         if extended and result.status != protocol.BAD_REQUEST:  # a refusal is only its reason
