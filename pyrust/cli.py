@@ -52,6 +52,21 @@ class UsageError(Exception):
     """The command line is wrong; the message says how."""
 
 
+def _absolute(option: str, value: str) -> str:
+    """Return ``value`` made absolute against this process's working directory.
+
+    A background server runs in ``/``, so a relative path must be resolved
+    here, before anything is started.  Raise UsageError if it cannot be.
+    """
+    if not value:
+        raise UsageError("%s needs a value" % option)
+    try:
+        return os.path.abspath(os.path.expanduser(value))
+    except OSError as exc:  # the working directory was removed
+        raise UsageError("%s %s: cannot resolve a relative path (%s); give it from /"
+                         % (option, value, exc.strerror)) from None
+
+
 def parse_args(argv: list) -> dict:
     """Return the options in ``argv`` as a dict; raise UsageError if malformed."""
     opts = {"socket": None, "config": None, "action": None, "form": None, "source": None,
@@ -66,7 +81,7 @@ def parse_args(argv: list) -> dict:
                 if i == len(argv):
                     raise UsageError("%s needs a value" % name)
                 value = argv[i]
-            opts[name[2:]] = value
+            opts[name[2:]] = _absolute(name, value)
         elif arg[:2] in ("-c", "-m"):
             source = arg[2:]
             if not source:

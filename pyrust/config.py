@@ -1,4 +1,4 @@
-"""Configuration: one dataclass holding every setting and its default.
+"""Configuration: one dataclass holding every setting, its default and its range.
 
 The file is TOML, by default ``$XDG_CONFIG_HOME/pyrust/config.toml``, with the
 settings as top-level keys::
@@ -7,78 +7,173 @@ settings as top-level keys::
     preload = ["numpy", "pandas"]
     max_request_bytes = 10485760
 
-Every key is optional; an unknown key, a value of the wrong type or an
-unreadable file is a ConfigError naming the file and the key.
+Every key is optional.  Every setting declares the values it accepts beside
+its default; an unknown key, a value of the wrong type or out of range, or an
+unreadable file is a ConfigError, one line naming the file, the key, the
+accepted range and the value.  Client and server load files the same way, and
+the server's command-line overrides pass the same checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 from pyrust.errors import ConfigError
 from pyrust.paths import default_config_path
 
+# Every bound in one place.  Values past them would overflow a timer or a
+# length field, or could only make the service fail at every start.
+#: Longest duration: a year fits every timer the server arms (setitimer,
+#: SO_RCVTIMEO's timeval, select), and nothing sensible waits longer.
+MAX_SECONDS = 365 * 24 * 3600
+#: Shortest duration that cannot mean "none": SO_RCVTIMEO keeps microseconds
+#: and reads 0 as "no timeout", so below that a timeout would vanish.
+MIN_SECONDS = 0.001
 #: Upper bound on ``workers``: the scoreboard holds two generations of them.
 MAX_WORKERS = 512
+#: Largest request or reply (1 GiB): well inside the wire's 32-bit length
+#: fields, and more than a worker should hold in memory.
+MAX_MESSAGE_BYTES = 1024 ** 3
+#: Largest memory limit (1 TiB): beyond it a limit limits nothing.
+MAX_MEMORY_BYTES = 1024 ** 4
+#: Smallest address-space limit: below it a worker dies at start, is replaced,
+#: dies again: a loop, not a limit.
+MIN_ADDRESS_SPACE = 64 * 1024 ** 2
+#: Largest request count (``max_requests``, its jitter).
+MAX_COUNT = 10 ** 9
+#: Largest compile cache, in programs.
+MAX_CACHE_ENTRIES = 65536
+#: Longest socket path in bytes: ``sun_path`` holds 108 bytes on Linux, 104 on
+#: macOS, the terminating NUL included.
+MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _positive_int(value):
-    if type(value) is not int or value < 1:
-        raise ValueError("expected a whole number of at least 1")
+class _Check:
+    """What a setting accepts: ``expected`` says it in words ("a whole number
+    from 1 to 512"); calling the check with a TOML value returns the value to
+    store, or raises ValueError whose text (possibly empty) adds why not."""
+
+    def __init__(self, expected: str, convert) -> None:
+        self.expected = expected
+        self._convert = convert
+
+    def __call__(self, value):
+        return self._convert(value)
+
+
+def _is_int(value) -> bool:
+    return type(value) is int  # bool is a subclass of int: not a number here
+
+
+def _in_range(value, low, high, integral: bool) -> bool:
+    """Return whether ``value`` is a number from ``low`` to ``high`` (nan is not)."""
+    if not (_is_int(value) or (not integral and type(value) is float)):
+        return False
+    return low <= value <= high
+
+
+def _seconds(zero_means: str | None = None) -> _Check:
+    """Accept a duration up to MAX_SECONDS; 0 only if it has a meaning (``zero_means``)."""
+    low = 0 if zero_means else MIN_SECONDS
+    note = "%d days" % (MAX_SECONDS // 86400)
+    if zero_means:
+        note += "; 0: %s" % zero_means
+    expected = "a number of seconds from %g to %d (%s)" % (low, MAX_SECONDS, note)
+
+    def convert(value):
+        if not _in_range(value, low, MAX_SECONDS, integral=False):
+            raise ValueError("")
+        return float(value)
+    return _Check(expected, convert)
+
+
+def _count(low: int, high: int, zero_means: str | None = None) -> _Check:
+    """Accept a whole number from ``low`` to ``high``."""
+    note = " (0: %s)" % zero_means if zero_means else ""
+    return _Check("a whole number from %d to %d%s" % (low, high, note),
+                  lambda value: _whole(value, low, high))
+
+
+def _whole(value, low, high):
+    """Return ``value`` if it is an int from ``low`` to ``high``; raise ValueError if not."""
+    if not _in_range(value, low, high, integral=True):
+        raise ValueError("")
     return value
 
 
-def _non_negative_int(value):
-    if type(value) is not int or value < 0:
-        raise ValueError("expected a whole number of at least 0")
-    return value
+def _size(size: int) -> str:
+    """Return ``size`` in bytes as people read it: "1073741824 (1 GiB)"."""
+    for unit, name in ((1024 ** 4, "TiB"), (1024 ** 3, "GiB"), (1024 ** 2, "MiB")):
+        if size >= unit and size % unit == 0:
+            return "%d (%d %s)" % (size, size // unit, name)
+    return str(size)
 
 
-def _positive_seconds(value):
-    if type(value) not in (int, float) or not value > 0:
-        raise ValueError("expected a number of seconds greater than 0")
-    return float(value)
+def _bytes(low: int, high: int, zero_means: str | None = None) -> _Check:
+    """Accept a size in bytes from ``low`` to ``high``, or 0 if it has a meaning."""
+    expected = "a number of bytes from %s to %s" % (_size(low), _size(high))
+    if zero_means:
+        expected = "0 (%s) or %s" % (zero_means, expected)
+
+    def convert(value):
+        if _is_int(value) and value == 0 and zero_means:
+            return value
+        return _whole(value, low, high)
+    return _Check(expected, convert)
 
 
-def _optional_path(value):
+def _socket_path(value):
+    """Return ``value`` if it is a path a socket can be bound at; raise ValueError if not."""
     if not isinstance(value, str) or not value:
-        raise ValueError("expected a non-empty path string")
+        raise ValueError("")
+    path = os.path.expanduser(value)
+    if not os.path.isabs(path):
+        # Relative to what? The client and a background server run in
+        # different directories, so they would not meet.
+        raise ValueError("a relative path")
+    if "\0" in path:
+        raise ValueError("a NUL character")
+    size = len(path.encode("utf-8", "surrogateescape"))
+    if size > MAX_SOCKET_PATH:
+        raise ValueError("%d bytes" % size)
     return value
 
 
 def _module_names(value):
-    if not isinstance(value, list) or not all(isinstance(m, str) and m for m in value):
-        raise ValueError("expected a list of module names, e.g. [\"json\", \"numpy\"]")
+    """Return ``value`` as a list if it lists dotted module names; raise ValueError if not."""
+    if not isinstance(value, list):
+        raise ValueError("")
+    for name in value:
+        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+            raise ValueError("%s is not a module name" % _short(name))
     return list(value)
-
-
-def _non_negative_seconds(value):
-    if type(value) not in (int, float) or not value >= 0:
-        raise ValueError("expected a number of seconds, 0 or more")
-    return float(value)
 
 
 def _boolean(value):
     if type(value) is not bool:
-        raise ValueError("expected true or false")
-    return value
-
-
-def _worker_count(value):
-    if type(value) is not int or not 1 <= value <= MAX_WORKERS:
-        raise ValueError("expected a whole number from 1 to %d" % MAX_WORKERS)
+        raise ValueError("")
     return value
 
 
 def _log_level(value):
-    if value not in ("debug", "info", "warning", "error"):
-        raise ValueError('expected one of "debug", "info", "warning", "error"')
+    if value not in LOG_LEVELS:
+        raise ValueError("")
     return value
 
 
+_SOCKET = _Check("an absolute path (~/ allowed) of at most %d bytes" % MAX_SOCKET_PATH,
+                 _socket_path)
+_MODULES = _Check('a list of module names, e.g. ["json", "numpy.linalg"]', _module_names)
+_BOOLEAN = _Check("true or false", _boolean)
+_LOG_LEVEL = _Check(" or ".join(", ".join('"%s"' % v for v in LOG_LEVELS).rsplit(", ", 1)),
+                    _log_level)
+
+
 def _setting(default=None, check=None, factory=None, doc=""):
-    """Declare a setting: its default, the check its TOML value must pass, its meaning."""
+    """Declare a setting: its default, the check its value must pass, its meaning."""
     meta = {"check": check, "doc": doc}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
@@ -87,7 +182,7 @@ def _setting(default=None, check=None, factory=None, doc=""):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every pyrust setting, with its default."""
+    """Every pyrust setting, with its default and the values it accepts."""
 
     @property
     def pool_ceiling(self) -> int:
@@ -95,65 +190,108 @@ class Config:
         return min(self.max_workers or 4 * self.workers, MAX_WORKERS)
 
     socket: str | None = _setting(
-        None, _optional_path,
+        None, _SOCKET,
         doc="socket path (default: $XDG_RUNTIME_DIR/pyrust/pyrust.sock)")
     workers: int = _setting(
-        check=_worker_count, factory=lambda: min(os.cpu_count() or 1, MAX_WORKERS),
+        check=_count(1, MAX_WORKERS), factory=lambda: min(os.cpu_count() or 1, MAX_WORKERS),
         doc="worker processes (default: one per CPU)")
     preload: list = _setting(
-        check=_module_names, factory=list,
+        check=_MODULES, factory=list,
         doc="modules imported once before the workers fork")
     max_workers: int = _setting(
-        0, _non_negative_int,
+        0, _count(0, MAX_WORKERS, "four times workers"),
         doc="ceiling the pool grows to while every worker is busy (0: four times `workers`)")
     shrink_after: float = _setting(
-        30.0, _positive_seconds,
+        30.0, _seconds(),
         doc="seconds an extra worker may stay idle before it is retired")
     max_request_bytes: int = _setting(
-        10 * 1024 * 1024, _positive_int,
+        10 * 1024 * 1024, _bytes(1, MAX_MESSAGE_BYTES),
         doc="largest request payload accepted, in bytes")
     max_reply_bytes: int = _setting(
-        64 * 1024 * 1024, _positive_int,
+        64 * 1024 * 1024, _bytes(1, MAX_MESSAGE_BYTES),
         doc="largest output a request may produce, in bytes")
     request_timeout: float = _setting(
-        30.0, _non_negative_seconds,
+        30.0, _seconds(zero_means="no limit"),
         doc="seconds a request may run before it is interrupted (0: no limit)")
     kill_grace: float = _setting(
-        5.0, _positive_seconds,
+        5.0, _seconds(),
         doc="seconds after the interrupt before a worker that ignores it is killed")
     max_requests: int = _setting(
-        0, _non_negative_int,
+        0, _count(0, MAX_COUNT, "never"),
         doc="requests after which a worker is replaced (0: never)")
     max_requests_jitter: int = _setting(
-        0, _non_negative_int,
+        0, _count(0, MAX_COUNT),
         doc="up to this many more requests, at random per worker, so they do not all "
             "restart at once")
     max_worker_rss: int = _setting(
-        1024 ** 3, _non_negative_int,
+        1024 ** 3, _bytes(1, MAX_MEMORY_BYTES, zero_means="never"),
         doc="resident memory (bytes) above which a worker is replaced between requests "
             "(0: never)")
     max_worker_memory: int = _setting(
-        0, _non_negative_int,
+        0, _bytes(MIN_ADDRESS_SPACE, MAX_MEMORY_BYTES, zero_means="no limit"),
         doc="address-space limit per worker (RLIMIT_AS, bytes); beyond it allocations "
             "raise MemoryError (0: no limit)")
     idle_timeout: float = _setting(
-        60.0, _positive_seconds,
+        60.0, _seconds(),
         doc="seconds a connection may wait between or inside requests before it is closed")
     compile_cache_size: int = _setting(
-        256, _non_negative_int,
+        256, _count(0, MAX_CACHE_ENTRIES, "no cache"),
         doc="compiled programs kept per worker (0 turns the cache off)")
     graceful_timeout: float = _setting(
-        30.0, _positive_seconds,
+        30.0, _seconds(),
         doc="seconds in-flight requests get to finish on stop before workers are killed")
     idle_exit: float = _setting(
-        3600.0, _non_negative_seconds,
+        3600.0, _seconds(zero_means="never"),
         doc="seconds without a request after which the service exits (0: never)")
     autostart: bool = _setting(
-        True, _boolean,
+        True, _BOOLEAN,
         doc="let `pyrust -c` start a background server when none answers and no "
             "socket unit owns the path")
     log_level: str = _setting(
-        "info", _log_level, doc="debug, info, warning or error")
+        "info", _LOG_LEVEL, doc="debug, info, warning or error")
+
+
+def _short(value) -> str:
+    """Return ``repr(value)`` cut to one short line, for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:56] + " ..."
+
+
+def check_setting(key: str, value, source: str):
+    """Return ``value`` as setting ``key`` stores it.
+
+    Raise ConfigError, one line naming ``source``, the key, the accepted
+    values and ``value``, if the key is unknown or the value is not accepted.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    field = fields.get(key)
+    if field is None:
+        raise ConfigError("%s: unknown key %r (known keys: %s)"
+                          % (source, key, ", ".join(sorted(fields))))
+    check = field.metadata["check"]
+    try:
+        return check(value)
+    except ValueError as exc:
+        why = " (%s)" % exc if str(exc) else ""
+        raise ConfigError("%s: key %r: expected %s, got %s%s"
+                          % (source, key, check.expected, _short(value), why)) from None
+
+
+def apply_settings(config: Config, values: dict, source: str) -> Config:
+    """Return ``config`` with ``values`` (key: value) applied, each checked.
+
+    Raise ConfigError naming ``source`` and the key on any unknown key, bad
+    value, or a pool whose ceiling (``max_workers``) is below ``workers``.
+    """
+    checked = {key: check_setting(key, value, source) for key, value in values.items()}
+    new = dataclasses.replace(config, **checked)
+    if new.max_workers and new.max_workers < new.workers:
+        if "max_workers" in checked:
+            raise ConfigError("%s: key 'max_workers': %d is less than workers (%d)"
+                              % (source, new.max_workers, new.workers))
+        raise ConfigError("%s: key 'workers': %d is more than max_workers (%d)"
+                          % (source, new.workers, new.max_workers))
+    return new
 
 
 def parse_config(data: dict, source: str) -> Config:
@@ -161,22 +299,7 @@ def parse_config(data: dict, source: str) -> Config:
 
     Raise ConfigError naming ``source`` and the key on any unknown key or bad value.
     """
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    values = {}
-    for key, value in data.items():
-        field = fields.get(key)
-        if field is None:
-            raise ConfigError("%s: unknown key %r (known keys: %s)"
-                              % (source, key, ", ".join(sorted(fields))))
-        try:
-            values[key] = field.metadata["check"](value)
-        except ValueError as exc:
-            raise ConfigError("%s: key %r: %s, got %r" % (source, key, exc, value)) from None
-    config = Config(**values)
-    if config.max_workers and config.max_workers < config.workers:
-        raise ConfigError("%s: key 'max_workers': %d is less than workers (%d)"
-                          % (source, config.max_workers, config.workers))
-    return config
+    return apply_settings(Config(), data, source)
 
 
 def load_config(path: str | None = None) -> Config:

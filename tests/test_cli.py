@@ -111,8 +111,11 @@ def stop_background_server(socket_path):
 
     for proc in psutil.process_iter(["cmdline"]):
         if proc.info["cmdline"] and socket_path in proc.info["cmdline"]:
-            proc.terminate()
-            proc.wait(TIMEOUT)
+            try:
+                proc.terminate()
+                proc.wait(TIMEOUT)
+            except psutil.NoSuchProcess:
+                pass  # it was already on its way out (after --stop-daemon)
 
 
 def test_daemon_starts_a_background_server_once(tmp_path):
@@ -279,3 +282,51 @@ def test_an_oversized_program_is_refused_with_the_true_reason(make_server, tmp_p
     assert int(match.group(1)) >= len(program)
     assert result.stdout == b""
     assert pyrust(["-c", "2+3"], env=env).stdout == b"5\n"
+
+
+# --- relative paths on the command line -------------------------------------
+
+def test_relative_paths_are_resolved_against_the_working_directory(tmp_path, monkeypatch):
+    from pyrust.cli import UsageError, parse_args
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    opts = parse_args(["--config", "conf/p.toml", "--socket=~/s.sock", "-c", "1"])
+    assert opts["config"] == str(tmp_path / "conf" / "p.toml")
+    assert opts["socket"] == str(tmp_path / "home" / "s.sock")
+    assert parse_args(["--config", "/a/../b.toml", "-c", "1"])["config"] == "/b.toml"
+    with pytest.raises(UsageError, match="--config needs a value"):
+        parse_args(["--config=", "-c", "1"])
+
+
+def test_a_relative_config_reaches_an_autostarted_server(tmp_path):
+    import json
+
+    import psutil
+
+    env = isolated_env(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "rel.toml").write_text("workers = 1\ncompile_cache_size = 7\n")
+    socket_path = str(tmp_path / "run" / "pyrust" / "pyrust.sock")
+    try:
+        # The background server runs in /: it can only find the file by an absolute path.
+        result = pyrust(["--config", "rel.toml", "-c", "2+3"], env=env, cwd=str(work))
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"5\n", b"")
+        status = json.loads(pyrust(["status", "--json"], env=env).stdout)
+        assert status["compile_cache"]["capacity"] == 7  # the file's setting, not the default
+        supervisor = psutil.Process(status["supervisor"]["pid"])
+        assert str(work / "rel.toml") in supervisor.cmdline()
+    finally:
+        pyrust(["--stop-daemon"], env=env)
+        stop_background_server(socket_path)  # waits until it is gone
+
+
+def test_a_relative_bad_config_is_named_in_full(tmp_path):
+    (tmp_path / "bad.toml").write_text("idle_timeout = inf\n")
+    result = pyrust(["--config", "bad.toml", "--socket", "s.sock", "-c", "1"], cwd=str(tmp_path))
+    assert result.returncode == 125
+    assert result.stderr.decode() == (
+        "pyrust: %s: key 'idle_timeout': expected a number of seconds from 0.001 to 31536000 "
+        "(365 days), got inf\n" % (tmp_path / "bad.toml"))
+    assert not os.path.exists(tmp_path / "s.sock")

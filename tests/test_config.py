@@ -1,12 +1,19 @@
 """Configuration: defaults, valid files, and errors that name the file and key."""
 
+import dataclasses
 import os
+import subprocess
+import sys
 
 import pytest
 
+from conftest import TIMEOUT, pyrust_env
 from pyrust import paths
-from pyrust.config import Config, load_config
+from pyrust.config import MAX_SECONDS, Config, apply_settings, load_config
 from pyrust.errors import ConfigError
+from pyrust.server.main import EXIT_STARTUP, build_parser, configure
+
+SETTINGS = [field.name for field in dataclasses.fields(Config)]
 
 
 def write(tmp_path, text):
@@ -103,9 +110,172 @@ def test_socket_path_resolution_order(tmp_path, monkeypatch):
         tmp_path / ("pyrust-%d" % os.getuid()) / "pyrust.sock")
 
 
-def test_every_setting_is_documented_in_the_readme():
-    import dataclasses
-
+def test_every_setting_is_documented_in_the_readme_with_its_range():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    rows = {line.split(" | ")[0][3:-1]: line for line in readme.splitlines()
+            if line.startswith("| `")}
     for field in dataclasses.fields(Config):
-        assert "| `%s` |" % field.name in readme, field.name
+        assert field.name in rows, field.name
+        # The README speaks of Linux's socket path limit; macOS's is named beside it.
+        expected = field.metadata["check"].expected.replace("at most 103", "at most 107")
+        assert " | %s" % expected in rows[field.name], field.name
+
+
+# --- every setting is bounded ----------------------------------------------
+
+def bad_value(key, value):
+    """Return ``value`` as TOML for ``key``; "a string" is a plausible wrong string."""
+    if value == "a string":
+        return {"socket": '"relative/pyrust.sock"', "log_level": '"loud"'}.get(key, '"a string"')
+    return value
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e30", "a string", "{ a = 1 }"])
+@pytest.mark.parametrize("key", SETTINGS)
+def test_every_setting_refuses_bad_values_in_one_line(tmp_path, key, value):
+    path = write(tmp_path, "%s = %s\n" % (key, bad_value(key, value)))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 300
+    expected = dataclasses.fields(Config)[SETTINGS.index(key)].metadata["check"].expected
+    assert message.startswith("%s: key %r: expected %s, got " % (path, key, expected))
+
+
+def test_every_default_is_within_its_range():
+    for field in dataclasses.fields(Config):
+        value = getattr(Config(), field.name)
+        if value is not None:  # socket: None means "resolve the default path"
+            assert field.metadata["check"](value) == value, field.name
+
+
+@pytest.mark.parametrize("text", [
+    "request_timeout = 0", "idle_exit = 0", "max_worker_memory = 0", "max_worker_rss = 0",
+    "request_timeout = 31536000", "idle_timeout = 31536000.0", "kill_grace = 0.001",
+    "max_worker_memory = 67108864", "max_worker_memory = 1099511627776",
+    "max_request_bytes = 1", "max_reply_bytes = 1073741824", "compile_cache_size = 65536",
+    "max_requests = 1000000000", "workers = 512", "socket = '~/pyrust.sock'",
+    "socket = '/%s'" % ("s" * 106), "preload = ['os.path', '_x']", "preload = []",
+])
+def test_values_at_the_bounds_are_accepted(tmp_path, text):
+    load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text, detail", [
+    ("request_timeout = 31536000.5", ""), ("idle_timeout = 0", ""),
+    ("shrink_after = 0.0009", ""), ("max_worker_memory = 1", ""),
+    ("max_worker_memory = 67108863", ""), ("max_reply_bytes = 1073741825", ""),
+    ("max_request_bytes = 0", ""), ("compile_cache_size = 65537", ""),
+    ("max_requests_jitter = 1000000001", ""), ("workers = 513", ""),
+    ("max_workers = 513", ""), ("workers = 2.0", ""), ("max_worker_rss = 1.5e9", ""),
+    ("autostart = 1", ""), ("autostart = 'true'", ""), ("log_level = 'INFO'", ""),
+    ("socket = ''", ""), ("socket = 'pyrust.sock'", " (a relative path)"),
+    ("socket = '/%s'" % ("s" * 107), " (108 bytes)"),
+    ('socket = "/a\\u0000b"', " (a NUL character)"),
+    ("preload = ['a b']", " ('a b' is not a module name)"),
+    ("preload = ['a..b']", " ('a..b' is not a module name)"),
+    ("preload = ['1x']", " ('1x' is not a module name)"),
+    ("preload = [1]", " (1 is not a module name)"),
+    ("idle_exit = 1979-05-27", ""), ("[request_timeout]\nseconds = 3", ""),
+])
+def test_values_out_of_range_are_refused(tmp_path, text, detail):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(path + ": key ")
+    assert message.endswith(detail)
+
+
+def test_a_long_value_is_cut_short_in_the_message(tmp_path):
+    path = write(tmp_path, "socket = %r\n" % ("x" * 500))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.endswith("xxx ... (a relative path)") and "x" * 60 not in message
+
+
+# --- command-line overrides pass the same checks ----------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "command line: key 'workers': expected a whole number from 1 to 512, "
+                         "got 0"),
+    (["--workers", "513"], "command line: key 'workers': expected a whole number from 1 to 512, "
+                           "got 513"),
+    (["--log-level", "loud"], "command line: key 'log_level': expected \"debug\", \"info\", "
+                              "\"warning\" or \"error\", got 'loud'"),
+    (["--workers", "3"], "command line: key 'workers': 3 is more than max_workers (2)"),
+])
+def test_serve_overrides_pass_the_same_checks(tmp_path, args, message):
+    path = write(tmp_path, "workers = 1\nmax_workers = 2\n")
+    with pytest.raises(ConfigError) as info:
+        configure(build_parser().parse_args(["--config", path] + args))
+    assert str(info.value) == message
+
+
+def test_serve_overrides_apply(tmp_path):
+    path = write(tmp_path, "workers = 1\nmax_workers = 4\n")
+    config = configure(build_parser().parse_args(["--config", path, "--workers", "3",
+                                                  "--log-level", "debug"]))
+    assert (config.workers, config.log_level, config.max_workers) == (3, "debug", 4)
+
+
+def test_a_file_ceiling_below_its_workers_names_max_workers(tmp_path):
+    with pytest.raises(ConfigError, match=r": key 'max_workers': 2 is less than workers \(3\)$"):
+        apply_settings(Config(), {"workers": 3, "max_workers": 2}, "FILE")
+
+
+# --- end to end: the server and the client refuse at load, in one line ------
+
+END_TO_END = ["request_timeout = inf", "idle_timeout = inf", "idle_timeout = 1e30",
+              "max_worker_memory = 1", "idle_exit = { a = 1 }", "workers = nan"]
+
+
+def one_line_error(result, path, key) -> str:
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pyrust: %s: key %r: expected " % (path, key)), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("text", END_TO_END, ids=lambda t: t.replace(" ", ""))
+def test_the_server_refuses_a_bad_setting_at_start(tmp_path, text):
+    path = write(tmp_path, text + "\n")
+    socket_path = str(tmp_path / "s.sock")
+    result = subprocess.run([sys.executable, "-m", "pyrust", "serve", "--config", path,
+                             "--socket", socket_path], capture_output=True, timeout=TIMEOUT,
+                            stdin=subprocess.DEVNULL, env=pyrust_env())
+    assert result.returncode == EXIT_STARTUP
+    one_line_error(result, path, text.split()[0])
+    assert not os.path.exists(socket_path)  # refused before anything was bound
+
+
+@pytest.mark.parametrize("text", END_TO_END, ids=lambda t: t.replace(" ", ""))
+def test_the_client_refuses_a_bad_setting_before_connecting(tmp_path, text):
+    path = write(tmp_path, text + "\n")
+    result = subprocess.run([sys.executable, "-m", "pyrust", "--config", path, "--socket",
+                             str(tmp_path / "s.sock"), "-c", "1"], capture_output=True,
+                            timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+                            env=pyrust_env(XDG_STATE_HOME=str(tmp_path / "state")))
+    assert (result.returncode, result.stdout) == (125, b"")
+    one_line_error(result, path, text.split()[0])
+    assert not os.path.exists(tmp_path / "s.sock")  # no server was started
+
+
+def test_a_server_at_the_upper_bounds_serves(make_server):
+    durations = ["request_timeout", "idle_timeout", "kill_grace", "shrink_after",
+                 "graceful_timeout", "idle_exit"]
+    server = make_server("".join("%s = %d\n" % (key, MAX_SECONDS) for key in durations)
+                         + "max_request_bytes = 1073741824\nmax_reply_bytes = 1073741824\n"
+                         "max_worker_rss = 1099511627776\nmax_worker_memory = 1099511627776\n"
+                         "compile_cache_size = 65536\nmax_requests = 1000000000\n"
+                         "max_requests_jitter = 1000000000\n", workers=1)
+    assert server.request("2+3") == (0, "5\n")
+    assert server.stop() == 0
+
+
+def test_a_server_at_the_smallest_memory_limit_serves(make_server):
+    server = make_server("max_worker_memory = 67108864\n", workers=1)
+    assert server.request("2+3") == (0, "5\n")
+    assert server.request("bytearray(128 * 1024 * 1024)")[0] != 0  # the limit holds
+    assert server.request("2+3") == (0, "5\n")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import sys
 
-from pyrust.config import MAX_WORKERS, Config, load_config
+from pyrust.config import LOG_LEVELS, Config, apply_settings, load_config
 from pyrust.errors import PyrustError, StartupError
 from pyrust.paths import resolve_socket_path
 from pyrust.server.activation import obtain_listener
@@ -27,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="socket to bind when none is passed in (default: see README)")
     parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
     parser.add_argument("--workers", type=int, metavar="N", help="number of worker processes")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    # No choices=: the value passes the same check as the file's log_level.
+    parser.add_argument("--log-level", metavar="LEVEL", help=", ".join(LOG_LEVELS))
     return parser
 
 
@@ -48,12 +48,14 @@ EXIT_STARTUP = 78
 
 
 def configure(args) -> "Config":
-    """Return the configuration: the file, then the command line's overrides."""
+    """Return the configuration: the file, then the command line's overrides.
+
+    Both pass the same checks; raise ConfigError naming the file or the
+    command line, the key and the accepted range on a bad value.
+    """
     overrides = {k: v for k, v in (("workers", args.workers), ("log_level", args.log_level))
                  if v is not None}
-    if not 1 <= overrides.get("workers", 1) <= MAX_WORKERS:
-        raise StartupError("--workers must be from 1 to %d" % MAX_WORKERS)
-    return dataclasses.replace(load_config(args.config), **overrides)
+    return apply_settings(load_config(args.config), overrides, "command line")
 
 
 def main(argv: list) -> int:
