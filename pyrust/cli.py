@@ -18,6 +18,7 @@ usage: pyrust [--socket PATH] [--config FILE] -c CODE [ARG ...]
        pyrust status [--json]
        pyrust --daemon | --stop-daemon | --daemon-status | --clear-cache
        pyrust serve [--socket PATH] [--config FILE] [--workers N] [--log-level LEVEL]
+                    [--log-file FILE]
        pyrust --version | --help
 
 Runs the program in the warm service exactly as python would: the same

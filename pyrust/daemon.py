@@ -59,7 +59,10 @@ def _spawn(path: str, config: str | None):
     """Start ``pyrust serve`` detached; return (process, log path, log offset, ready)."""
     log_path = default_log_path()
     os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
-    command = [sys.executable, "-m", "pyrust", "serve", "--socket", path]
+    # The server logs to the file itself, rolling it over; stdout and stderr
+    # are appended there too for what it prints before its logging is set up
+    # (a start-up error, quoted from ``start`` on when it fails).
+    command = [sys.executable, "-m", "pyrust", "serve", "--socket", path, "--log-file", log_path]
     if config:
         command += ["--config", config]
     with tempfile.TemporaryDirectory(prefix="pyrust-notify-") as tmp, \

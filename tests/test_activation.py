@@ -150,7 +150,8 @@ def test_launchd_plist_has_the_documented_keys(tmp_path):
     plist = plistlib.loads(data)
     assert plist["Label"] == "io.pyrust.agent"
     assert plist["ProgramArguments"] == ["/Users/me/.local/share/pyrust/venv/bin/python", "-m",
-                                         "pyrust", "serve"]
+                                         "pyrust", "serve", "--log-file", "/Users/me/pyrust.log"]
+    assert plist["StandardErrorPath"] == "/Users/me/pyrust.log"  # what python prints before
     sock = plist["Sockets"]["pyrust"]  # the name launch_activate_socket asks for
     assert sock["SockPathName"] == "/var/folders/xy/T/pyrust.sock"
     assert sock["SockPathMode"] == 384 == 0o600  # decimal in the plist

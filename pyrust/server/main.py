@@ -11,6 +11,7 @@ from pyrust.config import LOG_LEVELS, Config, apply_settings, load_config
 from pyrust.errors import PyrustError, StartupError
 from pyrust.paths import resolve_socket_path
 from pyrust.server.activation import obtain_listener
+from pyrust.server.logs import LOG_BACKUPS, LOG_MAX_BYTES, setup_logging
 from pyrust.server.notify import Notifier
 from pyrust.server.supervisor import Supervisor
 
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, metavar="N", help="number of worker processes")
     # No choices=: the value passes the same check as the file's log_level.
     parser.add_argument("--log-level", metavar="LEVEL", help=", ".join(LOG_LEVELS))
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="log to FILE instead of stderr, rolled over at %d MiB with %d old "
+                             "files kept; stdout and stderr go there too"
+                             % (LOG_MAX_BYTES >> 20, LOG_BACKUPS))
     return parser
 
 
@@ -63,8 +68,7 @@ def main(argv: list) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = configure(args)
-        logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                            format="pyrust[%(process)d]: %(levelname)s: %(message)s")
+        setup_logging(config.log_level, args.log_file)
         notifier = Notifier.from_environment()
         listener = obtain_listener(resolve_socket_path(args.socket, config.socket))
         try:

@@ -4,7 +4,9 @@ The supervisor reports readiness, status and watchdog pings to
 ``$NOTIFY_SOCKET``: one datagram per message, ``KEY=value`` lines.  A leading
 ``@`` in the address means Linux's abstract namespace.  Without
 ``$NOTIFY_SOCKET`` every call is a no-op, so standalone servers need no
-special case.
+special case.  Neither do servers whose listener went away for good (the
+temporary socket ``pyrust --daemon`` listens on until ``READY=1``): the first
+send that finds it gone says so once and makes the notifier inactive.
 
 The ``systemd`` binding (package systemd-python) sends the messages where it
 is installed; otherwise a few lines of socket code do the same.
@@ -12,11 +14,16 @@ is installed; otherwise a few lines of socket code do the same.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
 
 log = logging.getLogger("pyrust.notify")
+
+#: Send errors meaning nobody will ever listen at the address again: the
+#: socket file is gone, or nothing is bound to it any more.
+LISTENER_GONE = (errno.ENOENT, errno.ECONNREFUSED)
 
 
 def _binding_sender():
@@ -87,12 +94,21 @@ class Notifier:
         return self.watchdog_usec / 3e6
 
     def notify(self, message: str) -> bool:
-        """Send ``message``; return whether it was sent.  Failures are logged, not raised."""
+        """Send ``message``; return whether it was sent.  Failures are logged, not raised.
+
+        If the listener is gone for good (LISTENER_GONE) the notifier becomes
+        inactive: no further message is sent, and no watchdog is due.
+        """
         if self.address is None:
             return False
         try:
             self._send(self.address, message)
             return True
         except OSError as exc:
-            log.warning("cannot notify the service manager at %r: %s", self.address, exc)
+            if exc.errno in LISTENER_GONE:
+                log.info("the service manager's notify socket %s is gone; no more notifications",
+                         self.address)
+                self.address = None
+            else:
+                log.warning("cannot notify the service manager at %r: %s", self.address, exc)
             return False

@@ -289,6 +289,8 @@ class Supervisor:
         self._housekeeping(now)
         if self._watchdog:
             self.notifier.notify("WATCHDOG=1")
+            if not self.notifier.active:  # its socket is gone: nobody waits for pings
+                self._watchdog = None
         if self.notifier.active and now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL
             self.notifier.notify("STATUS=%s" % self.status_line())
