@@ -254,3 +254,50 @@ def test_a_worker_over_max_worker_rss_is_replaced_between_requests(make_server):
     assert alive == []
     assert "over max_worker_rss; replacing it" in server.log()
     assert server.request("import os; os.getpid()")[1] != pid
+
+
+BREAK_START = '''
+import os
+from pyrust.server import worker
+
+FLAG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "broken")
+_start = worker.Worker.start
+
+
+def start(self, supervisor_pid):
+    if os.path.exists(FLAG):
+        raise RuntimeError("worker start-up is broken")
+    _start(self, supervisor_pid)
+
+
+worker.Worker.start = start
+'''
+
+
+def test_workers_that_fail_at_start_are_forked_ever_more_slowly_until_they_work(
+        make_server, tmp_path):
+    import re
+    import time
+
+    from conftest import ROOT
+
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "breakstart.py").write_text(BREAK_START)
+    (modules / "broken").write_text("")
+    server = make_server('preload = ["breakstart"]\n', workers=2,
+                         env={"PYTHONPATH": "%s:%s" % (modules, ROOT)})
+    # Each failed worker leaves its traceback (the supervisor's own line is
+    # logged once and then counted, as every repeated error is).
+    seen, deadline = [], time.monotonic() + TIMEOUT
+    while len(seen) < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the log is the only witness of forks that fail
+        count = server.log().count("RuntimeError: worker start-up is broken")
+        seen += [time.monotonic()] * (count - len(seen))
+    assert len(seen) >= 5
+    # Without the pauses (0.1 + 0.2 + 0.4 + 0.8 s) five forks take milliseconds.
+    assert seen[4] - seen[0] > 1.2
+    assert re.search(r"ERROR: worker \d+ failed at start \(exit status 70, [\d.]+ s after its "
+                     r"fork; 1 in a row\); next fork in 0.1 s", server.log())
+    (modules / "broken").unlink()  # the cause goes away; the service recovers by itself
+    assert server.request("2+3") == (0, "5\n")

@@ -33,6 +33,13 @@ MAX_SLOTS = 2 * MAX_WORKERS
 STATUS_INTERVAL = 5.0  # seconds between STATUS= updates to the service manager
 #: Seconds between checks for stuck, oversized and surplus workers.
 HOUSEKEEPING_INTERVAL = 1.0
+#: A worker that dies this soon after its fork, having answered nothing,
+#: failed to start; so does every worker of a template that cannot produce one.
+BOOT_GRACE = 5.0
+#: The pause before the next fork after such a failure, doubled at each one in
+#: a row up to the ceiling, so a broken start-up never becomes a fork loop.
+BOOT_BACKOFF_FIRST = 0.1
+BOOT_BACKOFF_MAX = 30.0
 
 
 def describe_exit(status: int) -> str:
@@ -54,6 +61,29 @@ class WorkerInfo:
 
     def __init__(self, slot: int, generation: int) -> None:
         self.slot, self.started, self.generation = slot, time.monotonic(), generation
+
+
+class BootBackoff:
+    """Spaces out forks while workers keep failing at start (gunicorn's
+    WORKER_BOOT_ERROR, but recovering by itself when the cause goes away)."""
+
+    def __init__(self) -> None:
+        self.failures = 0        # in a row
+        self.not_before = 0.0    # time.monotonic() before which no worker is forked
+
+    def failed(self, now: float) -> float:
+        """Count one more failure; return the pause before the next fork."""
+        self.failures += 1
+        delay = min(BOOT_BACKOFF_FIRST * 2 ** (self.failures - 1), BOOT_BACKOFF_MAX)
+        self.not_before = now + delay
+        return delay
+
+    def recovered(self) -> None:
+        self.failures, self.not_before = 0, 0.0
+
+    def wait(self, now: float) -> float:
+        """Return seconds until a worker may be forked (0: now)."""
+        return max(0.0, self.not_before - now)
 
 
 class Supervisor:
@@ -79,6 +109,7 @@ class Supervisor:
         self._next_status = 0.0
         self._next_rss_check = 0.0
         self._grow_requested = False
+        self.boot = BootBackoff()
         # Watch the listener too while no worker accepts: a connection arriving
         # then is one that would wait, so the pool grows for it.
         self._watch_listener = False
@@ -137,8 +168,12 @@ class Supervisor:
     # -- workers ---------------------------------------------------------------
 
     def _spawn_missing(self) -> None:
+        if self.boot.wait(time.monotonic()):
+            return
         current = sum(1 for w in self.workers.values() if w.generation == self.generation)
-        for _ in range(self.config.workers - current):
+        missing = self.config.workers - current
+        # While workers fail at start, one probe at a time, not a pool's worth.
+        for _ in range(min(missing, 1) if self.boot.failures else missing):
             self._spawn()
 
     def _spawn(self) -> None:
@@ -180,13 +215,21 @@ class Supervisor:
             if info is None:
                 continue
             state = self.scoreboard.release(info.slot)
+            requests = state.served + state.failed + state.control
+            lived = time.monotonic() - info.started
+            if requests:
+                self.boot.recovered()
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                log.debug("worker %d stopped after %d requests", pid,
-                          state.served + state.failed + state.control)
+                log.debug("worker %d stopped after %d requests", pid, requests)
+            elif not requests and not state.busy_since and lived < BOOT_GRACE:
+                delay = self.boot.failed(time.monotonic())
+                log.error("worker %d failed at start (%s, %.2f s after its fork; %d in a row); "
+                          "next fork in %g s", pid, describe_exit(status), lived,
+                          self.boot.failures, delay)
             else:
                 log.warning("worker %d died %s after %.1f s (%s)", pid,
                             "while running a request" if state.busy_since > 0 else "idle",
-                            time.monotonic() - info.started, describe_exit(status))
+                            lived, describe_exit(status))
 
     def _grow(self) -> None:
         """No worker accepts: add one if a connection waits, up to the pool's ceiling.
@@ -194,6 +237,8 @@ class Supervisor:
         If none waits yet, watch the listener so the next one wakes us.
         """
         self._grow_requested = self._watch_listener = False
+        if self.boot.wait(time.monotonic()):
+            return  # the pause's end wakes the loop, which forks then
         current = sum(1 for w in self.workers.values() if w.generation == self.generation)
         if self.scoreboard.accepting_count() > 0 or current >= self.config.pool_ceiling:
             return
@@ -206,6 +251,10 @@ class Supervisor:
 
     def _housekeeping(self, now: float) -> None:
         """Kill workers stuck past the time limit, retire oversized and surplus ones."""
+        if self.boot.failures and any(now - w.started >= BOOT_GRACE
+                                      for w in self.workers.values()):
+            log.info("workers start again, after %d that failed", self.boot.failures)
+            self.boot.recovered()
         limit = self.config.request_timeout
         surplus = sum(1 for w in self.workers.values()
                       if w.generation == self.generation) - self.config.workers
@@ -278,7 +327,7 @@ class Supervisor:
     def _next_duty(self) -> float | None:
         """Return seconds until the next timed duty, or None if there is none."""
         waits = [self._watchdog, STATUS_INTERVAL if self.notifier.active else None,
-                 HOUSEKEEPING_INTERVAL]
+                 HOUSEKEEPING_INTERVAL, self.boot.wait(time.monotonic()) or None]
         if self.config.idle_exit:
             waits.append(max(0.0, self.config.idle_exit - self._idle_for(time.monotonic())))
         waits = [w for w in waits if w is not None]
@@ -312,9 +361,12 @@ class Supervisor:
         """Return the one-line status shown by ``systemctl status``."""
         totals = self.scoreboard.totals(recent=0)
         busy = sum(1 for w in self.workers.values() if self.scoreboard.read(w.slot).busy_since)
-        return ("%d workers (%d busy), %d runs served, %d failed, up %ds"
+        line = ("%d workers (%d busy), %d runs served, %d failed, up %ds"
                 % (len(self.workers), busy, totals.served, totals.failed,
                    time.monotonic() - self.started))
+        if self.boot.failures:
+            line += "; workers fail at start (%d in a row, see the log)" % self.boot.failures
+        return line
 
     # -- stop --------------------------------------------------------------------
 
