@@ -73,17 +73,20 @@ def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, byte
     a broken pipe while sending): it did not run.  Raise ServiceUnavailable
     if it closed after reading it: it may have run.
     """
+    interrupts = _Interrupts(sock) if forward_interrupts else None
     try:
-        _send(sock, message)
-    except (BrokenPipeError, ConnectionResetError) as exc:
-        refusal = _refusal(sock)
-        if refusal is not None:
-            return refusal
-        raise _not_delivered(exc) from None
-    previous = None
-    try:
-        if forward_interrupts:
-            previous = _signal.signal(_signal.SIGINT, lambda *_: sock.send(INTERRUPT))
+        # Ctrl-C is taken over before the request leaves: the program may
+        # start (and the user press Ctrl-C) before the send returns here.
+        previous = _signal.signal(_signal.SIGINT, interrupts) if interrupts else None
+        try:
+            _send(sock, message)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            refusal = _refusal(sock)
+            if refusal is not None:
+                return refusal
+            raise _not_delivered(exc) from None
+        if interrupts is not None:
+            interrupts.request_sent()
         return protocol.read_response(sock)
     except ConnectionResetError as exc:
         # A Unix socket resets only when closed with unread data in it: the
@@ -95,8 +98,29 @@ def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, byte
                                  "service log says which), so the code may have run part way"
                                  ) from None
     finally:
-        if previous is not None:
+        if interrupts is not None:
             _signal.signal(_signal.SIGINT, previous)
+
+
+class _Interrupts:
+    """The SIGINT handler of a run: each Ctrl-C becomes an INTERRUPT byte on the
+    connection, sent once the whole request is (never inside its frame)."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.sent = False
+        self.pending = 0
+
+    def __call__(self, signum, frame) -> None:
+        if self.sent:
+            self.sock.send(INTERRUPT)
+        else:
+            self.pending += 1
+
+    def request_sent(self) -> None:
+        self.sent = True
+        if self.pending:
+            self.sock.send(INTERRUPT * self.pending)
 
 
 def _send(sock, message) -> None:
