@@ -832,4 +832,5 @@ def test_a_burst_of_runs_then_the_pool_is_back_at_its_spares(make_server):
         seen.append(_spares(status))
         if seen[-1] == workers:
             break
-        assert time.monotonic() < deadline, "spares seen: %s; last status: %s" % (seen, status)
+        assert time.monotonic() < deadline, "spares seen in %d queries: %s ... %s; last " \
+            "status: %s" % (len(seen), seen[:5], seen[-5:], status)
