@@ -2,9 +2,10 @@
 
 inotify queues an event before the write's close, the rename or the unlink
 returns, so every test checks right after the syscall.  Tests that apply to
-every implementation run over each (``watcher_class``).
+both implementations run over both (``watcher_class``).
 """
 
+import errno
 import importlib
 import importlib.machinery
 import os
@@ -17,7 +18,8 @@ import pytest
 
 from pyrust.server import watch
 from pyrust.server.watch import (
-    IN_CREATE, IN_ISDIR, IN_Q_OVERFLOW, Watcher, modules_to_watch, parse_events,
+    IN_CREATE, IN_ISDIR, IN_Q_OVERFLOW, PollingWatcher, Watcher, modules_to_watch,
+    open_watcher, parse_events,
 )
 
 TIMEOUT = 30.0
@@ -53,7 +55,8 @@ def tree(tmp_path):
     return Tree(tmp_path)
 
 
-@pytest.fixture(params=[pytest.param(Watcher, marks=linux_only)], ids=["inotify"])
+@pytest.fixture(params=[pytest.param(Watcher, marks=linux_only), PollingWatcher],
+                ids=["inotify", "polling"])
 def watcher_class(request):
     return request.param
 
@@ -196,7 +199,7 @@ def test_the_fd_is_nonblocking_close_on_exec_and_read_never_blocks(tree, make):
 def test_an_edit_keeping_size_and_timestamps_is_named(tree, make):
     watcher = make(Watcher, tree)
     status = os.stat(tree.single)
-    write(tree.single, "X = 2\n")  # only the close tells this from no change
+    write(tree.single, "X = 2\n")  # polling cannot tell this from no change
     os.utime(tree.single, ns=(status.st_atime_ns, status.st_mtime_ns))
     assert watcher.read() == [str(tree.single)]
 
@@ -296,6 +299,21 @@ def test_a_real_queue_overflow_names_every_watched_file(tree, make):
     for i in range(limit + 1):  # alternate files: the kernel merges only repeated events
         os.utime(junk[i % 2])
     assert watcher.read() == sorted(tree.files.values())
+
+
+@linux_only
+def test_open_watcher_falls_back_to_polling_when_inotify_fails(tree, monkeypatch):
+    with open_watcher(tree.files, tree.search_path) as watcher:
+        assert isinstance(watcher, Watcher)
+
+    def refuse():
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(watch, "_inotify_init", refuse)
+    with open_watcher(tree.files, tree.search_path) as watcher:
+        assert isinstance(watcher, PollingWatcher) and watcher.fileno() == -1
+        os.remove(tree.single)
+        assert watcher.pending() and watcher.read() == [str(tree.single)]
 
 
 # -- modules_to_watch -----------------------------------------------------------------

@@ -16,7 +16,10 @@ What counts as a change of a preloaded module:
    in an existing ``T/`` there, which until then was only a namespace portion).
 
 On Linux :class:`Watcher` uses inotify on the containing directories, the
-only kind of watch that survives a file being replaced by rename.
+only kind of watch that survives a file being replaced by rename.  Elsewhere,
+or when inotify fails (no more watches or instances), :class:`PollingWatcher`
+compares ``stat`` results against a snapshot instead.  :func:`open_watcher`
+picks one.
 
 Not seen: a write whose fd is still open (or through ``mmap``), a new
 directory or ``.pth`` file that changes the search path, a swapped symlink
@@ -27,11 +30,16 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib.machinery
+import logging
 import os
 import select
 import struct
+import sys
 from dataclasses import dataclass, field
-from typing import AbstractSet, Iterator, Mapping, NamedTuple, Sequence
+from typing import AbstractSet, Iterator, Mapping, NamedTuple, Sequence, Union
+
+log = logging.getLogger("pyrust.watch")
 
 # <sys/inotify.h>
 IN_ATTRIB = 0x00000004
@@ -87,7 +95,7 @@ class _Directory:
     """What matters in one watched directory."""
     files: dict = field(default_factory=dict)   # entry name -> path reported when it changes
     stems: set = field(default_factory=set)     # a new importable entry with this stem shadows
-    siblings: set = field(default_factory=set)  # stems of watched files (see _plan)
+    siblings: set = field(default_factory=set)  # stems of watched files (inotify only, see _plan)
 
 
 def _plan(files: Mapping[str, str], search_path: Sequence[str]) -> dict[str, _Directory]:
@@ -101,7 +109,8 @@ def _plan(files: Mapping[str, str], search_path: Sequence[str]) -> dict[str, _Di
             entry.files[name] = path
             stem = name.partition(".")[0]
             if stem != "__init__":
-                # mod.<tag>.so or mod/ built next to mod.py is imported instead of it.
+                # mod.<tag>.so or mod/ built next to mod.py is imported instead of
+                # it; free to notice with inotify, five stats a file when polling.
                 entry.siblings.add(stem)
     for directory, stem in _shadowing(files, search_path):
         plan.setdefault(directory, _Directory()).stems.add(stem)
@@ -153,6 +162,26 @@ def _importable_stem(name: str, is_dir: bool) -> str | None:
     stem, _, suffix = name.partition(".")
     tagged = suffix.endswith((".so", ".pyd")) and suffix.count(".") == 1  # T.abi3.so
     return stem if suffix in ("py", "so", "pyd") or tagged else None
+
+
+def _candidate_paths(plan: Mapping[str, _Directory]) -> list[str]:
+    """Return the paths whose appearance would shadow a preloaded module, for
+    this interpreter's suffixes (what polling stats)."""
+    suffixes = [".py"] + importlib.machinery.EXTENSION_SUFFIXES
+    paths = set()
+    for directory, entry in plan.items():
+        for stem in entry.stems:
+            base = os.path.join(directory, stem)
+            paths.update(base + suffix for suffix in suffixes)
+            paths.add(os.path.join(base, "__init__.py"))
+    return sorted(paths)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 class Event(NamedTuple):
@@ -311,3 +340,76 @@ def _relevant(directory: str, entry: _Directory, event: Event) -> list[str]:
         if stem is not None and (stem in entry.stems or stem in entry.siblings):
             return [os.path.join(directory, event.name)]
     return []
+
+
+class PollingWatcher(_Closing):
+    """The same contract as :class:`Watcher` without inotify (macOS, or inotify
+    refused): compares ``stat`` of the watched files and of the paths that
+    would shadow them (``T.py``, ``T/__init__.py``, ``T`` + this interpreter's
+    extension suffixes) against a snapshot.
+
+    :meth:`pending` costs one ``stat`` per path (a few microseconds each; it
+    stops at the first difference) instead of one ``poll``.  It misses an
+    in-place edit that keeps the size and lands within one timestamp tick of
+    the previous change (1-10 ms on Linux, whose file times come from a coarse
+    clock), and ``mod.<tag>.so`` or ``mod/`` appearing beside ``mod.py``.
+    Every process has its own snapshot; :meth:`read` renews only the caller's.
+    """
+
+    def __init__(self, files: Mapping[str, str], search_path: Sequence[str]) -> None:
+        self._paths = sorted(set(files.values()))
+        self._paths += _candidate_paths(_plan(files, search_path))
+        self._snapshot: dict[str, tuple | None] | None = self._take()
+
+    def _take(self) -> dict[str, tuple | None]:
+        return {path: _status_key(path) for path in self._paths}
+
+    def fileno(self) -> int:
+        """Return -1: there is no fd to wait on; call :meth:`pending` on a timer."""
+        return -1
+
+    def pending(self) -> bool:
+        """Return True if a watched path differs from the snapshot.  Raise
+        ValueError if closed."""
+        if self._snapshot is None:
+            raise ValueError("watcher is closed")
+        return any(_status_key(path) != key for path, key in self._snapshot.items())
+
+    def read(self) -> list[str]:
+        """Return the sorted paths that differ from the snapshot, and take a new
+        one.  Raise ValueError if closed."""
+        if self._snapshot is None:
+            raise ValueError("watcher is closed")
+        fresh = self._take()
+        changed = sorted(path for path, key in fresh.items() if self._snapshot[path] != key)
+        self._snapshot = fresh
+        return changed
+
+    def close(self) -> None:
+        """Drop the snapshot: nothing is watched any more."""
+        self._snapshot = None
+
+
+def _status_key(path: str) -> tuple | None:
+    """Return what tells one version of ``path`` from another, None if it is
+    missing.  The ctime too: tools that keep the mtime (``cp -p``, tar) change it."""
+    status = _stat(path)
+    if status is None:
+        return None
+    return status.st_mtime_ns, status.st_ctime_ns, status.st_size, status.st_ino
+
+
+AnyWatcher = Union[Watcher, PollingWatcher]
+
+
+def open_watcher(files: Mapping[str, str], search_path: Sequence[str]) -> AnyWatcher:
+    """Return an inotify :class:`Watcher` on Linux, else (or if inotify fails,
+    which is logged) a :class:`PollingWatcher`."""
+    if sys.platform.startswith("linux"):
+        try:
+            return Watcher(files, search_path)
+        except OSError as exc:
+            log.warning("cannot watch the preloaded modules with inotify (%s); "
+                        "polling their files instead", exc)
+    return PollingWatcher(files, search_path)
+
