@@ -19,7 +19,8 @@ On Linux :class:`Watcher` uses inotify on the containing directories, the
 only kind of watch that survives a file being replaced by rename.  Elsewhere,
 or when inotify fails (no more watches or instances), :class:`PollingWatcher`
 compares ``stat`` results against a snapshot instead.  :func:`open_watcher`
-picks one.
+picks one.  Neither sees a change made between the preload and the watcher's
+creation; :func:`changed_since` closes that gap.
 
 Not seen: a write whose fd is still open (or through ``mmap``), a new
 directory or ``.pth`` file that changes the search path, a swapped symlink
@@ -71,6 +72,11 @@ WATCH_GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 
 EVENT_HEADER = struct.Struct("iIII")  # struct inotify_event without name[]
 READ_SIZE = 64 * 1024  # many events per read; one event is at most 16 + NAME_MAX + 1 bytes
+
+#: File times come from the kernel's coarse clock, up to one tick (1-10 ms)
+#: behind time.time_ns(); changed_since() allows for two ticks.
+TIMESTAMP_SLACK_NS = 20_000_000
+
 
 def modules_to_watch(names_before: AbstractSet[str], modules: Mapping[str, object]) -> dict[str, str]:
     """Return ``{module name: absolute file path}`` of the modules in ``modules``
@@ -166,7 +172,7 @@ def _importable_stem(name: str, is_dir: bool) -> str | None:
 
 def _candidate_paths(plan: Mapping[str, _Directory]) -> list[str]:
     """Return the paths whose appearance would shadow a preloaded module, for
-    this interpreter's suffixes (what polling stats)."""
+    this interpreter's suffixes (what polling and :func:`changed_since` stat)."""
     suffixes = [".py"] + importlib.machinery.EXTENSION_SUFFIXES
     paths = set()
     for directory, entry in plan.items():
@@ -182,6 +188,29 @@ def _stat(path: str) -> os.stat_result | None:
         return os.stat(path)
     except OSError:
         return None
+
+
+def changed_since(files: Mapping[str, str], search_path: Sequence[str], since_ns: int) -> list[str]:
+    """Return, sorted, the watched files that are missing or changed at or
+    after ``since_ns`` (``time.time_ns()`` taken before the preload), and the
+    shadowing candidates that appeared since then.
+
+    Call it right after creating the watcher: the preload saw what changed
+    before ``since_ns``, the watcher sees what changes after its creation, this
+    names what changed in between.  Clock slack makes it err towards naming a
+    file (a needless rebuild); a network file system's skewed clock can hide one.
+    """
+    limit = since_ns - TIMESTAMP_SLACK_NS
+    changed = []
+    for path in sorted(set(files.values())):
+        status = _stat(path)
+        if status is None or status.st_ctime_ns >= limit:
+            changed.append(path)
+    for path in _candidate_paths(_plan(files, search_path)):
+        status = _stat(path)
+        if status is not None and status.st_ctime_ns >= limit:
+            changed.append(path)
+    return sorted(changed)
 
 
 class Event(NamedTuple):
@@ -273,7 +302,8 @@ class Watcher(_Closing):
             code = ctypes.get_errno()
             gone = code in (errno.ENOENT, errno.ENOTDIR)
             if gone or (code == errno.EACCES and not entry.files):
-                # Nothing can be imported from it.
+                # Nothing can be imported from it; a file already gone is
+                # changed_since()'s to report.
                 return
             raise OSError(code, "inotify_add_watch %s: %s" % (directory, os.strerror(code)))
         self._dirs.setdefault(wd, []).append((directory, entry))
