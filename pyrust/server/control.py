@@ -19,9 +19,11 @@ from pyrust import __version__, protocol
 class ServiceInfo:
     """What the supervisor tells its workers about the service at fork time."""
 
-    def __init__(self, source: str, path: str, started: float, scoreboard) -> None:
+    def __init__(self, source: str, path: str, started: float, scoreboard,
+                 freshness=None) -> None:
         self.source, self.path, self.started = source, path, started  # started: time.time()
         self.scoreboard = scoreboard
+        self.freshness = freshness  # the preloaded modules' watch (freshness.Freshness)
 
 
 def handle(op: bytes, worker) -> "tuple[int, bytes]":

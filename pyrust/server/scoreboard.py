@@ -23,8 +23,9 @@ from struct import Struct
 # requests of workers that are gone; the compile-cache epoch (bumped to make
 # every worker clear its cache); the wall-clock time of the last failed run;
 # workers that failed at start in a row; the monotonic time of the last
-# activity of workers that are gone; forks so far.
-_HEADER = Struct("=qqqqqdqdq")
+# activity of workers that are gone; forks so far; the stale epoch (bumped when
+# a preloaded module's file may have changed: workers forked before are stale).
+_HEADER = Struct("=qqqqqdqdqq")
 _COUNT = Struct("=q")
 _RETIRED = Struct("=qqq")
 _RETIRED_OFFSET = 8
@@ -35,6 +36,7 @@ _LAST_FAILURE_OFFSET = 40
 _START_FAILURES_OFFSET = 48
 _LAST_ACTIVITY_OFFSET = 56
 _FORKS_OFFSET = 64
+_STALE_OFFSET = 72
 _STATE = Struct("=d")
 _COUNTERS = Struct("=qqqqd")   # pid, runs served, runs failed, control requests, idle since
 #: Runs each slot remembers, for the latency of recent runs.
@@ -259,6 +261,18 @@ class Scoreboard:
         forks = _Q.unpack_from(self._mm, _FORKS_OFFSET)[0]
         _D.pack_into(self._mm, self._fork_ring_offset() + (forks % FORK_RING) * _D.size, seconds)
         _Q.pack_into(self._mm, _FORKS_OFFSET, forks + 1)
+
+    def bump_stale_epoch(self) -> None:
+        """Mark every worker forked so far as possibly stale (see ``freshness``)."""
+        _Q.pack_into(self._mm, _STALE_OFFSET, self.stale_epoch() + 1)
+
+    def unbump_stale_epoch(self) -> None:
+        """Take the last mark back: the change was nothing the preloads depend on."""
+        _Q.pack_into(self._mm, _STALE_OFFSET, self.stale_epoch() - 1)
+
+    def stale_epoch(self) -> int:
+        """Return the stale epoch: a worker forked at another one may run stale code."""
+        return _Q.unpack_from(self._mm, _STALE_OFFSET)[0]
 
     def set_start_failures(self, count: int) -> None:
         """Publish how many workers in a row failed at start (0: they start)."""

@@ -26,6 +26,7 @@ from pyrust.config import MAX_WORKERS
 from pyrust.errors import PyrustError
 from pyrust.server.backoff import BOOT_GRACE, BootBackoff
 from pyrust.server.control import ServiceInfo
+from pyrust.server.freshness import Freshness
 from pyrust.server.scoreboard import TERMINAL, Scoreboard
 from pyrust.server.terminals import Terminals, exit_code
 from pyrust.server.worker import Worker
@@ -69,20 +70,25 @@ class Supervisor:
     """Keeps ``config.workers`` spares ready on ``listener`` until told to stop.
 
     ``reload_config`` is called on SIGHUP and returns the new configuration
-    (raising PyrustError keeps the old one).
+    (raising PyrustError keeps the old one); ``preload(names)`` imports the
+    preload list (raising PyrustError if one fails).
     """
 
-    def __init__(self, config, listener, notifier, reload_config=None) -> None:
+    def __init__(self, config, listener, notifier, reload_config=None,
+                 preload=lambda names: None) -> None:
         self.config = config
         self.listener = listener
         self.notifier = notifier
         self.reload_config = reload_config
+        self._preload = preload
         self.workers: dict = {}  # pid -> WorkerInfo
         self.generation = 0
         self.scoreboard = Scoreboard(MAX_SLOTS)
         self.terminals = Terminals()
         self.started = time.monotonic()
-        self.info = ServiceInfo(listener.source, listener.path, time.time(), self.scoreboard)
+        self.freshness = Freshness(self.scoreboard)
+        self.info = ServiceInfo(listener.source, listener.path, time.time(), self.scoreboard,
+                                self.freshness)
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._watchdog = notifier.watchdog_interval()
@@ -90,6 +96,13 @@ class Supervisor:
         self._next_rss_check = 0.0
         self._timed_out: set = set()  # pids killed for ignoring their time limit
         self.boot = BootBackoff()
+
+    def preload(self) -> None:
+        """Import the configuration's preload list into the template, and watch it.
+
+        Raise PyrustError if a module fails to import.
+        """
+        self.freshness.preload(lambda: self._preload(self.config.preload))
 
     def run(self) -> int:
         """Serve until a stop signal (or idle exit); return the exit code (0 on a clean stop)."""
@@ -119,14 +132,19 @@ class Supervisor:
     def _wait(self, timeout: float | None) -> list:
         """Block until a signal arrives, a worker or a run's client says something, or
         ``timeout`` passes; take what the workers said; return the signal numbers."""
+        watched = [self._wake_r] + self.terminals.watched()
+        stale_fd = self.freshness.fileno()
+        if stale_fd is not None and not self.stopping:
+            watched.append(stale_fd)
         try:
-            readable = select.select([self._wake_r] + self.terminals.watched(), [], [],
-                                     timeout)[0]
+            readable = select.select(watched, [], [], timeout)[0]
         except InterruptedError:
             readable = []
         if self.terminals.channel in readable:
             self.terminals.receive()
         self.terminals.relay(readable)
+        if stale_fd is not None and stale_fd in readable:
+            self._rebuild_if_stale()
         try:
             return list(os.read(self._wake_r, 4096))
         except BlockingIOError:
@@ -305,9 +323,32 @@ class Supervisor:
         self.notifier.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
         if self.reload_config is not None:
             try:
-                self.config = self.reload_config()
+                config = self.reload_config()
+                self.freshness.preload(lambda: self._preload(config.preload))
+                self.config = config
             except PyrustError as exc:
                 log.error("reload: keeping the running configuration: %s", exc)
+        self._new_generation()
+
+    def _rebuild_if_stale(self) -> None:
+        """A preloaded module's file (or one that would shadow it) changed: import
+        the preloads afresh and replace the spares, as a reload does."""
+        changed = self.freshness.changes()
+        if not changed:
+            return
+        log.info("preloaded code changed (%s): rebuilding the template",
+                 ", ".join(changed[:5]) + (" and %d more" % (len(changed) - 5)
+                                           if len(changed) > 5 else ""))
+        self.notifier.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
+        try:
+            self.freshness.rebuild(lambda: self._preload(self.config.preload))
+        except PyrustError as exc:  # the new code does not import: runs import it themselves
+            log.error("rebuilding the template: %s; runs import the preloads themselves "
+                      "until the next change", exc)
+        self._new_generation()
+
+    def _new_generation(self) -> None:
+        """Fork spares of a new generation and retire every older worker."""
         old = list(self.workers.items())
         self.generation += 1
         for pid, info in old:

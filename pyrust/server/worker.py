@@ -289,6 +289,8 @@ class Worker:
         if job.fds is not None:
             self._run_to_exit(job, conn)  # returns only if the program was refused
             return False
+        if self.info.freshness is not None:
+            self.info.freshness.refresh()
         return self._run_captured(job, conn, extended)
 
     def _run_captured(self, job: Job, conn: socket.socket, extended: bool) -> bool:
@@ -327,6 +329,8 @@ class Worker:
             self.slot.end(ok=False)
             conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, refusal.encode()))
             return
+        if self.info.freshness is not None:
+            self.info.freshness.refresh(last=True)
         self.slot.begin(TERMINAL)
         self._tell(TERMINAL_RUN.pack(b"T", os.getpid(), self.peer_pid,
                                      len(job.source), job.form.encode()))
