@@ -252,7 +252,7 @@ def test_workers_stop_when_the_supervisor_is_killed(make_server):
     server = make_server(workers=2)
     assert server.request("1") == (0, "1\n")
     workers = [psutil.Process(pid) for pid in server.worker_pids()]
-    assert len(workers) >= 2  # the spares (and perhaps the one that served, ending)
+    assert workers  # the spares (one may still be forking)
     server.proc.kill()  # SIGKILL: the supervisor gets no chance to stop them
     server.proc.wait(TIMEOUT)
     gone, alive = psutil.wait_procs(workers, timeout=TIMEOUT)

@@ -213,6 +213,10 @@ class Supervisor:
                 return
             info = self.workers.pop(pid, None)
             if info is not None:
+                # A worker says it took a connection before it can end: take
+                # what it said now, or its copy of the connection would be
+                # read after its death and held forever.
+                self.terminals.receive()
                 self._ended(pid, status, info)
 
     def _ended(self, pid: int, status: int, info: WorkerInfo) -> None:

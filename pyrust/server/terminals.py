@@ -112,8 +112,13 @@ class Terminals:
         self.running.pop(pid, None)
         if conn is None:
             return
+        # Owed: the exit status of a run on the client's terminal, or word of a
+        # death in the middle of a request (a worker that exits 0 in the middle
+        # of one saw its client leave mid-frame: nobody waits).
+        died = not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+        owed = state.busy_since and (kind == TERMINAL or died)
         try:
-            reply = _reply(status, kind, timed_out) if state.busy_since else None
+            reply = _reply(status, kind, timed_out) if owed else None
             if reply is not None:
                 conn.send(reply, socket.MSG_DONTWAIT)
         except OSError:
