@@ -144,8 +144,8 @@ def exit_sequence(code: int) -> int:
     atexit._run_exitfuncs()
     for stream, failure in ((sys.stdout, 120), (sys.stderr, code)):
         try:
-            if stream is not None:
-                stream.flush()
+            if stream is not None and not getattr(stream, "closed", False):
+                stream.flush()  # as python: a stream the program closed is left alone
         except Exception as exc:
             if failure == 120:
                 _unraisable("Exception ignored on flushing sys.stdout", exc)

@@ -189,6 +189,7 @@ class Supervisor:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self.terminals.in_child()
+            self.listener.in_child()
             worker = Worker(self.listener.sock, self.config,
                             self.scoreboard.attach(index, os.getpid()),
                             self.terminals.worker_end, self.info, supervisor_pid)

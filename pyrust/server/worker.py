@@ -27,7 +27,7 @@ import struct
 import time
 
 from pyrust import protocol
-from pyrust.server import control, osutil
+from pyrust.server import control, logs, osutil
 from pyrust.server.executor import Executor, Job, v1_job
 from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
 from pyrust.trust import peer_credentials
@@ -337,6 +337,7 @@ class Worker:
         self.channel.close()
         self.conn = None
         conn.close()  # the supervisor holds it now: it relays Ctrl-C and sends the exit status
+        logs.release()
         self.executor.run_to_exit(job)
 
     def _job(self, fields: dict, fds: tuple):
