@@ -34,23 +34,22 @@ class _Pyrust:
         from pyrust.server.worker import Worker
 
         board = Scoreboard(4)
-        self._wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._channel, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.worker = Worker(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), Config(),
-                             board.attach(board.claim(), os.getpid()), wake_w,
-                             ServiceInfo("bench", "-", time.time(), board))
+                             board.attach(board.claim(), os.getpid()), channel,
+                             ServiceInfo("bench", "-", time.time(), board), os.getppid())
         self.request = self.worker.handle_request
         self.connection = self.worker.serve_connection
-        self._previous = [signal.getsignal(sig)
-                          for sig in (signal.SIGTERM, signal.SIGALRM, signal.SIGIO)]
+        self._previous = [signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGALRM)]
         signal.signal(signal.SIGTERM, self.worker._on_stop)
         self.worker.executor.install_signals()  # the time limit is armed, as in a worker
 
     def close(self) -> None:
-        for sig, previous in zip((signal.SIGTERM, signal.SIGALRM, signal.SIGIO), self._previous):
+        for sig, previous in zip((signal.SIGTERM, signal.SIGALRM), self._previous):
             signal.signal(sig, previous)
         self.worker.listener.close()
-        os.close(self._wake_r)
-        os.close(self.worker.wake_fd)
+        self._channel.close()
+        self.worker.channel.close()
 
 
 class _Floor:

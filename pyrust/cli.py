@@ -161,23 +161,57 @@ def run_program(opts: dict) -> int:
         fields.append((protocol.CWD, os.getcwdb()))
     except OSError:
         pass  # the directory is gone: the program runs in the service's own
-    message = client.extended_request(fields, (0, 1, 2))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    fields.append((protocol.UMASK, mask.to_bytes(4, "big")))
+    extra = _open_fds()
+    if extra:
+        fields.append((protocol.FD_NUMBERS, b"".join(fd.to_bytes(4, "big") for fd in extra)))
+    message = client.extended_request(fields, (0, 1, 2) + extra)
     status, payload = client.request(lambda: connect(opts), message, forward_interrupts=True)
     if status in (protocol.OK, protocol.ERROR, protocol.TIMEOUT) and len(payload) >= 4:
         (code,) = protocol.EXIT_CODE.unpack(payload[:4])
-        if code < 0:
-            _die_by_signal(-code)
-        return code
+        return _die_by_signal(-code) if code < 0 else code
     return _failed(status, payload)
 
 
-def _die_by_signal(signum: int) -> None:
-    """End this process by ``signum``, as python does after an uncaught KeyboardInterrupt."""
+#: The most fds beyond 0-2 a run takes along (one message carries 253 at most).
+MAX_EXTRA_FDS = 250
+
+
+def _open_fds() -> tuple:
+    """Return this process's open fds above 2 (``3>file``, ``<(...)``), which the
+    program gets at the same numbers, as python would have them."""
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(listing)
+        except OSError:
+            continue
+        fds = []
+        for name in names:
+            fd = int(name)
+            if fd > 2:
+                try:
+                    os.fstat(fd)  # the listing's own fd is closed by now
+                except OSError:
+                    continue
+                fds.append(fd)
+        return tuple(sorted(fds)[:MAX_EXTRA_FDS])
+    return ()
+
+
+def _die_by_signal(signum: int) -> int:
+    """End this process by ``signum``, as python does after an uncaught KeyboardInterrupt
+    or when a signal killed it; return 128 + signum if the signal does not end it."""
     import _signal
 
     sys.stdout.flush()
-    _signal.signal(signum, _signal.SIG_DFL)
+    try:
+        _signal.signal(signum, _signal.SIG_DFL)
+    except (OSError, ValueError):  # SIGKILL keeps its default anyway
+        pass
     os.kill(os.getpid(), signum)
+    return 128 + signum
 
 
 def _failed(status: int, payload: bytes) -> int:

@@ -10,7 +10,6 @@ import _socket
 from pyrust import protocol, trust
 from pyrust.errors import ServiceUnavailable, UntrustedService
 
-_FDS = protocol.Struct("3i")
 #: What the client sends on the connection when Ctrl-C is pressed during a run.
 INTERRUPT = b"\x03"
 
@@ -57,7 +56,8 @@ def v1_request(code: bytes):
 
 
 def extended_request(fields, fds=None):
-    """Return the message of an extended request; ``fds`` (0, 1, 2) travel with it."""
+    """Return the message of an extended request; ``fds`` (0, 1, 2, then those the
+    fd-numbers field names) travel with it."""
     header, payload = protocol.encode_extended(fields)
     return header, payload, fds
 
@@ -130,7 +130,8 @@ def _send(sock, message) -> None:
         sock.sendall(header + payload)
         return
     sock.sendall(header)  # never the fds on the header: see docs/protocol.md
-    sent = sock.sendmsg([payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FDS.pack(*fds))])
+    sent = sock.sendmsg([payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                     protocol.Struct("%di" % len(fds)).pack(*fds))])
     if sent < len(payload):
         sock.sendall(payload[sent:])
 

@@ -41,8 +41,6 @@ MAX_MEMORY_BYTES = 1024 ** 4
 #: Smallest address-space limit: below it a worker dies at start, is replaced,
 #: dies again: a loop, not a limit.
 MIN_ADDRESS_SPACE = 64 * 1024 ** 2
-#: Largest request count (``max_requests``, its jitter).
-MAX_COUNT = 10 ** 9
 #: Largest compile cache, in programs.
 MAX_CACHE_ENTRIES = 65536
 #: Longest socket path in bytes: ``sun_path`` holds 108 bytes on Linux, 104 on
@@ -194,16 +192,13 @@ class Config:
         doc="socket path (default: $XDG_RUNTIME_DIR/pyrust/pyrust.sock)")
     workers: int = _setting(
         check=_count(1, MAX_WORKERS), factory=lambda: min(os.cpu_count() or 1, MAX_WORKERS),
-        doc="worker processes (default: one per CPU)")
+        doc="spare workers kept waiting for a connection (default: one per CPU)")
     preload: list = _setting(
         check=_MODULES, factory=list,
-        doc="modules imported once before the workers fork")
+        doc="modules imported once by the template, before it forks the workers")
     max_workers: int = _setting(
         0, _count(0, MAX_WORKERS, "four times workers"),
-        doc="ceiling the pool grows to while every worker is busy (0: four times `workers`)")
-    shrink_after: float = _setting(
-        30.0, _seconds(),
-        doc="seconds an extra worker may stay idle before it is retired")
+        doc="workers alive at once, spares and busy ones (0: four times `workers`)")
     max_request_bytes: int = _setting(
         10 * 1024 * 1024, _bytes(1, MAX_MESSAGE_BYTES),
         doc="largest request payload accepted, in bytes")
@@ -216,13 +211,6 @@ class Config:
     kill_grace: float = _setting(
         5.0, _seconds(),
         doc="seconds after the interrupt before a worker that ignores it is killed")
-    max_requests: int = _setting(
-        0, _count(0, MAX_COUNT, "never"),
-        doc="requests after which a worker is replaced (0: never)")
-    max_requests_jitter: int = _setting(
-        0, _count(0, MAX_COUNT),
-        doc="up to this many more requests, at random per worker, so they do not all "
-            "restart at once")
     max_worker_rss: int = _setting(
         1024 ** 3, _bytes(1, MAX_MEMORY_BYTES, zero_means="never"),
         doc="resident memory (bytes) above which a worker is replaced between requests "

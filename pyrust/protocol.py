@@ -52,9 +52,12 @@ CWD = 5       #: the client's working directory (bytes)
 ENV = 6       #: one KEY=VALUE of the client's environment (bytes), repeated
 TIMEOUT_MS = 7  #: u32: time limit in milliseconds (0: none); absent: the server's
 STDIO = 8     #: one byte: "f" fds 0-2 are attached; "c" capture output as v1 does
+UMASK = 9     #: u32: the client's umask; absent: the worker's
+FD_NUMBERS = 10  #: u32 each: the numbers of the fds attached after 0-2, in order
 REPEATED = (ARG, ENV)
+SINGLE = (OP, FORM, SOURCE, CWD, TIMEOUT_MS, STDIO, UMASK, FD_NUMBERS)
 #: Fields whose value has a fixed size, in bytes.
-SIZES = {OP: 1, FORM: 1, TIMEOUT_MS: 4, STDIO: 1}
+SIZES = {OP: 1, FORM: 1, TIMEOUT_MS: 4, STDIO: 1, UMASK: 4}
 
 OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION = b"r", b"s", b"S", b"C", b"R", b"v"
 OPS = (OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION)
@@ -178,7 +181,7 @@ def decode_fields(payload: bytes) -> dict:
                                 % (tag, SIZES[tag], size), False)
         if tag in REPEATED:
             fields[tag].append(value)
-        elif tag in (OP, FORM, SOURCE, CWD, TIMEOUT_MS, STDIO) and tag not in fields:
+        elif tag in SINGLE and tag not in fields:
             fields[tag] = value
         else:
             raise ProtocolError("malformed extended request: unknown or repeated field %d"

@@ -24,7 +24,8 @@ def describe(payload: bytes) -> bytes:
         "pyrust %s (Python %s), up %.0f s" % (s["version"], s["python"], s["uptime_seconds"]),
         "socket:     %s (from %s)" % (s["socket"]["path"], s["socket"]["obtained_from"]),
         "supervisor: pid %d, %s" % (s["supervisor"]["pid"], _mib(s["supervisor"]["rss"])),
-        "workers:    %d busy, %d idle" % (s["workers_busy"], s["workers_idle"]),
+        "workers:    %d spares, %d busy, %d connected and idle"
+        % (s["spares"], s["workers_busy"], s["workers_idle"] - s["spares"]),
     ]
     lines += ["  pid %-7d %-9s %6d served %4d failed %4d control  %s"
               % (w["pid"], w["state"], w["served"], w["failed"], w["control"], _mib(w["rss"]))
@@ -38,10 +39,16 @@ def describe(payload: bytes) -> bytes:
                             "p50 %.3f ms, p99 %.3f ms (last %d runs)"
                             % (recent["p50_ms"], recent["p99_ms"], recent["count"])),
         "control:    %d requests (status and the like)" % s["control_requests"],
+        "forks:      %d spares forked%s" % (s["forks"]["total"], "" if not s["forks"]["count"]
+                                           else ", p50 %.3f ms, p99 %.3f ms each"
+                                           % (s["forks"]["p50_ms"], s["forks"]["p99_ms"])),
         "preloaded:  %s" % (", ".join(s["preloaded_modules"]) or "(none)"),
         "cache:      %d of %d compiled programs (in the worker that answered)"
         % (s["compile_cache"]["entries"], s["compile_cache"]["capacity"]),
     ]
+    if s["workers_failing_at_start"]:
+        lines.append("WARNING:    %d workers in a row failed at start; new ones are forked "
+                     "ever more slowly (the log says why)" % s["workers_failing_at_start"])
     return ("\n".join(lines) + "\n").encode()
 
 

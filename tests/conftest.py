@@ -90,10 +90,7 @@ class Server:
         self.path = str(base / "pyrust.sock")
         self.log_path = base / "server.log"
         config = base / "config.toml"
-        # A fixed pool unless the test asks for growth: tests that compare
-        # worker pids must not meet a worker the pool grew for a waiting connection.
-        fixed = "" if "max_workers" in config_text else "max_workers = %d\n" % workers
-        config.write_text("workers = %d\n%s%s" % (workers, fixed, config_text))
+        config.write_text("workers = %d\n%s" % (workers, config_text))
         self.config_path = str(config)
         self.env = env or {}
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

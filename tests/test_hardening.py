@@ -4,6 +4,7 @@ Every case runs against a live server and ends by checking it still serves.
 """
 
 import os
+import signal
 import threading
 
 import psutil
@@ -17,12 +18,18 @@ def still_serves(server):
     assert server.request("2+3") == (0, "5\n")
 
 
-def died_without_reply(server, code):
-    """Send ``code``; assert the worker died running it (end-of-file, no reply)."""
+def died_running(server, code) -> str:
+    """Send ``code``; assert the worker died running it; return how, as the
+    supervisor (which holds a copy of the connection) told the client."""
     with server.connect() as sock:
         sock.sendall(protocol.encode_request(code.encode()))
+        status, output = protocol.read_response(sock)
+        assert status == protocol.WORKER_DIED
         with pytest.raises(protocol.ConnectionClosed):
             protocol.read_response(sock)
+    prefix = b"the worker died while running the code: "
+    assert output.startswith(prefix)
+    return output[len(prefix):].decode()
 
 
 # --- access ----------------------------------------------------------------------
@@ -81,10 +88,11 @@ def test_output_over_the_reply_limit_is_refused(make_server):
 
 def test_the_memory_limit_turns_a_huge_allocation_into_memory_error(make_server):
     server = make_server("max_worker_memory = 1073741824\n", workers=1)
-    pid = server.request("import os; os.getpid()")
-    status, output = server.request("b = bytearray(2 * 1024 ** 3)")
-    assert status == protocol.ERROR and output.endswith("MemoryError\n")
-    assert server.request("import os; os.getpid()") == pid  # the same worker goes on
+    with server.connect() as sock:
+        pid = request(sock, "import os; os.getpid()")
+        status, output = request(sock, "b = bytearray(2 * 1024 ** 3)")
+        assert status == protocol.ERROR and output.endswith("MemoryError\n")
+        assert request(sock, "import os; os.getpid()") == pid  # the same worker goes on
     still_serves(server)
 
 
@@ -92,12 +100,13 @@ def test_the_memory_limit_turns_a_huge_allocation_into_memory_error(make_server)
 
 def test_a_runaway_loop_is_interrupted_with_a_clear_message(make_server):
     server = make_server("request_timeout = 0.5\n", workers=1)
-    pid = server.request("import os; os.getpid()")
-    status, output = server.request("print('started')\nwhile True: pass")
-    assert status == protocol.TIMEOUT
-    assert output.startswith("started\nTraceback (most recent call last):\n")
-    assert output.endswith("pyrust.RequestTimeout: timed out after 0.5 s\n")
-    assert server.request("import os; os.getpid()") == pid  # no need for a new worker
+    with server.connect() as sock:
+        pid = request(sock, "import os; os.getpid()")
+        status, output = request(sock, "print('started')\nwhile True: pass")
+        assert status == protocol.TIMEOUT
+        assert output.startswith("started\nTraceback (most recent call last):\n")
+        assert output.endswith("pyrust.RequestTimeout: timed out after 0.5 s\n")
+        assert request(sock, "import os; os.getpid()") == pid  # the session goes on
     still_serves(server)
 
 
@@ -122,28 +131,29 @@ def test_code_that_catches_the_interrupt_gets_it_again(make_server, code):
     "import signal\n_ = signal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True: pass",
 ])
 def test_code_that_ignores_the_interrupt_loses_its_worker(make_server, code):
-    # max_workers = 1: only the replacement can answer next, so its answer
-    # proves the supervisor has handled (and logged) the death.
-    server = make_server("request_timeout = 0.3\nkill_grace = 0.3\nmax_workers = 1\n",
-                         workers=1)
-    died_without_reply(server, code)
-    still_serves(server)  # a fresh worker took its place
+    server = make_server("request_timeout = 0.3\nkill_grace = 0.3\n", workers=1)
+    assert died_running(server, code) == ("it ran past its time limit and ignored the "
+                                          "interrupt, so it was killed")
+    still_serves(server)
     assert "ignored the interrupt; killing the worker" in server.log()
     assert "died while running a request" in server.log()
 
 
-def test_the_cli_explains_a_worker_that_died(make_server):
+@pytest.mark.parametrize("code, returncode", [
+    ("import os; os._exit(3)", 3),
+    ("import ctypes; ctypes.string_at(0)", -signal.SIGSEGV),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", -signal.SIGKILL),
+])
+def test_the_cli_ends_as_python_when_the_program_ends_abruptly(make_server, code, returncode):
     import subprocess
     import sys
     from conftest import pyrust_env
 
     server = make_server(workers=1)
-    result = subprocess.run([sys.executable, "-m", "pyrust", "-c", "import os; os._exit(3)"],
+    result = subprocess.run([sys.executable, "-m", "pyrust", "-c", code],
                             capture_output=True, timeout=TIMEOUT,
                             env=pyrust_env(PYRUST_SOCKET=server.path))
-    assert result.returncode == 125
-    assert result.stderr.decode().startswith("pyrust: the worker running the code died "
-                                             "before it replied")
+    assert (result.returncode, result.stderr) == (returncode, b"")
     still_serves(server)
 
 
@@ -167,29 +177,29 @@ def test_a_quick_request_is_not_kept_waiting_by_slow_ones(make_server, gate):
     for t in threads:
         t.join(TIMEOUT)
     assert replies == [(0, "'slow'\n")] * 3
-    assert len(server.worker_pids()) == 4
 
 
-def test_the_pool_shrinks_back_when_idle(make_server, gate):
-    server = make_server("max_workers = 3\nshrink_after = 0.2\n", workers=1)
-    assert server.request("1") == (0, "1\n")
-    (original,) = server.worker_pids()
+def test_the_pool_never_passes_max_workers(make_server, gate):
+    import json
+    import subprocess
+    import sys
+    from conftest import pyrust_env
+
+    server = make_server("max_workers = 2\n", workers=1)
     threads = [threading.Thread(target=server.request, args=(gate.program(),))
                for _ in range(2)]
     for t in threads:
         t.start()
-    held = [gate.accept() for _ in range(2)]
-    assert server.request("1") == (0, "1\n")
-    extra = [psutil.Process(pid) for pid in server.worker_pids() - {original}]
-    assert len(extra) == 2
-    for conn in held:
+    held = [gate.accept() for _ in range(2)]  # two workers busy: the ceiling
+    status = subprocess.Popen([sys.executable, "-m", "pyrust", "status", "--json"],
+                              stdout=subprocess.PIPE, env=pyrust_env(PYRUST_SOCKET=server.path))
+    for conn in held:  # the status query waits in the backlog until one ends
         conn.sendall(b"!")
     for t in threads:
         t.join(TIMEOUT)
-    # The extra workers go once idle for shrink_after; the first one stays.
-    gone, alive = psutil.wait_procs(extra, timeout=TIMEOUT)
-    assert alive == []
-    assert server.worker_pids() == {original}
+    out, _ = status.communicate(timeout=TIMEOUT)
+    assert len(json.loads(out)["workers"]) <= 2
+    assert len(server.worker_pids()) <= 2
     still_serves(server)
 
 
@@ -201,9 +211,10 @@ def test_the_pool_shrinks_back_when_idle(make_server, gate):
     ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "killed by SIGKILL"),
 ])
 def test_a_worker_that_dies_is_reported_and_replaced(make_server, code, how):
-    server = make_server("max_workers = 1\n", workers=1)
-    died_without_reply(server, code)
-    still_serves(server)  # served by the replacement, so the death was handled
+    server = make_server(workers=1)
+    assert died_running(server, code) == "it " + how.replace("killed", "was killed")\
+        .replace("exit status", "exited with status")
+    still_serves(server)
     assert "died while running a request" in server.log() and how in server.log()
 
 
@@ -227,47 +238,43 @@ def test_exhaustion_inside_the_code_is_an_error_not_a_crash(make_server, code, l
 
 def test_code_that_closes_or_replaces_fds_0_to_2(make_server):
     server = make_server(workers=1)
-    pid = server.request("import os; os.getpid()")
-    assert server.request("import os\nfor fd in (0, 1, 2): os.close(fd)")[0] == 0
-    assert server.request("import os\nfd = os.open(os.devnull, os.O_WRONLY)\n"
-                          "os.dup2(fd, 1); os.dup2(fd, 2)")[0] == 0
-    assert server.request(b"\xff")[0] == protocol.BAD_REQUEST  # makes the worker log a line
-    assert server.request("import os; os.getpid()") == pid
+    with server.connect() as sock:
+        pid = request(sock, "import os; os.getpid()")
+        assert request(sock, "import os\nfor fd in (0, 1, 2): os.close(fd)")[0] == 0
+        assert request(sock, "import os\nfd = os.open(os.devnull, os.O_WRONLY)\n"
+                       "os.dup2(fd, 1); os.dup2(fd, 2)")[0] == 0
+        assert request(sock, b"\xff")[0] == protocol.BAD_REQUEST  # makes the worker log a line
+        assert request(sock, "import os; os.getpid()") == pid
     assert "refused a request: invalid request" in server.log()  # its stderr still works
     still_serves(server)
 
 
 # --- recycling ---------------------------------------------------------------------
 
-def test_workers_are_recycled_after_max_requests(make_server):
-    server = make_server("max_requests = 5\n", workers=1)
-    pids = [server.request("import os; os.getpid()")[1] for _ in range(10)]
-    assert pids[:5] == [pids[0]] * 5 and pids[5:] == [pids[5]] * 5 and pids[0] != pids[5]
-
-
 def test_a_worker_over_max_worker_rss_is_replaced_between_requests(make_server):
     server = make_server("max_worker_rss = 209715200\n", workers=1)
-    status, pid = server.request("import builtins, os\n"
-                                 "builtins.hog = bytearray(300 * 1024 * 1024)\nos.getpid()")
-    assert status == 0
-    gone, alive = psutil.wait_procs([psutil.Process(int(pid))], timeout=TIMEOUT)
-    assert alive == []
+    with server.connect() as sock:  # a session, so the worker outlives the request
+        status, pid = request(sock, "import builtins, os\n"
+                              "builtins.hog = bytearray(300 * 1024 * 1024)\nos.getpid()")
+        assert status == 0
+        gone, alive = psutil.wait_procs([psutil.Process(int(pid))], timeout=TIMEOUT)
+        assert alive == []
     assert "over max_worker_rss; replacing it" in server.log()
-    assert server.request("import os; os.getpid()")[1] != pid
 
 
 BREAK_START = '''
 import os
+import signal
 from pyrust.server import worker
 
 FLAG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "broken")
 _start = worker.Worker.start
 
 
-def start(self, supervisor_pid):
+def start(self, *args):
     if os.path.exists(FLAG):
         raise RuntimeError("worker start-up is broken")
-    _start(self, supervisor_pid)
+    _start(self, *args)
 
 
 worker.Worker.start = start

@@ -213,20 +213,25 @@ def test_ctrl_c_interrupts_the_code_as_in_python(parity_server):
     assert results[0][1].endswith(b"KeyboardInterrupt")
 
 
-def test_a_killed_client_frees_its_worker(tmp_path):
+def test_a_killed_client_hangs_up_its_run(tmp_path):
+    """As a terminal does when it closes: the run's process group gets SIGHUP,
+    so the program and the children it started end."""
+    import psutil
     from conftest import Server
 
     server = Server(tmp_path / "server", workers=1)
     try:
-        pid = server.request("import os; os.getpid()")
-        proc = subprocess.Popen([sys.executable, "-m", "pyrust", "-c",
-                                 "import time\nprint('ready', flush=True)\ntime.sleep(600)"],
+        program = ("import os, subprocess, time\n"
+                   "child = subprocess.Popen(['sleep', '600'])\n"
+                   "print(os.getpid(), child.pid, flush=True)\ntime.sleep(600)")
+        proc = subprocess.Popen([sys.executable, "-m", "pyrust", "-c", program],
                                 stdout=subprocess.PIPE, env=pyrust_env(PYRUST_SOCKET=server.path))
-        assert proc.stdout.readline() == b"ready\n"
+        pids = [psutil.Process(int(pid)) for pid in proc.stdout.readline().split()]
         proc.kill()
         proc.wait(TIMEOUT)
-        # The only worker is free again (its sleep was interrupted), not replaced.
-        assert server.request("import os; os.getpid()", timeout=10) == pid
+        gone, alive = psutil.wait_procs(pids, timeout=TIMEOUT)
+        assert alive == []
+        assert server.request("2+3", timeout=10) == (0, "5\n")
     finally:
         server.close()
 

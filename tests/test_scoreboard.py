@@ -3,14 +3,15 @@ a worker, the ring of recent run durations and the last failure's time."""
 
 import time
 
-from pyrust.server.scoreboard import ACCEPTING, CONNECTED, RING, Scoreboard
+from pyrust.server.scoreboard import CONNECTED, RING, TERMINAL, V1, Scoreboard
 
 
 def test_a_slot_counts_runs_and_control_requests_apart():
     board = Scoreboard(4)
     slot = board.attach(board.claim(), 1234)
-    assert board.accepting_count() == 1
-    assert slot.connected()  # it was the only one accepting
+    assert board.spares() == 1 and board.read(0).spare
+    slot.connected()
+    assert board.spares() == 0
     for ok in (True, True, False):
         slot.begin()
         assert board.read(0).busy_since > 0
@@ -24,8 +25,36 @@ def test_a_slot_counts_runs_and_control_requests_apart():
     assert (totals.served, totals.failed, totals.control) == (2, 1, 1)
     assert len(totals.durations) == 3  # control requests take no place among runs
     assert abs(totals.last_failure - time.time()) < 60
-    slot.accepting()
-    assert board.read(0).state == ACCEPTING
+    assert board.kind(0) == V1
+
+
+def test_a_run_on_the_terminal_is_counted_by_the_supervisor():
+    board = Scoreboard(2)
+    index = board.claim()
+    slot = board.attach(index, 7)
+    slot.connected()
+    slot.begin(TERMINAL)
+    assert board.kind(index) == TERMINAL and board.read(index).busy_since
+    assert board.record_run(index, ok=False) >= 0  # the worker is gone; the supervisor counts
+    state = board.release(index)
+    assert (state.served, state.failed) == (0, 1)
+    totals = board.totals()
+    assert (totals.served, totals.failed, len(totals.durations)) == (0, 1, 1)
+    assert totals.last_failure is not None
+    assert board.last_activity() > 0
+
+
+def test_retire_marks_and_fork_times():
+    board = Scoreboard(2)
+    slot = board.attach(board.claim(), 1)
+    assert not slot.retiring()
+    board.ask_to_retire(0)
+    assert slot.retiring()
+    for seconds in (0.001, 0.002):
+        board.record_fork(seconds)
+    assert board.forks() == (2, [0.001, 0.002])
+    board.set_start_failures(3)
+    assert board.start_failures() == 3
 
 
 def test_totals_survive_the_worker_and_the_ring_survives_the_slot():

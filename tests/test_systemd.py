@@ -140,7 +140,7 @@ def test_the_service_starts_on_the_first_connection(installed):
 def test_status_shows_the_service_status_text(installed):
     assert installed.request("1") == (0, b"1\n")
     status = installed.systemctl("status", "pyrust.socket", "pyrust.service").stdout
-    assert "Status: \"" in status and "runs served" in status and "workers" in status
+    assert "Status: \"" in status and "runs served" in status and "spares" in status
 
 
 def test_a_killed_service_is_reactivated_and_leaves_no_files(installed):

@@ -43,6 +43,13 @@ class Listener:
         self._lock_fd = lock_fd
         self._inode = os.stat(path).st_ino if owned else None
 
+    def in_child(self) -> None:
+        """In a forked worker: close the copy of the lock fd (the lock stays the
+        supervisor's, whose own fd keeps it; a run must not inherit the fd)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def close(self) -> None:
         """Close the socket; unlink the path only if this process bound it and it is unchanged."""
         self.sock.close()

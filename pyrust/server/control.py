@@ -19,9 +19,11 @@ from pyrust import __version__, protocol
 class ServiceInfo:
     """What the supervisor tells its workers about the service at fork time."""
 
-    def __init__(self, source: str, path: str, started: float, scoreboard) -> None:
+    def __init__(self, source: str, path: str, started: float, scoreboard,
+                 freshness=None) -> None:
         self.source, self.path, self.started = source, path, started  # started: time.time()
         self.scoreboard = scoreboard
+        self.freshness = freshness  # the preloaded modules' watch (freshness.Freshness)
 
 
 def handle(op: bytes, worker) -> "tuple[int, bytes]":
@@ -35,7 +37,10 @@ def handle(op: bytes, worker) -> "tuple[int, bytes]":
         worker.info.scoreboard.bump_cache_epoch()
         return protocol.OK, b"compile caches cleared\n"
     if op in (protocol.OP_STOP, protocol.OP_RELOAD):
-        os.kill(os.getppid(), signal.SIGTERM if op == protocol.OP_STOP else signal.SIGHUP)
+        # Only our own supervisor: were it gone, getppid() would name a stranger.
+        if os.getppid() != worker.supervisor_pid:
+            return protocol.SERVICE_ERROR, b"the supervisor is gone; the service is stopping\n"
+        os.kill(worker.supervisor_pid, signal.SIGTERM if op == protocol.OP_STOP else signal.SIGHUP)
         return protocol.OK, b"stopping\n" if op == protocol.OP_STOP else b"reloading\n"
     raise ValueError("not a control operation: %r" % op)
 
@@ -64,8 +69,11 @@ def status(worker) -> dict:
         "workers": [{"pid": s.pid, "state": _state_name(s), "served": s.served,
                      "failed": s.failed, "control": s.control, "rss": rss(s.pid)}
                     for s in states],
+        "spares": sum(1 for s in states if s.spare),
         "workers_busy": sum(1 for s in states if s.busy_since),
         "workers_idle": sum(1 for s in states if not s.busy_since),
+        "forks": _forks(board),
+        "workers_failing_at_start": board.start_failures(),
         "uptime_seconds": round(now - worker.info.started, 3),
         "runs_served": totals.served,
         "runs_failed": totals.failed,
@@ -78,6 +86,12 @@ def status(worker) -> dict:
                           "capacity": worker.config.compile_cache_size,
                           "scope": "per worker; this is the answering worker's"},
     }
+
+
+def _forks(board) -> dict:
+    """Return how many spares were forked, and what a fork cost the template (ms)."""
+    count, durations = board.forks()
+    return dict(_latency(durations), total=count)
 
 
 def _latency(durations: list) -> dict:
@@ -95,4 +109,4 @@ def _latency(durations: list) -> dict:
 def _state_name(state) -> str:
     if state.busy_since:
         return "busy"
-    return "idle" if state.state == 0.0 else "connected"
+    return "spare" if state.spare else "connected"

@@ -15,11 +15,12 @@ import linecache
 import os
 import runpy
 import signal
-import socket
 import sys
 
 from pyrust import protocol
-from pyrust.server.runstate import Borrowed, Capture, client_streams, fresh_main
+from pyrust.server import osutil
+from pyrust.server.runstate import (Borrowed, Capture, client_streams, enter_for_good,
+                                    exit_sequence, fresh_main)
 
 FILENAME = "<string>"  # what python -c names the code in tracebacks
 #: Programs larger than this are compiled every time rather than cached, so
@@ -40,6 +41,8 @@ EXIT_TIMEOUT = 124
 _TIMED_OUT = -1000
 #: Exit code meaning "die by SIGINT", as python does after an uncaught KeyboardInterrupt.
 EXIT_SIGINT = -signal.SIGINT
+#: Exit status of a run pyrust refused after it had taken the client's terminal.
+EXIT_REFUSED = 125
 #: After the first interrupt, how often it is raised again in code that catches it.
 REINTERRUPT_INTERVAL = 1.0
 
@@ -58,14 +61,11 @@ class RequestTimeout(BaseException):
         super().__init__("timed out after %g s" % seconds)
 
 
-class ClientGone(BaseException):
-    """Raised inside a program whose client went away: nobody waits for it."""
-
-    __module__ = "pyrust"
-
-
-class Job(collections.namedtuple("Job", "form source argv cwd env time_limit fds")):
-    """One run: ``form`` is "c", "-", "f" or "m"; ``fds`` the client's 0-2 or None."""
+class Job(collections.namedtuple("Job", "form source argv cwd env time_limit fds umask targets",
+                                  defaults=(None, ()))):
+    """One run: ``form`` is "c", "-", "f" or "m"; ``fds`` the client's 0-2 (and more,
+    to go to the numbers ``targets`` lists) or None to capture the output; ``umask``
+    the client's, or None to keep the worker's."""
 
 
 def v1_job(code: str, time_limit: float) -> Job:
@@ -102,38 +102,32 @@ class Executor:
         self._borrowed = Borrowed()
         self._capture = Capture(max_output)
         self._time_limit = 0.0  # of the run in progress; 0 when none runs
-        self._client = None     # the connection of the run in progress, for interrupts
+        self._hidden_depth = None  # recursion the interpreter counts beyond Python frames
 
-    # -- signals: time limit and client interrupts ------------------------------
+    def calibrate(self) -> None:
+        """Measure the recursion the interpreter counts below the caller beyond its
+        Python frames (C-level entries into the eval loop, which differ by
+        version and by how this process was started), so a program may
+        recurse exactly as deep as under python.  Call it where the runs'
+        stack begins (the worker does, before it accepts); it costs one dive
+        to the recursion limit, about a thousand calls."""
+        depth = _stack_depth() + 1  # and _free_frames' own frame
+        self._hidden_depth = max(0, _get_recursion_limit() - depth - _free_frames())
+
+    # -- signals: the time limit ---------------------------------------------------
 
     def install_signals(self) -> None:
-        """Take SIGALRM (time limits) and SIGIO (client interrupts); main thread only."""
+        """Take SIGALRM (time limits); main thread only."""
         signal.signal(signal.SIGALRM, self._on_alarm)
-        signal.signal(signal.SIGIO, self._on_client)
 
     def signals_installed(self) -> bool:
-        """Return whether both handlers are still ours (a program may have taken one)."""
+        """Return whether the handler is still ours (a program may have taken it)."""
         # _signal's getsignal: the signal module's wraps the answer in an Enum.
-        return (_signal.getsignal(signal.SIGALRM) == self._on_alarm
-                and _signal.getsignal(signal.SIGIO) == self._on_client)
+        return _signal.getsignal(signal.SIGALRM) == self._on_alarm
 
     def _on_alarm(self, signum, frame) -> None:
         if self._time_limit:  # only inside a run: never in pyrust's own code around it
             raise RequestTimeout(self._time_limit)
-
-    def _on_client(self, signum, frame) -> None:
-        """Bytes or end-of-file on the client's connection during a run: Ctrl-C, or gone."""
-        conn = self._client
-        if conn is None:
-            return
-        try:
-            data = conn.recv(1, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if self._client is not None:
-            raise KeyboardInterrupt if data else ClientGone("the client went away")
 
     # -- the compile cache --------------------------------------------------------
 
@@ -162,48 +156,85 @@ class Executor:
 
     # -- runs -----------------------------------------------------------------------
 
-    def run(self, job: Job, client=None) -> Result:
-        """Run ``job`` as python would; return its Result.
+    def run(self, job: Job) -> Result:
+        """Run ``job``, whose output is captured, as python would; return its Result.
 
-        ``client`` (the connection) lets bytes from the client raise
-        KeyboardInterrupt in the program and its going away raise ClientGone;
-        install_signals() must have been called for that and for time limits.
-        Captured output beyond ``max_output`` bytes is dropped and the run
-        refused (status BAD_REQUEST), as is a program file over ``max_program``
-        bytes (it does not run).  Never raises for anything the program
-        does: exceptions, SystemExit and interrupts become part of the Result.
+        install_signals() must have been called for time limits.  Captured
+        output beyond ``max_output`` bytes is dropped and the run refused
+        (status BAD_REQUEST), as is a program file over ``max_program`` bytes
+        (it does not run).  Never raises for anything the program does:
+        exceptions, SystemExit and interrupts become part of the Result.  The
+        process is given back as it was, for the connection's next request.
         """
-        capture = self._capture if job.fds is None else None
-        streams = capture.begin() if capture is not None else None
+        capture = self._capture
+        streams = capture.begin()
         try:
-            if streams is None:
-                self._borrowed.enter(job, (sys.stdin, sys.stdout, sys.stderr), fresh_main())
-                # on the client's fds, now 0-2, as its environment asks
-                streams = client_streams(os.environ)
-                sys.stdin, sys.stdout, sys.stderr = streams
-            else:
-                self._borrowed.enter(job, streams, fresh_main())
+            self._borrowed.enter(job, streams, fresh_main())
         except OSError as exc:
             message = "pyrust: cannot enter %s: %s\n" % (job.cwd, exc.strerror)
             return Result(protocol.ERROR, message.encode(), 1)
-        self._client = client
-        # With the client's own terminal, SIGINT means what it means to python.
-        saved_sigint = signal.signal(signal.SIGINT, signal.default_int_handler) \
-            if job.fds is not None else None
         try:
             exit_code = self._execute(job, sys.modules["__main__"].__dict__, streams[2])
         except RequestTimeout:  # the alarm fired just as the program ended
             exit_code = _TIMED_OUT
-        except (KeyboardInterrupt, ClientGone):
+        except KeyboardInterrupt:
             exit_code = EXIT_SIGINT
         except protocol.ProtocolError as exc:  # a program file over the limit
             return Result(protocol.BAD_REQUEST, str(exc).encode(), 1)
         finally:
-            self._client = None
-            if saved_sigint is not None:
-                signal.signal(signal.SIGINT, saved_sigint)
             self._borrowed.leave()
         return _result(exit_code, capture)
+
+    def refuse_file(self, job: Job):
+        """Return the refusal of a program file over ``max_program`` bytes, or None.
+
+        Checked before a run takes the client's terminal, so the refusal can
+        still go back as a reply; a file that cannot be read is python's to report.
+        """
+        if job.form != "f":
+            return None
+        try:
+            size = os.stat(os.path.join(job.cwd or "", job.source)).st_size
+        except OSError:
+            return None
+        if size <= self.max_program:
+            return None
+        return protocol.too_large("request", size, self.max_program, "max_request_bytes")
+
+    def run_to_exit(self, job: Job) -> None:
+        """Run ``job`` on the client's own fds; this process then ends as python ends.
+
+        The process becomes the run's: the client's fds at their numbers (none
+        of pyrust's left but what the caller keeps), umask, argv, cwd,
+        environment, a fresh ``__main__``, python's signal dispositions.
+        After the program: non-daemon threads joined, atexit handlers run,
+        streams flushed; the process exits with python's exit status, or dies
+        by the signal python would die by.  A process the program forks ends
+        here too, never in pyrust's code.  Never returns.
+        """
+        code = 1
+        try:
+            osutil.place_fds(job.fds, job.targets)
+            self._borrowed.close()
+            if job.umask is not None:
+                os.umask(job.umask)
+            osutil.python_signals(keep=(signal.SIGALRM,) if job.time_limit else ())
+            enter_for_good(job, fresh_main())
+            streams = client_streams(os.environ)
+            sys.stdin, sys.stdout, sys.stderr = streams
+            code = self._execute(job, sys.modules["__main__"].__dict__, streams[2])
+        except RequestTimeout:  # the alarm fired just as the program ended
+            code = _TIMED_OUT
+        except KeyboardInterrupt:
+            code = EXIT_SIGINT
+        except protocol.ProtocolError as exc:  # the file grew past the limit just now
+            os.write(2, b"pyrust: %s\n" % str(exc).encode())
+            code = EXIT_REFUSED
+        except OSError as exc:  # the client's directory is gone
+            os.write(2, b"pyrust: cannot enter %s: %s\n" % (
+                os.fsencode(job.cwd or "."), exc.strerror.encode()))
+        finally:
+            osutil.exit_as(exit_sequence(EXIT_TIMEOUT if code == _TIMED_OUT else code))
 
     def _load(self, job: Job, namespace: dict) -> Program:
         """Return the job's program compiled, setting what python sets for its form."""
@@ -252,7 +283,9 @@ class Executor:
         # below it, so the limit grows by their number and a program may
         # recurse exactly as deep as under python. The program sees (and sets)
         # the limit as python would show it.
-        offset = _stack_depth() + _EXTRA_DEPTH
+        if self._hidden_depth is None:
+            self.calibrate()
+        offset = _stack_depth() + self._hidden_depth + _EXTRA_DEPTH
         _set_recursion_limit(limit + offset)
         sys.getrecursionlimit = lambda: _get_recursion_limit() - offset
         sys.setrecursionlimit = lambda n: _set_recursion_limit(n + offset)
@@ -293,7 +326,7 @@ class Executor:
         return 0
 
 
-_HANDLER_CODES = (Executor._on_alarm.__code__, Executor._on_client.__code__)
+_HANDLER_CODES = (Executor._on_alarm.__code__,)
 
 
 def _result(exit_code: int, capture) -> Result:
@@ -307,6 +340,16 @@ def _result(exit_code: int, capture) -> Result:
     if exit_code == _TIMED_OUT:
         return Result(protocol.TIMEOUT, output, EXIT_TIMEOUT)
     return Result(protocol.OK if exit_code == 0 else protocol.ERROR, output, exit_code)
+
+
+def _free_frames() -> int:
+    """Return how many more Python frames fit below the recursion limit under the caller."""
+    def dive(n: int) -> int:
+        try:
+            return dive(n + 1)
+        except RecursionError:
+            return n
+    return dive(1)
 
 
 def _stack_depth() -> int:

@@ -257,3 +257,17 @@ def _identity(target) -> "tuple | None":
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def release() -> None:
+    """This process becomes a run's (it ends with the program): close pyrust's log
+    fds, so the program finds only its own, as under python.  What pyrust
+    itself still logs from here on (only its own failures) goes to the run's
+    stderr, where the user sees it."""
+    logger = logging.getLogger("pyrust")
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+        handler.close()
+    fallback = logging.StreamHandler(sys.stderr)
+    fallback.setFormatter(logging.Formatter(STDERR_FORMAT))
+    logger.addHandler(fallback)

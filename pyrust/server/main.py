@@ -72,14 +72,10 @@ def main(argv: list) -> int:
         notifier = Notifier.from_environment()
         listener = obtain_listener(resolve_socket_path(args.socket, config.socket))
         try:
-            preload(config.preload)
-
-            def reload_config():
-                new = configure(args)
-                preload(new.preload)
-                return new
-
-            return Supervisor(config, listener, notifier, reload_config).run()
+            supervisor = Supervisor(config, listener, notifier, lambda: configure(args),
+                                    preload)
+            supervisor.preload()
+            return supervisor.run()
         except BaseException:
             listener.close()
             raise

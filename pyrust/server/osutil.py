@@ -6,6 +6,7 @@ Linux and macOS differ here; each function says what it does on each.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import resource
@@ -49,6 +50,11 @@ class StandardFds:
         for target, saved in enumerate(self._saved):
             os.dup2(saved, target)
 
+    def close(self) -> None:
+        """Close the copies."""
+        for saved in self._saved:
+            os.close(saved)
+
 
 def _copy_or_null(fd: int) -> int:
     """Return a close-on-exec copy of ``fd``, or of /dev/null if ``fd`` is not open."""
@@ -56,3 +62,55 @@ def _copy_or_null(fd: int) -> int:
         return os.dup(fd)  # os.dup makes the copy non-inheritable
     except OSError:
         return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+
+def place_fds(fds, targets) -> None:
+    """Put the received ``fds`` at the client's numbers: the first three at 0, 1
+    and 2, the others at ``targets`` (in order); close the received copies.
+
+    Every received fd first moves above every target, so no placement
+    overwrites an fd still to be placed.  The placed fds are inheritable, as
+    they were in the client; nothing else of the client's is.
+    """
+    wanted = [0, 1, 2] + list(targets)
+    floor = max(wanted) + 1
+    moved = []
+    for fd in fds:
+        moved.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor))
+        os.close(fd)
+    for fd, target in zip(moved, wanted):
+        os.dup2(fd, target)  # dup2 makes the target inheritable
+        os.close(fd)
+
+
+#: Signals a Python program starts with ignored (python's own start-up does that).
+_PYTHON_IGNORES = {getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)}
+
+
+def python_signals(keep=()) -> None:
+    """Give every signal the disposition ``python`` starts with: SIGINT raises
+    KeyboardInterrupt, SIGPIPE and SIGXFSZ are ignored, the rest default;
+    the signal mask is empty.  Handlers of the signals in ``keep`` stay."""
+    for sig in signal.valid_signals():
+        if sig in keep or sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        if sig == signal.SIGINT:
+            handler = signal.default_int_handler
+        else:
+            handler = signal.SIG_IGN if sig in _PYTHON_IGNORES else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except (OSError, ValueError):  # signals the OS will not let anyone catch
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def exit_as(code: int) -> None:
+    """End this process with exit status ``code``; a negative code means death by
+    signal ``-code``, as python dies after an uncaught KeyboardInterrupt."""
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, (-code,))
+        os.kill(os.getpid(), -code)
+        code = 128 - code  # only if the signal did not end the process
+    os._exit(code & 0xFF)

@@ -9,6 +9,7 @@ working directory and the environment.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import codecs
 import io
@@ -111,6 +112,56 @@ def fresh_main() -> types.ModuleType:
     return main
 
 
+def enter_for_good(job, main: types.ModuleType) -> None:
+    """Give this process to ``job`` for the rest of its life: argv, ``__main__``,
+    working directory and environment (the client's fds are in place already).
+
+    Raise OSError if the job's working directory cannot be entered.
+    """
+    sys.argv = list(job.argv)
+    sys.modules["__main__"] = main
+    if job.cwd is not None:
+        os.chdir(job.cwd)
+    if job.env is not None:
+        os.environ.clear()
+        os.environ.update(job.env)
+
+
+def exit_sequence(code: int) -> int:
+    """Do what python does after the program, before the process ends; return
+    the exit status it then has: ``code``, or 120 if the standard output
+    could not be flushed (as python reports).
+
+    Non-daemon threads are joined, atexit handlers run (the program's and the
+    preloaded modules'; pyrust registers none), and stdout and stderr flushed.
+    """
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()  # what python's finalization calls: joins the threads
+        except BaseException as exc:  # a KeyboardInterrupt while joining, as python shows it
+            sys.__excepthook__(type(exc), exc, exc.__traceback__)
+    atexit._run_exitfuncs()
+    for stream, failure in ((sys.stdout, 120), (sys.stderr, code)):
+        try:
+            if stream is not None and not getattr(stream, "closed", False):
+                stream.flush()  # as python: a stream the program closed is left alone
+        except Exception as exc:
+            if failure == 120:
+                _unraisable("Exception ignored on flushing sys.stdout", exc)
+            code = failure
+    return code
+
+
+def _unraisable(message: str, exc: BaseException) -> None:
+    """Report ``exc`` on stderr as python reports an exception it ignores."""
+    try:
+        sys.stderr.write("%s:\n%s: %s\n" % (message, type(exc).__name__, exc))
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
 class Borrowed:
     """Set up the process for one run (:meth:`enter`) and restore it (:meth:`leave`)."""
 
@@ -120,6 +171,11 @@ class Borrowed:
         self._home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._std_fds = StandardFds()
         self._saved = None
+
+    def close(self) -> None:
+        """Close the fds kept for restoring: the process is the run's for good."""
+        os.close(self._home_fd)
+        self._std_fds.close()
 
     def enter(self, job, streams, main: types.ModuleType) -> None:
         """Give the process to ``job``: its streams, argv, cwd, environment, ``__main__``.

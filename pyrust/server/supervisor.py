@@ -1,8 +1,14 @@
-"""The supervisor: forks the workers, replaces dead ones, reloads, stops them in order.
+"""The supervisor: the warm template that forks spares, and the terminal of every run.
 
-It never touches a request.  Signal handlers only record the signal (through
-``signal.set_wakeup_fd``); the main loop wakes on that pipe, or when its next
-timed duty falls due (watchdog ping, status, idle exit), and does the work.
+It has imported what the configuration preloads; it forks spare workers,
+keeps ``config.workers`` of them waiting in ``accept()`` (a new one as soon
+as one takes a connection, up to ``pool_ceiling`` workers in all), holds a
+copy of every connection so it can answer for a worker that dies (see
+``terminals``), reloads, and stops them in order.  It never runs a request.
+
+Signal handlers only record the signal (through ``signal.set_wakeup_fd``);
+the main loop wakes on that pipe, on a worker's message, on a client of a
+run, or when its next timed duty falls due, and does the work.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ import psutil  # imported at start: a first use mid-run would look like growth
 
 from pyrust.config import MAX_WORKERS
 from pyrust.errors import PyrustError
+from pyrust.server.backoff import BOOT_GRACE, BootBackoff
 from pyrust.server.control import ServiceInfo
-from pyrust.server.scoreboard import Scoreboard
-from pyrust.server.worker import GROW, Worker
+from pyrust.server.freshness import Freshness
+from pyrust.server.scoreboard import TERMINAL, Scoreboard
+from pyrust.server.terminals import Terminals, exit_code
+from pyrust.server.worker import Worker
 
 log = logging.getLogger("pyrust.supervisor")
 
@@ -31,15 +40,8 @@ WORKER_CRASHED = 70  # EX_SOFTWARE
 #: Scoreboard slots: room for every worker of two generations during a reload.
 MAX_SLOTS = 2 * MAX_WORKERS
 STATUS_INTERVAL = 5.0  # seconds between STATUS= updates to the service manager
-#: Seconds between checks for stuck, oversized and surplus workers.
+#: Seconds between checks for stuck and oversized workers.
 HOUSEKEEPING_INTERVAL = 1.0
-#: A worker that dies this soon after its fork, having answered nothing,
-#: failed to start; so does every worker of a template that cannot produce one.
-BOOT_GRACE = 5.0
-#: The pause before the next fork after such a failure, doubled at each one in
-#: a row up to the ceiling, so a broken start-up never becomes a fork loop.
-BOOT_BACKOFF_FIRST = 0.1
-BOOT_BACKOFF_MAX = 30.0
 
 
 def describe_exit(status: int) -> str:
@@ -57,62 +59,50 @@ def describe_exit(status: int) -> str:
 class WorkerInfo:
     """What the supervisor knows of one worker."""
 
-    __slots__ = ("slot", "started", "generation")
+    __slots__ = ("slot", "started", "generation", "retiring")
 
     def __init__(self, slot: int, generation: int) -> None:
         self.slot, self.started, self.generation = slot, time.monotonic(), generation
-
-
-class BootBackoff:
-    """Spaces out forks while workers keep failing at start (gunicorn's
-    WORKER_BOOT_ERROR, but recovering by itself when the cause goes away)."""
-
-    def __init__(self) -> None:
-        self.failures = 0        # in a row
-        self.not_before = 0.0    # time.monotonic() before which no worker is forked
-
-    def failed(self, now: float) -> float:
-        """Count one more failure; return the pause before the next fork."""
-        self.failures += 1
-        delay = min(BOOT_BACKOFF_FIRST * 2 ** (self.failures - 1), BOOT_BACKOFF_MAX)
-        self.not_before = now + delay
-        return delay
-
-    def recovered(self) -> None:
-        self.failures, self.not_before = 0, 0.0
-
-    def wait(self, now: float) -> float:
-        """Return seconds until a worker may be forked (0: now)."""
-        return max(0.0, self.not_before - now)
+        self.retiring = False
 
 
 class Supervisor:
-    """Keeps ``config.workers`` workers serving ``listener`` until told to stop.
+    """Keeps ``config.workers`` spares ready on ``listener`` until told to stop.
 
     ``reload_config`` is called on SIGHUP and returns the new configuration
-    (raising PyrustError keeps the old one).
+    (raising PyrustError keeps the old one); ``preload(names)`` imports the
+    preload list (raising PyrustError if one fails).
     """
 
-    def __init__(self, config, listener, notifier, reload_config=None) -> None:
+    def __init__(self, config, listener, notifier, reload_config=None,
+                 preload=lambda names: None) -> None:
         self.config = config
         self.listener = listener
         self.notifier = notifier
         self.reload_config = reload_config
+        self._preload = preload
         self.workers: dict = {}  # pid -> WorkerInfo
         self.generation = 0
         self.scoreboard = Scoreboard(MAX_SLOTS)
+        self.terminals = Terminals()
         self.started = time.monotonic()
-        self.info = ServiceInfo(listener.source, listener.path, time.time(), self.scoreboard)
+        self.freshness = Freshness(self.scoreboard)
+        self.info = ServiceInfo(listener.source, listener.path, time.time(), self.scoreboard,
+                                self.freshness)
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._watchdog = notifier.watchdog_interval()
         self._next_status = 0.0
         self._next_rss_check = 0.0
-        self._grow_requested = False
+        self._timed_out: set = set()  # pids killed for ignoring their time limit
         self.boot = BootBackoff()
-        # Watch the listener too while no worker accepts: a connection arriving
-        # then is one that would wait, so the pool grows for it.
-        self._watch_listener = False
+
+    def preload(self) -> None:
+        """Import the configuration's preload list into the template, and watch it.
+
+        Raise PyrustError if a module fails to import.
+        """
+        self.freshness.preload(lambda: self._preload(self.config.preload))
 
     def run(self) -> int:
         """Serve until a stop signal (or idle exit); return the exit code (0 on a clean stop)."""
@@ -120,20 +110,18 @@ class Supervisor:
         gc.freeze()  # keep the preloaded heap out of the workers' collections: less copy-on-write
         self._spawn_missing()
         self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())
-        log.info("serving on %s (%s) with %d workers, pid %d", self.listener.path,
+        log.info("serving on %s (%s) with %d spare workers, pid %d", self.listener.path,
                  self.listener.source, self.config.workers, os.getpid())
         while not self.stopping:
-            for signum in self._wait_for_signals(self._next_duty()):
+            for signum in self._wait(self._next_duty()):
                 self._on_signal(signum)
-            if self._grow_requested or self._watch_listener:
-                self._grow()
             self._reap()
             if not self.stopping:
                 self._spawn_missing()
                 self._timed_duties()
         return self._shutdown()
 
-    # -- signals ---------------------------------------------------------------
+    # -- waiting: signals, workers' messages, clients of runs -------------------
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -141,25 +129,29 @@ class Supervisor:
             # The handler does nothing: the wake-up byte carries the signal number.
             signal.signal(sig, _record_only)
 
-    def _wait_for_signals(self, timeout: float | None) -> list:
-        """Block until a signal (or a worker's message) arrives, a watched listener
-        has a waiting connection, or ``timeout`` passes; return the signal numbers."""
-        watched = [self._wake_r]
-        if self._watch_listener and not self.stopping:
-            watched.append(self.listener.sock)
+    def _wait(self, timeout: float | None) -> list:
+        """Block until a signal arrives, a worker or a run's client says something, or
+        ``timeout`` passes; take what the workers said; return the signal numbers."""
+        watched = [self._wake_r] + self.terminals.watched()
+        stale_fd = self.freshness.fileno()
+        if stale_fd is not None and not self.stopping:
+            watched.append(stale_fd)
         try:
-            select.select(watched, [], [], timeout)
+            readable = select.select(watched, [], [], timeout)[0]
         except InterruptedError:
-            pass
+            readable = []
+        if self.terminals.channel in readable:
+            self.terminals.receive()
+        self.terminals.relay(readable)
+        if stale_fd is not None and stale_fd in readable:
+            self._rebuild_if_stale()
         try:
             return list(os.read(self._wake_r, 4096))
         except BlockingIOError:
             return []
 
     def _on_signal(self, signum: int) -> None:
-        if signum == GROW[0]:
-            self._grow_requested = True
-        elif signum in STOP_SIGNALS:
+        if signum in STOP_SIGNALS:
             log.info("received %s, stopping", signal.Signals(signum).name)
             self.stopping = True
         elif signum == signal.SIGHUP and not self.stopping:
@@ -168,32 +160,40 @@ class Supervisor:
     # -- workers ---------------------------------------------------------------
 
     def _spawn_missing(self) -> None:
+        """Fork spares until ``config.workers`` wait, within the pool's ceiling."""
         if self.boot.wait(time.monotonic()):
             return
-        current = sum(1 for w in self.workers.values() if w.generation == self.generation)
-        missing = self.config.workers - current
+        spares = sum(1 for w in self.workers.values() if w.generation == self.generation
+                     and self.scoreboard.read(w.slot).spare)
+        missing = min(self.config.workers - spares, self.config.pool_ceiling - len(self.workers))
         # While workers fail at start, one probe at a time, not a pool's worth.
         for _ in range(min(missing, 1) if self.boot.failures else missing):
             self._spawn()
 
     def _spawn(self) -> None:
-        """Fork one worker of the current generation.  The child never returns here."""
+        """Fork one spare of the current generation.  The child never returns here."""
         index = self.scoreboard.claim()
         # Hold our signals across fork so the child cannot run the supervisor's
         # handlers (and write to its wake-up pipe) before it installs its own.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         supervisor_pid = os.getpid()
+        began = time.perf_counter()
         pid = os.fork()
         if pid:
+            self.scoreboard.record_fork(time.perf_counter() - began)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             self.workers[pid] = WorkerInfo(index, self.generation)
             return
         code = WORKER_CRASHED
         try:
             os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.terminals.in_child()
+            self.listener.in_child()
             worker = Worker(self.listener.sock, self.config,
-                            self.scoreboard.attach(index, os.getpid()), self._wake_w, self.info)
-            worker.start(supervisor_pid)
+                            self.scoreboard.attach(index, os.getpid()),
+                            self.terminals.worker_end, self.info, supervisor_pid)
+            worker.start()
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             code = worker.run()
         except BaseException:
@@ -203,7 +203,8 @@ class Supervisor:
             os._exit(code)
 
     def _reap(self) -> None:
-        """Collect every exited worker, free its slot and log how it ended."""
+        """Collect every exited worker: answer its client if it still waits, free
+        its slot, and log how it ended."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -212,78 +213,94 @@ class Supervisor:
             if pid == 0:
                 return
             info = self.workers.pop(pid, None)
-            if info is None:
-                continue
-            state = self.scoreboard.release(info.slot)
-            requests = state.served + state.failed + state.control
-            lived = time.monotonic() - info.started
-            if requests:
-                self.boot.recovered()
-            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                log.debug("worker %d stopped after %d requests", pid, requests)
-            elif not requests and not state.busy_since and lived < BOOT_GRACE:
-                delay = self.boot.failed(time.monotonic())
-                log.error("worker %d failed at start (%s, %.2f s after its fork; %d in a row); "
-                          "next fork in %g s", pid, describe_exit(status), lived,
-                          self.boot.failures, delay)
-            else:
-                log.warning("worker %d died %s after %.1f s (%s)", pid,
-                            "while running a request" if state.busy_since > 0 else "idle",
-                            lived, describe_exit(status))
+            if info is not None:
+                # A worker says it took a connection before it can end: take
+                # what it said now, or its copy of the connection would be
+                # read after its death and held forever.
+                self.terminals.receive()
+                self._ended(pid, status, info)
 
-    def _grow(self) -> None:
-        """No worker accepts: add one if a connection waits, up to the pool's ceiling.
-
-        If none waits yet, watch the listener so the next one wakes us.
-        """
-        self._grow_requested = self._watch_listener = False
-        if self.boot.wait(time.monotonic()):
-            return  # the pause's end wakes the loop, which forks then
-        current = sum(1 for w in self.workers.values() if w.generation == self.generation)
-        if self.scoreboard.accepting_count() > 0 or current >= self.config.pool_ceiling:
-            return
-        if select.select([self.listener.sock], [], [], 0)[0]:
-            self._spawn()  # its slot counts as accepting at once: no double growth
-            log.debug("a connection waits and no worker accepts: grew the pool to %d",
-                      current + 1)
+    def _ended(self, pid: int, status: int, info: WorkerInfo) -> None:
+        """Account for a worker that is gone, log how it ended, then answer its client
+        (so whoever reads the answer finds the log written)."""
+        kind = self.scoreboard.kind(info.slot)
+        state = self.scoreboard.read(info.slot)
+        run = self.terminals.running.get(pid)
+        if run is not None or (kind == TERMINAL and state.busy_since):
+            # A run on the client's terminal: the process was the run.
+            code = exit_code(status)
+            duration = self.scoreboard.record_run(info.slot, code == 0)
+            if run is not None:
+                log.debug("run on a connection from pid %d: form %s, %d bytes, exit %d "
+                          "(status %d), %.3f ms", run.client_pid, run.form, run.size, code,
+                          0 if code == 0 else 1, duration * 1000)
+            self.boot.recovered()
         else:
-            self._watch_listener = True
+            self._log_end(pid, status, info, state)
+        self.scoreboard.release(info.slot)
+        self.scoreboard.set_start_failures(self.boot.failures)
+        self.terminals.worker_ended(pid, status, state, kind, pid in self._timed_out)
+        self._timed_out.discard(pid)
+
+    def _log_end(self, pid: int, status: int, info: WorkerInfo, state) -> None:
+        """Log how a worker ended; count it as a start-up failure if it is one."""
+        requests = state.served + state.failed + state.control
+        lived = time.monotonic() - info.started
+        if requests:
+            self.boot.recovered()
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            log.debug("worker %d stopped after %d requests", pid, requests)
+        elif not requests and not state.busy_since and lived < BOOT_GRACE:
+            delay = self.boot.failed(time.monotonic())
+            log.error("worker %d failed at start (%s, %.2f s after its fork; %d in a row); "
+                      "next fork in %g s", pid, describe_exit(status), lived,
+                      self.boot.failures, delay)
+        else:
+            log.warning("worker %d died %s after %.1f s (%s)", pid,
+                        "while running a request" if state.busy_since > 0 else "idle",
+                        lived, describe_exit(status))
 
     def _housekeeping(self, now: float) -> None:
-        """Kill workers stuck past the time limit, retire oversized and surplus ones."""
+        """Kill workers stuck past the time limit; retire oversized ones."""
         if self.boot.failures and any(now - w.started >= BOOT_GRACE
                                       for w in self.workers.values()):
             log.info("workers start again, after %d that failed", self.boot.failures)
             self.boot.recovered()
+            self.scoreboard.set_start_failures(0)
         limit = self.config.request_timeout
-        surplus = sum(1 for w in self.workers.values()
-                      if w.generation == self.generation) - self.config.workers
-        # Newest first: when the pool shrinks, the oldest workers, whose caches
-        # are warmest, stay.
-        for pid, info in sorted(self.workers.items(), key=lambda item: -item[1].started):
+        for pid, info in list(self.workers.items()):
             state = self.scoreboard.read(info.slot)
-            if limit and state.busy_since > 0 and now - state.busy_since > limit + self.config.kill_grace:
+            # A run on the client's terminal has no limit of the service's: its
+            # client's Ctrl-C and its going away are the user's limits.
+            if limit and state.busy_since > 0 and pid not in self._timed_out and \
+                    now - state.busy_since > limit + self.config.kill_grace and \
+                    self.scoreboard.kind(info.slot) != TERMINAL:
                 log.warning("worker %d: request still running %g s after its %g s time limit "
                             "ignored the interrupt; killing the worker",
                             pid, self.config.kill_grace, limit)
-                self._signal_workers(signal.SIGKILL, [pid])
-            elif surplus > 0 and info.generation == self.generation and \
-                    state.busy_since == 0 and now - state.idle_since > self.config.shrink_after:
-                log.debug("worker %d idle for %g s: shrinking the pool", pid, self.config.shrink_after)
-                self._retire(pid, info)
-                surplus -= 1
+                self._timed_out.add(pid)
+                self._kill(pid, signal.SIGKILL)
         if self.config.max_worker_rss and now >= self._next_rss_check:
             self._next_rss_check = now + STATUS_INTERVAL
             self._retire_oversized()
 
     def _retire(self, pid: int, info: WorkerInfo) -> None:
-        """Stop one worker gracefully (it finishes its request) without replacing it now."""
+        """End one worker gracefully: a spare at once, a connected one once its
+        request in flight is answered (it is asked through the scoreboard, and
+        its wait for a next request is cut short).  A run is never signalled.
+        Safe to call again (the stop loop does, for workers that just connected)."""
         info.generation = -1  # no longer counts towards the current pool
-        self._signal_workers(signal.SIGTERM, [pid])
+        self.scoreboard.ask_to_retire(info.slot)
+        if self.scoreboard.kind(info.slot) == TERMINAL:
+            return  # the process ends with its run
+        if self.terminals.shut_read(pid):
+            return
+        if not info.retiring and self.scoreboard.read(info.slot).spare:
+            info.retiring = True
+            self._kill(pid, signal.SIGTERM)
 
     def _retire_oversized(self) -> None:
-        """Replace workers whose resident memory passed max_worker_rss (between requests:
-        SIGTERM lets the request in flight finish)."""
+        """Replace workers whose resident memory passed max_worker_rss (between requests)."""
         for pid, info in list(self.workers.items()):
             if info.generation != self.generation:
                 continue
@@ -296,30 +313,53 @@ class Supervisor:
                          pid, rss >> 20)
                 self._retire(pid, info)
 
-    def _signal_workers(self, sig: int, pids=None) -> None:
-        for pid in list(self.workers if pids is None else pids):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+    def _kill(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)  # a child not yet reaped: the pid is still ours
+        except ProcessLookupError:
+            pass
 
     def reload(self) -> None:
-        """Re-read the configuration, start a new generation of workers, retire the old one.
+        """Re-read the configuration, start a new generation of spares, retire the old one.
 
         Old workers finish their requests in flight; new connections go to the
-        new workers, so clients see no failure.
+        new spares, so clients see no failure.
         """
         self.notifier.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
         if self.reload_config is not None:
             try:
-                self.config = self.reload_config()
+                config = self.reload_config()
+                self.freshness.preload(lambda: self._preload(config.preload))
+                self.config = config
             except PyrustError as exc:
                 log.error("reload: keeping the running configuration: %s", exc)
-        old = list(self.workers)
+        self._new_generation()
+
+    def _rebuild_if_stale(self) -> None:
+        """A preloaded module's file (or one that would shadow it) changed: import
+        the preloads afresh and replace the spares, as a reload does."""
+        changed = self.freshness.changes()
+        if not changed:
+            return
+        log.info("preloaded code changed (%s): rebuilding the template",
+                 ", ".join(changed[:5]) + (" and %d more" % (len(changed) - 5)
+                                           if len(changed) > 5 else ""))
+        self.notifier.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
+        try:
+            self.freshness.rebuild(lambda: self._preload(self.config.preload))
+        except PyrustError as exc:  # the new code does not import: runs import it themselves
+            log.error("rebuilding the template: %s; runs import the preloads themselves "
+                      "until the next change", exc)
+        self._new_generation()
+
+    def _new_generation(self) -> None:
+        """Fork spares of a new generation and retire every older worker."""
+        old = list(self.workers.items())
         self.generation += 1
+        for pid, info in old:
+            self._retire(pid, info)
         self._spawn_missing()
-        self._signal_workers(signal.SIGTERM, old)
-        log.info("reloaded: %d new workers, %d retiring", self.config.workers, len(old))
+        log.info("reloaded: %d new spares, %d workers retiring", self.config.workers, len(old))
         self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())
 
     # -- timed duties: watchdog, status, idle exit -------------------------------
@@ -348,21 +388,18 @@ class Supervisor:
             self.stopping = True
 
     def _idle_for(self, now: float) -> float:
-        """Return seconds since any worker last ended a request (0 while one is busy)."""
-        last = 0.0
-        for info in self.workers.values():
-            state = self.scoreboard.read(info.slot)
-            if state.busy_since:
-                return 0.0
-            last = max(last, state.idle_since)
-        return now - last if last else 0.0
+        """Return seconds since a request last ended, or since the start if none
+        did (0 while one runs or a client is connected)."""
+        if any(not self.scoreboard.read(w.slot).spare for w in self.workers.values()):
+            return 0.0
+        return now - max(self.scoreboard.last_activity(), self.started)
 
     def status_line(self) -> str:
         """Return the one-line status shown by ``systemctl status``."""
         totals = self.scoreboard.totals(recent=0)
-        busy = sum(1 for w in self.workers.values() if self.scoreboard.read(w.slot).busy_since)
-        line = ("%d workers (%d busy), %d runs served, %d failed, up %ds"
-                % (len(self.workers), busy, totals.served, totals.failed,
+        spares = sum(1 for w in self.workers.values() if self.scoreboard.read(w.slot).spare)
+        line = ("%d spares, %d busy, %d runs served, %d failed, up %ds"
+                % (spares, len(self.workers) - spares, totals.served, totals.failed,
                    time.monotonic() - self.started))
         if self.boot.failures:
             line += "; workers fail at start (%d in a row, see the log)" % self.boot.failures
@@ -372,21 +409,23 @@ class Supervisor:
 
     def _shutdown(self) -> int:
         """Let in-flight requests finish, kill what is left at the deadline; return 0."""
-        self._signal_workers(signal.SIGTERM)
         self.notifier.notify("STOPPING=1")
         deadline = time.monotonic() + self.config.graceful_timeout
         while self.workers:
+            for pid, info in list(self.workers.items()):
+                self._retire(pid, info)
             now = time.monotonic()
             if now >= deadline:
                 log.warning("%d workers still busy after %g s; killing them",
                             len(self.workers), self.config.graceful_timeout)
-                self._signal_workers(signal.SIGKILL)
+                for pid in list(self.workers):
+                    self._kill(pid, signal.SIGKILL)
                 deadline = float("inf")
             timeout = None if deadline == float("inf") else deadline - now
             if self._watchdog:  # a long graceful stop must not look like a hang
                 self.notifier.notify("WATCHDOG=1")
                 timeout = self._watchdog if timeout is None else min(timeout, self._watchdog)
-            self._wait_for_signals(timeout)
+            self._wait(timeout)
             self._reap()
         self.listener.close()
         log.info("stopped")

@@ -1,17 +1,25 @@
-"""A worker: a blocking accept loop on the shared listening socket.
+"""A worker: one connection, in a process no earlier connection touched.
 
-Each worker serves one connection at a time, request after request, until the
-client closes it, stays idle past ``idle_timeout``, or the worker is told to
-stop.  Nothing on this path polls or sleeps: the worker sleeps in ``accept()``
-or ``recv()`` until the kernel hands it work.
+A worker is forked from the warm template (the supervisor) as a spare and
+blocks in ``accept()`` on the shared listening socket.  When it takes a
+connection it tells the supervisor (handing it a copy of the connection, so a
+new spare is forked at once and the supervisor can answer for the worker if it
+dies), serves that one connection, and exits.  Nothing on this path polls or
+sleeps: the worker sleeps in ``accept()`` or ``recv()`` until the kernel hands
+it work.
+
+A connection is a session.  Protocol v1 requests (and extended requests whose
+output is captured) are answered one after the other by the same process,
+each with fresh globals.  A run on the client's own fds (what ``pyrust``
+sends) makes the process the program's: the worker hands the connection over
+to the supervisor, runs the program, ends as python ends, and the supervisor
+sends its exit status to the client.
 """
 
 import _signal
 import errno
-import fcntl
 import logging
 import os
-import random
 import select
 import signal
 import socket
@@ -19,9 +27,10 @@ import struct
 import time
 
 from pyrust import protocol
-from pyrust.trust import peer_credentials
-from pyrust.server import control, osutil
+from pyrust.server import control, logs, osutil
 from pyrust.server.executor import Executor, Job, v1_job
+from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
+from pyrust.trust import peer_credentials
 
 log = logging.getLogger("pyrust.worker")
 
@@ -32,10 +41,15 @@ _CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EINTR, errno.EPROTO}
 #: accept() errors from a passing shortage: retried after a pause, not in a tight loop.
 _SHORTAGE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 SHORTAGE_PAUSE = 0.1  # seconds
-#: The byte a worker writes to the supervisor's wake-up pipe when it took the
-#: last idle worker's place: "grow the pool".  Signal numbers are below 65.
-GROW = b"\xff"
-_FDS = struct.Struct("3i")  # the client's fds 0-2, as SCM_RIGHTS carries them
+#: Messages to the supervisor, on the channel it shares with its workers:
+#: "A" (pid) with the connection attached: this worker took a connection;
+#: "T" (pid, client pid, program size, form): the connection is the
+#: supervisor's now, the program runs and this process ends with it.
+TOOK = struct.Struct("=ci")
+TERMINAL_RUN = struct.Struct("=ciiic")
+#: The most fds a client may pass besides 0-2 (SCM_MAX_FD is 253).
+MAX_EXTRA_FDS = 250
+_FD_NUMBER = struct.Struct(">I")
 
 
 def _has_data(conn: socket.socket) -> bool:
@@ -50,20 +64,16 @@ def _has_data(conn: socket.socket) -> bool:
 def _receive_with_fds(conn: socket.socket, length: int) -> "tuple[bytes, tuple]":
     """Read an extended payload of ``length`` bytes and the fds attached to it.
 
-    Raise ProtocolError if more fds came than the three expected (they are closed).
+    Raise ProtocolError if more fds came than a request may carry (they are closed).
     """
     if not length:  # nothing to read (and nothing for fds to ride on)
         return b"", ()
-    data, ancillary, flags, _ = conn.recvmsg(length, socket.CMSG_SPACE(_FDS.size))
-    fds = []
-    for level, kind, blob in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += struct.unpack("%di" % (len(blob) // 4), blob[:len(blob) - len(blob) % 4])
-    if flags & socket.MSG_CTRUNC or len(fds) not in (0, 3):
+    data, fds, flags, _ = socket.recv_fds(conn, length, 3 + MAX_EXTRA_FDS)
+    if flags & socket.MSG_CTRUNC:
         _close_all(fds)
-        raise protocol.ProtocolError("malformed extended request: attach exactly the three "
-                                     "fds 0, 1 and 2", fatal=True)
-    if not data and length:
+        raise protocol.ProtocolError("malformed extended request: more than %d fds attached"
+                                     % (3 + MAX_EXTRA_FDS), fatal=True)
+    if not data:
         _close_all(fds)
         raise protocol.ConnectionClosed(partial=True)
     if len(data) < length:
@@ -80,17 +90,20 @@ def _close_all(fds) -> None:
 
 
 class Worker:
-    """Serves requests from ``listener`` until stopped; see :meth:`run`.
+    """Serves one connection from ``listener``; see :meth:`run`.
 
-    ``slot`` is its scoreboard slot; ``wake_fd`` the supervisor's wake-up pipe.
+    ``slot`` is its scoreboard slot; ``channel`` the datagram socket to the
+    supervisor; ``supervisor_pid`` the only process it ever signals.
     """
 
-    def __init__(self, listener: socket.socket, config, slot, wake_fd: int, info) -> None:
+    def __init__(self, listener: socket.socket, config, slot, channel: socket.socket,
+                 info, supervisor_pid: int) -> None:
         self.listener = listener
         self.config = config
         self.slot = slot
-        self.wake_fd = wake_fd
+        self.channel = channel
         self.info = info  # control.ServiceInfo
+        self.supervisor_pid = supervisor_pid
         self.executor = Executor(config.compile_cache_size, config.max_reply_bytes,
                                  config.max_request_bytes)
         self.cache_epoch = info.scoreboard.cache_epoch()
@@ -101,8 +114,6 @@ class Worker:
         self.peer_pid = 0  # the client of the connection being served (0: unknown)
         # One line per run at debug; the check is made once, not per request.
         self._log_runs = log.isEnabledFor(logging.DEBUG)
-        self.retire_after = (config.max_requests + random.randint(0, config.max_requests_jitter)
-                             if config.max_requests else 0)
         seconds = config.idle_timeout
         self._timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
 
@@ -124,33 +135,56 @@ class Worker:
             except OSError:
                 pass
 
-    def start(self, supervisor_pid: int) -> None:
+    def start(self) -> None:
         """Set up the process (called in the child after fork): signals, limits.
 
-        The worker asks for SIGTERM when the supervisor dies, however it dies,
-        so orphaned workers never keep serving the socket on their own.
+        The worker is the leader of its own process group, which becomes the
+        run's: what the client's terminal would send reaches the program and
+        its children.  It asks for SIGTERM when the supervisor dies, however
+        it dies, so orphaned spares never keep serving the socket on their own.
         """
+        os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours to fill
         signal.signal(signal.SIGTERM, self._on_stop)
-        # Ctrl-C in a terminal reaches the whole process group; the supervisor
-        # turns it into an orderly stop, so the worker ignores it.
+        # Ctrl-C in the terminal of a foreground server reaches the supervisor,
+        # which stops in order; a worker ignores it outside a run.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         self.executor.install_signals()
+        self.executor.calibrate()
         if self.config.max_worker_memory:
             osutil.limit_address_space(self.config.max_worker_memory)
         osutil.terminate_with_parent()
-        if os.getppid() != supervisor_pid:  # it died before we asked
+        if os.getppid() != self.supervisor_pid:  # it died before we asked
             self._on_stop(signal.SIGTERM, None)
 
     def run(self) -> int:
-        """Accept and serve connections until stopped; return the exit code."""
-        log.debug("worker %d started", os.getpid())
+        """Accept one connection and serve it; return the exit code.
+
+        A run on the client's own fds does not return here: the process ends
+        with the program.
+        """
+        conn = self._accept()
+        if conn is None:
+            return 0
+        try:
+            self.listener.close()  # nothing this process runs may accept on it
+            self.slot.connected()
+            self._tell(TOOK.pack(b"A", os.getpid()), conn.fileno())
+            if self.admit(conn):
+                self.serve_connection(conn)
+        finally:
+            self.conn = None
+            conn.close()
+        log.debug("worker %d done after %d requests", os.getpid(), self.slot.requests)
+        return 0
+
+    def _accept(self):
+        """Return the next connection, or None once told to stop."""
         while self.alive:
-            self.phase = ACCEPTING
             try:
-                conn, _ = self.listener.accept()
+                return self.listener.accept()[0]
             except OSError as exc:
                 if not self.alive:
                     break
@@ -161,19 +195,17 @@ class Worker:
                     time.sleep(SHORTAGE_PAUSE)
                     continue
                 raise
-            if self.slot.connected():
-                self._ask_for_help()
-            try:
-                if self.admit(conn):
-                    self.serve_connection(conn)
-            finally:
-                self.conn = None
-                # Free again before the client can see the close, however the
-                # connection ended (a frame cut short leaves no busy mark).
-                self.slot.accepting()
-                conn.close()
-        log.debug("worker %d stopping after %d requests", os.getpid(), self.slot.requests)
-        return 0
+        return None
+
+    def _tell(self, message: bytes, fd: int = -1) -> None:
+        """Send ``message`` to the supervisor, with ``fd`` attached if given."""
+        try:
+            if fd < 0:
+                self.channel.send(message)
+            else:
+                socket.send_fds(self.channel, [message], [fd])
+        except OSError as exc:  # the supervisor is gone; the connection is served anyway
+            log.debug("cannot reach the supervisor: %s", exc)
 
     def admit(self, conn: socket.socket) -> bool:
         """Return whether ``conn`` comes from this service's own user.
@@ -205,7 +237,8 @@ class Worker:
         self.conn = conn
         try:
             while (self.alive or _has_data(conn)) and self.handle_request(conn):
-                pass
+                if self.slot.retiring():
+                    break
         except protocol.ConnectionClosed as exc:
             if exc.partial:
                 log.info("client closed the connection in the middle of a request")
@@ -225,13 +258,13 @@ class Worker:
         self.phase = WAITING
         header = protocol.recv_exact(conn, protocol.HEADER.size)
         self.phase = BUSY  # from the first byte on, the request is in flight
-        self.slot.begin()
+        (length,) = protocol.HEADER.unpack(header)
+        extended = bool(length & protocol.EXTENDED_FLAG)
+        self.slot.begin(CAPTURED if extended else V1)
         epoch = self.info.scoreboard.cache_epoch()
         if epoch != self.cache_epoch:  # someone asked for --clear-cache
             self.cache_epoch = epoch
             self.executor.clear_cache()
-        (length,) = protocol.HEADER.unpack(header)
-        extended = bool(length & protocol.EXTENDED_FLAG)
         length &= ~protocol.EXTENDED_FLAG
         fds = ()
         try:
@@ -253,23 +286,29 @@ class Worker:
             self.slot.end_control()
             conn.sendall(protocol.encode_response(status, reply))
             return True
+        if job.fds is not None:
+            self._run_to_exit(job, conn)  # returns only if the program was refused
+            return False
+        if self.info.freshness is not None:
+            self.info.freshness.refresh()
+        return self._run_captured(job, conn, extended)
+
+    def _run_captured(self, job: Job, conn: socket.socket, extended: bool) -> bool:
+        """Run ``job`` with its output captured and send the reply; return True."""
         try:
-            result = self._run(job, conn if extended else None)
+            result = self.executor.run(job)
         except Exception:
             # The executor contains everything a program does, so this is a
-            # pyrust bug; the worker's state is suspect, so it retires.
+            # pyrust bug; the worker's state is suspect, so it ends.
             log.exception("internal error while running a request")
             self.slot.end(ok=False)
-            self.alive = False
             conn.sendall(protocol.encode_response(
                 protocol.SERVICE_ERROR, b"pyrust: internal error in the worker; see the service log"))
             return False
-        finally:
-            _close_all(fds)
         duration = self.slot.end(ok=result.status == protocol.OK)
         if self._log_runs:
-            log.debug("run on a connection from pid %d: form %s, %d bytes, exit %d (status %d), %.3f ms",
-                      self.peer_pid, job.form, len(job.source), result.exit_code,
+            log.debug("run on a connection from pid %d: form %s, %d bytes, exit %d (status %d), "
+                      "%.3f ms", self.peer_pid, job.form, len(job.source), result.exit_code,
                       result.status, duration * 1000)
         self._after_run()
         reply = result.output
@@ -277,6 +316,29 @@ class Worker:
             reply = protocol.EXIT_CODE.pack(result.exit_code) + reply
         conn.sendall(protocol.encode_response(result.status, reply))
         return True
+
+    def _run_to_exit(self, job: Job, conn: socket.socket) -> None:
+        """Hand the connection to the supervisor and give this process to ``job``.
+
+        Return only if the program is refused before it starts (a file over
+        max_request_bytes), after sending the refusal.
+        """
+        refusal = self.executor.refuse_file(job)
+        if refusal is not None:
+            _close_all(job.fds)
+            self.slot.end(ok=False)
+            conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, refusal.encode()))
+            return
+        if self.info.freshness is not None:
+            self.info.freshness.refresh(last=True)
+        self.slot.begin(TERMINAL)
+        self._tell(TERMINAL_RUN.pack(b"T", os.getpid(), self.peer_pid,
+                                     len(job.source), job.form.encode()))
+        self.channel.close()
+        self.conn = None
+        conn.close()  # the supervisor holds it now: it relays Ctrl-C and sends the exit status
+        logs.release()
+        self.executor.run_to_exit(job)
 
     def _job(self, fields: dict, fds: tuple):
         """Return the Job an extended request asks for, or its control op (bytes).
@@ -294,9 +356,11 @@ class Worker:
                 protocol.SOURCE not in fields:
             raise protocol.ProtocolError("malformed extended request: needs a form (c, -, f, m), "
                                          "a source, and stdio c or f", False)
-        if stdio == b"f" and len(fds) != 3:
+        targets = _fd_targets(fields.get(protocol.FD_NUMBERS, b""))
+        if stdio == b"f" and len(fds) != 3 + len(targets):
             raise protocol.ProtocolError("malformed extended request: stdio f needs the "
-                                         "client's fds 0, 1 and 2 attached", False)
+                                         "client's fds 0, 1 and 2 attached, then one fd for "
+                                         "each number in the fd-numbers field", False)
         source = protocol.decode_code(fields[protocol.SOURCE])
         argv = [os.fsdecode(a) for a in fields[protocol.ARG]] or \
             [{"c": "-c", "-": "-", "f": source, "m": "-m"}[form]]
@@ -304,39 +368,32 @@ class Worker:
         if fields[protocol.ENV]:
             env = dict(os.fsdecode(e).partition("=")[::2] for e in fields[protocol.ENV])
         cwd = os.fsdecode(fields[protocol.CWD]) if protocol.CWD in fields else None
-        limit = self.config.request_timeout
+        # A run on the client's terminal has no time limit unless it asks for
+        # one, as python has none; a captured run has the service's.
+        limit = 0.0 if stdio == b"f" else self.config.request_timeout
         if protocol.TIMEOUT_MS in fields:
             limit = struct.unpack(">I", fields[protocol.TIMEOUT_MS])[0] / 1000.0
-        return Job(form, source, argv, cwd, env, limit, fds if stdio == b"f" else None)
-
-    def _run(self, job: Job, conn):
-        """Run ``job``; with the client's connection, its Ctrl-C or departure
-        interrupts the program (SIGIO on the connection, only during the run)."""
-        if conn is None:
-            return self.executor.run(job)
-        fcntl.fcntl(conn, fcntl.F_SETOWN, os.getpid())
-        flags = fcntl.fcntl(conn, fcntl.F_GETFL)
-        fcntl.fcntl(conn, fcntl.F_SETFL, flags | os.O_ASYNC)
-        try:
-            return self.executor.run(job, conn)
-        finally:
-            fcntl.fcntl(conn, fcntl.F_SETFL, flags)
-
-    def _ask_for_help(self) -> None:
-        """No worker is left in accept(): ask the supervisor for another (it knows
-        the ceiling, and whether a connection is actually waiting)."""
-        try:
-            os.write(self.wake_fd, GROW)
-        except OSError:  # the pipe is full: the supervisor has been asked already
-            pass
+        umask = struct.unpack(">I", fields[protocol.UMASK])[0] & 0o777 \
+            if protocol.UMASK in fields else None
+        return Job(form, source, argv, cwd, env, limit, fds if stdio == b"f" else None,
+                   umask, targets)
 
     def _after_run(self) -> None:
-        """Take back the signals a program may have taken, and retire if due."""
+        """Take back the signals a program may have taken."""
         if _signal.getsignal(signal.SIGTERM) != self._on_stop:
             # The program took over SIGTERM; without ours, stopping would hang.
             signal.signal(signal.SIGTERM, self._on_stop)
         if not self.executor.signals_installed():
             self.executor.install_signals()
-        if self.retire_after and self.slot.served + self.slot.failed >= self.retire_after:
-            log.info("worker %d retiring after %d requests", os.getpid(), self.retire_after)
-            self.alive = False
+
+
+def _fd_targets(value: bytes) -> tuple:
+    """Return the fd numbers of the fd-numbers field; raise ProtocolError if malformed."""
+    if len(value) % _FD_NUMBER.size or len(value) // _FD_NUMBER.size > MAX_EXTRA_FDS:
+        raise protocol.ProtocolError("malformed extended request: the fd-numbers field holds "
+                                     "up to %d u32 numbers" % MAX_EXTRA_FDS, False)
+    targets = tuple(n for (n,) in _FD_NUMBER.iter_unpack(value))
+    if any(n < 3 or n > 1 << 20 for n in targets) or len(set(targets)) != len(targets):
+        raise protocol.ProtocolError("malformed extended request: fd numbers must be distinct, "
+                                     "from 3 to %d" % (1 << 20), False)
+    return targets
