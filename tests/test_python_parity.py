@@ -52,6 +52,8 @@ PROGRAMS = [
      "sys.stderr.isatty())", {}),
     ("stream set-up", "import sys\nprint(sys.stdout.encoding, sys.stderr.errors, "
      "sys.stdout.line_buffering, sys.stderr.line_buffering, sys.stdout.write_through)", {}),
+    ("stream error handlers", "import sys\nprint(sys.stdin.errors, sys.stdout.errors, "
+     "sys.stderr.errors)", {}),
     ("stream set-up, buffered", "import sys\nprint(sys.stdout.line_buffering, "
      "sys.stderr.line_buffering, type(sys.stdout.buffer).__name__)",
      {"env": {"PYTHONUNBUFFERED": ""}}),
