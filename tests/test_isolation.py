@@ -121,8 +121,8 @@ def write_files(directory, files) -> None:
 #   check_a  A's own outcome must also be python's (e.g. its atexit output)
 #   check    "not_seeded": B's stdout is not the value random gives after seed(1);
 #            "differs_from_a": B's stdout differs from A's (both random)
-#   v1       False: not in the v1 table (B shows the caller's cwd/env/fds,
-#            which a v1 request, running in the service's own, does not share)
+#   v1       False: not in the v1 table (B dies by a signal, or shows the
+#            caller's cwd/env/fds, which a v1 request does not have)
 
 ISOLATION = [
     ("json.dumps monkeypatched",
@@ -161,11 +161,11 @@ ISOLATION = [
     ("SIGINT ignored",
      "import signal\n_ = signal.signal(signal.SIGINT, signal.SIG_IGN)",
      "import os, signal\nprint(signal.getsignal(signal.SIGINT), flush=True)\n"
-     "os.kill(os.getpid(), signal.SIGINT)\nprint('not reached')", {}),
+     "os.kill(os.getpid(), signal.SIGINT)\nprint('not reached')", {"v1": False}),
     ("SIGTERM ignored",
      "import signal\n_ = signal.signal(signal.SIGTERM, signal.SIG_IGN)",
      "import os, signal\nprint(signal.getsignal(signal.SIGTERM), flush=True)\n"
-     "os.kill(os.getpid(), signal.SIGTERM)\nprint('survived')", {}),
+     "os.kill(os.getpid(), signal.SIGTERM)\nprint('survived')", {"v1": False}),
     ("SIGCHLD ignored",
      "import signal\n_ = signal.signal(signal.SIGCHLD, signal.SIG_IGN)",
      "import subprocess\nprint(subprocess.run(['false']).returncode)", {}),
@@ -397,10 +397,21 @@ def test_nothing_of_a_run_reaches_the_next(make_server, tmp_path, a, b, opts):
 
 
 # The same table over protocol v1: a connection per request, output captured
-# (stdout and stderr in the order written), code run in the service's cwd.
-# Compared where that means something: B writes to one stream only, does not
-# die by a signal, and does not show the caller's cwd, environment or fds.
+# (stdout and stderr in one stream, in the order written), code run in the
+# service's cwd and environment.  Python's expected output is its stdout and
+# stderr on one pipe, unbuffered so that they keep that order.  Left out: cases
+# whose B dies by a signal (a v1 reply cannot say so) or shows the caller's
+# cwd, environment or fds (a v1 request has none of its own).
 V1_CASES = [pytest.param(a, b, o, id=n) for n, a, b, o in ISOLATION if o.get("v1", True)]
+
+
+def run_merged(prefix, args, cwd, env) -> Outcome:
+    """Run ``prefix + args`` with stderr on stdout's pipe, unbuffered; return the Outcome."""
+    proc = subprocess.run(prefix + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, cwd=str(cwd),
+                          env=dict(env, PYTHONUNBUFFERED="1"), timeout=TIMEOUT,
+                          preexec_fn=_default_signals)
+    return Outcome(proc.stdout.decode("utf-8", "backslashreplace"), "", proc.returncode)
 
 
 @pytest.mark.parametrize("a, b, opts", V1_CASES)
@@ -412,15 +423,13 @@ def test_nothing_of_a_v1_request_reaches_the_next(make_server, a, b, opts):
     status_a, out_a = request(server.path, a)
     write_files(work, opts.get("between"))
     status_b, out_b = request(server.path, b)
-    want = run(PYTHON, ["-c", b], work, env)
-    if want.code < 0 or (want.stdout and want.stderr):
-        pytest.skip("python's B dies by a signal or writes to both streams: "
-                    "a v1 reply cannot show that")
-    got = Outcome(out_b, "", 0 if status_b == 0 else 1)
+    want = run_merged(PYTHON, ["-c", b], work, env)
+    assert want.code >= 0, "the table is wrong: python's B dies by a signal; mark it v1: False"
     if opts.get("check"):
+        got = Outcome(out_b, "", 0 if status_b == 0 else 1)
         _check_b(opts, Outcome(out_a, "", status_a), got, Outcome("", "", 0), work, env)
     else:
-        assert (out_b, status_b == 0) == (want.stdout + want.stderr, want.code == 0)
+        assert (out_b, status_b == 0) == (want.stdout, want.code == 0)
 
 
 # --- 2. edited modules are seen at once ---------------------------------------------
@@ -678,6 +687,10 @@ SHELL = [
      "echo hello >in; {run} -c 'import os; print(os.read(4, 100))' 4<in", {}),
     ("a fd at a high number (9>file)",
      "{run} -c 'import os; print(os.write(9, b\"nine\"))' 9>out; cat out", {}),
+    ("the fds a run sees", "echo hello >in; {run} -c 'import os; "
+     "print(sorted(int(fd) for fd in os.listdir(\"/proc/self/fd\")))' 5<in 7>out", {}),
+    ("the client's umask", "umask 077; {run} -c 'import os; print(oct(os.umask(0)))'; "
+     "umask 002; {run} -c 'import os; print(oct(os.umask(0)))'", {}),
     ("process substitution", "{run} -m json.tool <(echo '{{}}')", {}),
     ("process substitution, a file to read",
      "{run} -c 'import sys; print(open(sys.argv[1]).read().split())' <(echo a b c)", {}),
@@ -720,6 +733,14 @@ def test_shell_pipelines_and_redirections_as_python(make_server, tmp_path, comma
         write_files(work, opts.get("files"))
         outcomes[name] = run_shell(command.format(run=shlex.join(prefix)), work, env)
     assert outcomes["pyrust"] == outcomes["python"]
+
+
+def test_a_run_has_no_time_limit_as_under_python(make_server, tmp_path):
+    """request_timeout bounds v1 requests; a `pyrust` run, like python, has none."""
+    server = make_server("max_workers = 4\nrequest_timeout = 0.2\n", workers=1)
+    env = _env(server.path)
+    code = "import time\ntime.sleep(0.6)\nprint('slept')"
+    assert run(PYRUST, ["-c", code], tmp_path, env) == run(PYTHON, ["-c", code], tmp_path, env)
 
 
 def _readline(stream, timeout=TIMEOUT) -> bytes:
