@@ -73,8 +73,16 @@ def _default_signals():
 
 
 def _env(server_path, overrides=None) -> dict:
-    """Return the environment both interpreters get; a None value removes the key."""
-    env = pyrust_env(PYRUST_SOCKET=server_path)
+    """Return the environment both interpreters get; a None value removes the key.
+
+    The client's configuration turns autostart off: a server that died in a
+    test must fail it, not leave a background server of its own behind.
+    """
+    config_home = os.path.join(os.path.dirname(server_path), "client-config")
+    os.makedirs(os.path.join(config_home, "pyrust"), exist_ok=True)
+    with open(os.path.join(config_home, "pyrust", "config.toml"), "w") as f:
+        f.write("autostart = false\n")
+    env = pyrust_env(PYRUST_SOCKET=server_path, XDG_CONFIG_HOME=config_home)
     for key, value in (overrides or {}).items():
         if value is None:
             env.pop(key, None)
