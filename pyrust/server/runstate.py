@@ -142,8 +142,18 @@ def enter_for_good(job, main: types.ModuleType) -> None:
     if job.cwd is not None:
         os.chdir(job.cwd)
     if job.env is not None:
-        os.environ.clear()
-        os.environ.update(job.env)
+        _replace_environ(job.env)
+
+
+def _replace_environ(env: dict) -> None:
+    """Make ``os.environ`` ``env``, touching only the variables that differ
+    (each change is a putenv or unsetenv)."""
+    current = os.environ
+    for key in [key for key in current if key not in env]:
+        del current[key]
+    for key, value in env.items():
+        if current.get(key) != value:
+            current[key] = value
 
 
 def exit_sequence(code: int) -> int:
