@@ -83,6 +83,9 @@ def throughput_section(t: dict) -> str:
                          "%.0f%%" % (r["server_cpu"] * 100), "%.0f%%" % (r["client_cpu"] * 100),
                          "%.0f" % ((r["server_cpu"] + r["client_cpu"]) / r["rps"] * 1e6)
                          if r["rps"] else "-",
+                         "%.0f" % (r["parent_cpu"] / r["rps"] * 1e6) if r["rps"] else "-",
+                         "%.0f (%.0f)" % (r["faults"] / r["rps"], r["parent_faults"] / r["rps"])
+                         if r["rps"] else "-",
                          "%.2f" % r["forks_per_connection"] if "forks" in r else "-",
                          "%.2fx" % (r["rps"] / floor) if floor and config["server"] == "pyrust"
                          else "-"])
@@ -96,14 +99,18 @@ def throughput_section(t: dict) -> str:
             "the template forks a replacement as soon as a spare takes a connection. The "
             "forking floor forks a child per connection after accept(). Unpinned, or the "
             "server's tree and the clients pinned as in the warm path. CPU columns are "
-            "shares of one CPU; CPU µs/conn is server and client CPU time per connection; "
-            "forks/conn = spares the template forked per connection made (from its status; "
+            "shares of one CPU; CPU µs/conn is server and client CPU time per connection, "
+            "parent µs/conn the share of it spent in the process that forks (pyrust's "
+            "template, the floor's parent); faults/conn = minor page faults of the server's "
+            "processes per connection (copy-on-write copies, and the code pages a fresh "
+            "process maps again), in brackets those of the parent; forks/conn = spares the template forked per connection made (from its status; "
             "1.00: every connection had a fresh process); x floor compares with the forking "
             "floor in the same placement. %d replies checked, %d wrong.\n\n"
             % (t["program"], t["repeats"], t["duration"], t.get("default_spares", 0),
                total, wrong)
             + table(["configuration", "clients", "conn/s", "range", "srv CPU", "client CPU",
-                     "CPU µs/conn", "forks/conn", "x floor"], rows, align="lrrrrrrrr"))
+                     "CPU µs/conn", "parent µs/conn", "faults/conn", "forks/conn", "x floor"],
+                    rows, align="l" + "r" * 10))
 
 
 def cold_section(c: dict) -> str:

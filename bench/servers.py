@@ -276,3 +276,36 @@ def tree_cpu_ns(pid: int) -> int:
         return 0
     gone = int((times.children_user + times.children_system) * 1e9)
     return gone + sum(cpu_ns(p) for p in pids)
+
+
+def _stat_fields(pid: int) -> list:
+    """Return the fields of ``/proc/PID/stat`` after the command name (state first)."""
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def faults(pid: int) -> int:
+    """Return the minor page faults so far of process ``pid`` alone (0 if it is gone)."""
+    try:
+        return int(_stat_fields(pid)[7])
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+
+
+def tree_faults(pid: int) -> int:
+    """Return the minor page faults so far of process ``pid`` and its descendants,
+    live or reaped (``/proc/PID/stat``; the same caveat as tree_cpu_ns).
+
+    After a fork, parent and child fault on every page either writes (a copy)
+    and the child on the file-backed pages it runs (mapped again on demand),
+    so the count shows what a fresh process per connection costs.
+    """
+    import psutil
+
+    try:
+        fields = _stat_fields(pid)
+        pids = [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess):
+        return 0
+    # minflt, cminflt (its reaped children's), then the live descendants'.
+    return int(fields[7]) + int(fields[8]) + sum(faults(child) for child in pids)

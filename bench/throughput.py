@@ -102,6 +102,10 @@ def measure(path: str, pid: int, program, concurrency: int, duration: float) -> 
 
     ``rps`` counts the requests completed in the window (one per connection);
     ``connections`` every connection made, lead-in and last ones included.
+    ``server_cpu`` is the share of a CPU the server's tree used in the window,
+    ``parent_cpu`` that of process ``pid`` alone (the process that forks),
+    ``faults`` and ``parent_faults`` the minor page faults per second of the
+    tree and of process ``pid``.
     """
     expected = client.reference_reply(path, program)
     start = time.monotonic_ns() + int(LEAD_IN * 1e9)
@@ -109,9 +113,11 @@ def measure(path: str, pid: int, program, concurrency: int, duration: float) -> 
     children = [_fork_client(path, program, expected, start, end)
                 for _ in range(concurrency)]
     time.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
-    cpu_before = servers.tree_cpu_ns(pid)
+    readings = (servers.tree_cpu_ns, servers.cpu_ns, servers.tree_faults, servers.faults)
+    before = [read(pid) for read in readings]
     time.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
-    server_cpu = (servers.tree_cpu_ns(pid) - cpu_before) / 1e9
+    server_cpu, parent_cpu, faults, parent_faults = (
+        read(pid) - b for read, b in zip(readings, before))
     counted = wrong = made = 0
     client_cpu = 0.0
     for child, fd in children:
@@ -125,7 +131,9 @@ def measure(path: str, pid: int, program, concurrency: int, duration: float) -> 
         client_cpu += float(cpu)
     return {"concurrency": concurrency, "requests": counted, "wrong": wrong,
             "connections": made + 1,  # and the reference request's
-            "rps": counted / duration, "server_cpu": server_cpu / duration,
+            "rps": counted / duration, "server_cpu": server_cpu / 1e9 / duration,
+            "parent_cpu": parent_cpu / 1e9 / duration, "faults": faults / duration,
+            "parent_faults": parent_faults / duration,
             "client_cpu": client_cpu / duration}
 
 
@@ -150,7 +158,9 @@ def _median_row(points: list) -> dict:
         return statistics.median(p[key] for p in points)
     row = {"concurrency": points[0]["concurrency"], "rps": median("rps"),
            "rps_min": min(p["rps"] for p in points), "rps_max": max(p["rps"] for p in points),
-           "server_cpu": median("server_cpu"), "client_cpu": median("client_cpu"),
+           "server_cpu": median("server_cpu"), "parent_cpu": median("parent_cpu"),
+           "faults": median("faults"), "parent_faults": median("parent_faults"),
+           "client_cpu": median("client_cpu"),
            "requests": sum(p["requests"] for p in points),
            "wrong": sum(p["wrong"] for p in points),
            "connections": sum(p["connections"] for p in points),
