@@ -21,8 +21,9 @@ from bench import (alternative, coldstart, hotpath, machine, memory, plot, repor
                    targets, throughput, userinstall, warm)
 
 SECTIONS = ("warm", "throughput", "cold", "alternative", "memory", "hotpath")
-QUICK = dict(requests=100, warmup=10, duration=0.2, repeats=1, cold_runs=2, hyperfine_runs=3,
-             memory_requests=1000, hotpath_requests=500)
+QUICK = dict(requests=100, warmup=10, connections=20, duration=0.2, repeats=1, cold_runs=2,
+             hyperfine_runs=3, memory_requests=1000, memory_connections=20,
+             hotpath_requests=500)
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DOCS = ("docs/benchmarks.json", "docs/benchmarks-cdf.png", "docs/benchmarks.md")
 
@@ -42,12 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated sections to run (default: all of %s)" % ",".join(SECTIONS))
     add("--requests", type=int, default=10000, help="timed requests per warm-path case")
     add("--warmup", type=int, default=1000, help="untimed requests before each warm-path case")
-    add("--duration", type=float, default=0.7, help="seconds per throughput point")
-    add("--repeats", type=int, default=3, help="repeats of each throughput point (fresh servers)")
+    add("--connections", type=int, default=300,
+        help="timed connections per per-connection warm-path case (each a fresh process)")
+    add("--duration", type=float, default=0.7, help="seconds per new-connection rate point")
+    add("--repeats", type=int, default=3,
+        help="repeats of each new-connection rate point (fresh servers)")
     add("--cold-runs", type=int, default=10, help="activations per cold-start case")
     add("--hyperfine-runs", type=int, default=40, help="runs per hyperfine command")
     add("--memory-requests", type=int, default=100_000,
-        help="requests between the two memory snapshots")
+        help="requests on one session (a persistent connection) in the memory section")
+    add("--memory-connections", type=int, default=1000,
+        help="new connections (each a fresh process) in the memory section")
     add("--hotpath-requests", type=int, default=20000, help="requests for the in-process profile")
     add("--quick", action="store_true",
         help="tiny counts: checks that the bench works, measures nothing")
@@ -101,7 +107,8 @@ def run_sections(args, workdir: str, progress: Progress) -> "tuple[dict, dict]":
                 type(exc).__name__, exc)}
     if "warm" in only:
         progress.expect(warm.case_count())
-        section("warm", "warm", lambda: warm.run(workdir, args.requests, args.warmup, progress))
+        section("warm", "warm", lambda: warm.run(workdir, args.requests, args.warmup,
+                                                 args.connections, progress))
         samples = results["warm"].pop("samples", {})
     progress.expect(0)
     if "throughput" in only:
@@ -120,7 +127,8 @@ def run_sections(args, workdir: str, progress: Progress) -> "tuple[dict, dict]":
         section("alternative", "alternative",
                 lambda: alternative.run(workdir, install, args.hyperfine_runs, progress))
     if "memory" in only:
-        section("memory", "memory", lambda: memory.run(workdir, args.memory_requests, progress))
+        section("memory", "memory", lambda: memory.run(
+            workdir, args.memory_connections, args.memory_requests, progress))
     if "hotpath" in only:
         section("hot_path", "hotpath", lambda: hotpath.run(args.hotpath_requests, progress))
     return results, samples

@@ -1,12 +1,18 @@
 """The floor: the least a Python server does to answer v1 requests correctly.
 
-    python bench/floor.py SOCKET
+    python bench/floor.py [--fork] SOCKET
 
 One process, a blocking ``accept()``, and per request: read the frame,
 compile (cached by source, as pyrust caches), run the body in fresh globals
 with stdout captured, echo the repr of a final bare expression, reply.  An
 error's reply is ``Name: message`` rather than a full traceback.  No pyrust
 code is imported: every pyrust figure is also reported as a ratio to this.
+
+With ``--fork`` it is the floor of a fresh process per connection, as
+pyrust serves connections now: the parent only accepts, forks a child per
+connection (the fork is on that connection's path: nothing is forked in
+advance) and reaps the children that ended; the child serves the one
+connection with the parent's empty compile cache, then exits.
 
 It binds SOCKET itself (the directory must exist and be private), sends
 ``READY=1`` to ``$NOTIFY_SOCKET`` when listening, and runs until killed.
@@ -87,7 +93,33 @@ def serve(listener):
             serve_connection(conn, cache)
 
 
-def main(path):
+def serve_forking(listener):
+    """Serve each connection in a child forked for it, forever."""
+    while True:
+        _reap()  # before waiting: the parent is charged the children it reaps
+        conn, _ = listener.accept()
+        if os.fork() == 0:
+            status = 1
+            try:
+                listener.close()
+                with conn:
+                    serve_connection(conn, {})
+                status = 0
+            finally:
+                os._exit(status)
+        conn.close()
+
+
+def _reap():
+    """Collect every child that has ended, without waiting for the others."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def main(path, forking=False):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(socket.SOMAXCONN)
@@ -95,8 +127,8 @@ def main(path):
     if address:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.sendto(b"READY=1", address)
-    serve(listener)
+    (serve_forking if forking else serve)(listener)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[-1], forking="--fork" in sys.argv[1:-1])

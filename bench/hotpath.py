@@ -3,11 +3,18 @@
 pyrust's own worker code (and the floor's) is called in this process on one
 end of a socketpair while the other end plays the client, so no scheduler
 or wake-up cost is in the figures: what is left is the Python work.  Two
-paths are timed: one request on an open connection (``handle_request``) and
-a whole connection carrying one request (``serve_connection``: socket
-options, the request, the end-of-file; the socketpair stands in for
-``accept``).  ``profile`` adds a cProfile of pyrust's per-request path
-(cProfile slows small Python functions down: read shares, not absolutes).
+paths are timed: one request on an open connection (``handle_request``: a
+session's next request, in a process that has served it before), and what
+a worker does with the one connection it serves, with an empty compile
+cache as in a fresh process (pyrust: mark its slot taken, hand the
+supervisor a copy of the connection, check the peer's credentials, then
+``serve_connection``: socket options, the request, the end-of-file; the
+floor: ``serve_connection`` with a new cache).  The socketpair stands in for
+``accept``; what a fresh process pays besides (its birth, copy-on-write
+faults on the pages it shares with the template, its exit) cannot be
+measured in one process and is in the warm path's and the new-connection
+figures.  ``profile`` adds a cProfile of pyrust's per-request path (cProfile
+slows small Python functions down: read shares, not absolutes).
 """
 
 from __future__ import annotations
@@ -31,18 +38,40 @@ class _Pyrust:
         from pyrust.config import Config
         from pyrust.server.control import ServiceInfo
         from pyrust.server.scoreboard import Scoreboard
-        from pyrust.server.worker import Worker
+        from pyrust.server.worker import TOOK, Worker
 
         board = Scoreboard(4)
         self._channel, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._channel.setblocking(False)  # recv_fds ignores its flags before Python 3.12
         self.worker = Worker(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), Config(),
                              board.attach(board.claim(), os.getpid()), channel,
                              ServiceInfo("bench", "-", time.time(), board), os.getppid())
         self.request = self.worker.handle_request
-        self.connection = self.worker.serve_connection
+        self._took = TOOK.pack(b"A", os.getpid())
         self._previous = [signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGALRM)]
         signal.signal(signal.SIGTERM, self.worker._on_stop)
         self.worker.executor.install_signals()  # the time limit is armed, as in a worker
+
+    def connection(self, conn) -> None:
+        """Do what Worker.run does with its connection, but accept it."""
+        worker = self.worker
+        worker.slot.connected()
+        worker._tell(self._took, conn.fileno())
+        if worker.admit(conn):
+            worker.serve_connection(conn)
+        worker.conn = None
+
+    def fresh(self) -> None:
+        """Make the next connection find what a fresh spare has: an empty compile
+        cache; and take what the last one told the supervisor."""
+        self.worker.executor.clear_cache()
+        try:
+            while True:
+                _, fds, _, _ = socket.recv_fds(self._channel, 64, 1)
+                for fd in fds:
+                    os.close(fd)
+        except BlockingIOError:
+            pass
 
     def close(self) -> None:
         for sig, previous in zip((signal.SIGTERM, signal.SIGALRM), self._previous):
@@ -58,7 +87,11 @@ class _Floor:
     def __init__(self) -> None:
         cache = {}
         self.request = lambda conn: _floor_request(conn, cache)
-        self.connection = lambda conn: floor.serve_connection(conn, cache)
+        # The forking floor's child: a new process, an empty cache.
+        self.connection = lambda conn: floor.serve_connection(conn, {})
+
+    def fresh(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -83,34 +116,38 @@ def _requests(handle, frame: bytes, count: int) -> float:
         return (time.perf_counter_ns() - start) / count
 
 
-def _connections(serve, frame: bytes, count: int) -> float:
-    """Serve ``count`` one-request connections with ``serve``; return ns per connection."""
-    pair, shut = socket.socketpair, socket.SHUT_WR
-    start = time.perf_counter_ns()
+def _connections(server, frame: bytes, count: int) -> float:
+    """Serve ``count`` one-request connections with ``server``; return ns per connection,
+    counting only the server's code (the client's side and ``fresh`` are untimed)."""
+    pair, shut, clock = socket.socketpair, socket.SHUT_WR, time.perf_counter_ns
+    serve, fresh = server.connection, server.fresh
+    total = 0
     for _ in range(count):
         ours, theirs = pair()
         ours.sendall(frame)
         ours.shutdown(shut)
+        fresh()
+        start = clock()
         serve(theirs)
+        total += clock() - start
         theirs.close()
         ours.recv(65536)
         ours.close()
-    return (time.perf_counter_ns() - start) / count
+    return total / count
 
 
 def compare(count: int, programs=PROGRAMS[:1] + PROGRAMS[8:10]) -> list:
     """Return, per program and path, the µs of pyrust's and the floor's code."""
     rows = []
     for program in programs:
-        for path, timer, attribute in (("persistent", _requests, "request"),
-                                       ("per-connection", _connections, "connection")):
+        for path, timer in (("persistent", lambda s, *a: _requests(s.request, *a)),
+                            ("per-connection", _connections)):
             row = {"program": program.label, "mode": path}
             for name, server_class in (("pyrust", _Pyrust), ("floor", _Floor)):
                 server = server_class()
                 try:
-                    handle = getattr(server, attribute)
-                    timer(handle, program.frame, max(1, count // 10))  # warm up
-                    row[name] = timer(handle, program.frame, count) / 1000
+                    timer(server, program.frame, max(1, count // 10))  # warm up
+                    row[name] = timer(server, program.frame, count) / 1000
                 finally:
                     server.close()
             rows.append(row)

@@ -40,12 +40,17 @@ def machine_section(m: dict) -> str:
 
 def warm_section(warm: dict) -> str:
     parts = ["## Warm path: pyrust against the floor (µs per round trip)\n\n"
-             "pyrust with its default pool (%d workers), the floor one process, both pinned "
-             "with taskset. %d timed requests per case after %d untimed; CV = coefficient of "
-             "variation of 20 consecutive batch means; srv CPU = server CPU time per request "
-             "(schedstat); x floor = pyrust p50 / floor p50."
-             % (warm.get("pyrust_workers", 0), warm["requests_per_case"],
-                warm["warmup_per_case"])]
+             "pyrust with its default %d spares, the floor one process, both pinned with "
+             "taskset. Persistent: %d timed requests on one connection (one pyrust process) "
+             "after %d untimed; per-connection: %d timed connections after %d untimed, each "
+             "served by a fresh pyrust process (forked in advance) and by the floor's one "
+             "process. CV = coefficient of variation of 20 consecutive batch means; srv CPU "
+             "= server CPU time per request (schedstat, exited workers included); x floor = "
+             "pyrust p50 / floor p50."
+             % (warm.get("pyrust_spares", warm.get("pyrust_workers", 0)),
+                warm["requests_per_case"], warm["warmup_per_case"],
+                warm.get("connections_per_case", warm["requests_per_case"]),
+                warm.get("connection_warmup_per_case", warm["warmup_per_case"]))]
     for placement in warm["placements"]:
         rows = []
         for r in (r for r in warm["rows"] if r["placement"] == placement["name"]):
@@ -67,27 +72,45 @@ def warm_section(warm: dict) -> str:
 
 def throughput_section(t: dict) -> str:
     configs = t["configurations"]
-    single = {r["concurrency"]: r["rps"] for r in configs[0]["rows"]}
+    floors = {(c["placement"], r["concurrency"]): r["rps"] for c in configs
+              if c["server"] != "pyrust" for r in c["rows"]}
     rows = []
     for config in configs:
         for r in config["rows"]:
+            floor = floors.get((config["placement"], r["concurrency"]))
             rows.append([config["name"], r["concurrency"], "%.0f" % r["rps"],
                          "%.0f-%.0f" % (r["rps_min"], r["rps_max"]),
                          "%.0f%%" % (r["server_cpu"] * 100), "%.0f%%" % (r["client_cpu"] * 100),
-                         "%.0f" % ((r["server_cpu"] + r["client_cpu"]) / r["rps"] * 1e6),
-                         "%.2fx" % (r["rps"] / single[r["concurrency"]])])
+                         "%.0f" % ((r["server_cpu"] + r["client_cpu"]) / r["rps"] * 1e6)
+                         if r["rps"] else "-",
+                         "%.0f" % (r["parent_cpu"] / r["rps"] * 1e6) if r["rps"] else "-",
+                         "%.0f (%.0f)" % (r["faults"] / r["rps"], r["parent_faults"] / r["rps"])
+                         if r["rps"] else "-",
+                         "%.2f" % r["forks_per_connection"] if "forks" in r else "-",
+                         "%.2fx" % (r["rps"] / floor) if floor and config["server"] == "pyrust"
+                         else "-"])
     wrong = sum(r["wrong"] for c in configs for r in c["rows"])
     total = sum(r["requests"] for c in configs for r in c["rows"])
-    return ("## Throughput (`%s`, a connection per request)\n\n"
-            "Median of %d repeats of %g s, each with fresh servers (range: slowest-fastest). "
-            "Servers and clients are unpinned in the first two configurations and pinned "
-            "with taskset in the others. CPU columns "
-            "are shares of one CPU (the machine has %d); CPU µs/req is server and client CPU "
-            "time per request; x 1 worker compares with the first configuration. "
-            "%d replies checked, %d wrong.\n\n"
-            % (t["program"], t["repeats"], t["duration"], t["default_workers"], total, wrong)
-            + table(["configuration", "concurrency", "req/s", "range", "srv CPU", "client CPU",
-                     "CPU µs/req", "x 1 worker"], rows, align="lrrrrrrr"))
+    return ("## New connections: the sustained rate, a fresh process per connection "
+            "(`%s`, connections/s)\n\n"
+            "Closed-loop clients, each looping connect, send, receive, close; the rate is "
+            "the median of %d repeats of %g s, each with fresh servers (range: "
+            "slowest-fastest). pyrust keeps its spares (default %d) refilled as they go: "
+            "the template forks a replacement as soon as a spare takes a connection. The "
+            "forking floor forks a child per connection after accept(). Unpinned, or the "
+            "server's tree and the clients pinned as in the warm path. CPU columns are "
+            "shares of one CPU; CPU µs/conn is server and client CPU time per connection, "
+            "parent µs/conn the share of it spent in the process that forks (pyrust's "
+            "template, the floor's parent); faults/conn = minor page faults of the server's "
+            "processes per connection (copy-on-write copies, and the code pages a fresh "
+            "process maps again), in brackets those of the parent; forks/conn = spares the template forked per connection made (from its status; "
+            "1.00: every connection had a fresh process); x floor compares with the forking "
+            "floor in the same placement. %d replies checked, %d wrong.\n\n"
+            % (t["program"], t["repeats"], t["duration"], t.get("default_spares", 0),
+               total, wrong)
+            + table(["configuration", "clients", "conn/s", "range", "srv CPU", "client CPU",
+                     "CPU µs/conn", "parent µs/conn", "faults/conn", "forks/conn", "x floor"],
+                    rows, align="l" + "r" * 10))
 
 
 def cold_section(c: dict) -> str:
@@ -121,24 +144,58 @@ def alternative_section(a: dict) -> str:
     return text + ("\n\nnumpy: %s" % a["numpy"] if "numpy" in a else "")
 
 
-def memory_section(m: dict) -> str:
-    phases = [p for p in ("idle", "warm", "after") if p in m]
+def _memory_rows(case: dict, phases: list) -> list:
     rows = []
-    for kind in ("rss", "uss", "pss"):
-        rows.append(["supervisor", kind.upper()]
-                    + ["%.1f" % m[p]["supervisor"][kind] for p in phases])
-        for pid in sorted(m["idle"]["workers"]):
-            rows.append(["worker %s" % pid, kind.upper()] + [
-                "%.1f" % m[p]["workers"][pid][kind] if pid in m[p]["workers"] else "gone"
-                for p in phases])
-    names = {"idle": "idle", "warm": "after %d" % m.get("warm_requests", 0),
-             "after": "after %d" % m["requests"]}
-    return ("## Memory (MiB): idle, after a warm-up, and after %d requests\n\n"
-            "%d per worker, %s replies verified. RSS counts shared pages, USS only the "
-            "process's own, PSS shares the shared ones out.\n\n"
-            % (m["requests"], m["per_worker"], _checked(m))
-            + table(["process", "measure"] + [names[p] for p in phases], rows,
-                    align="ll" + "r" * len(phases)))
+    spares = len(case["idle"]["spares"])
+    for name, key, label in (("template", "template", "template"),
+                             ("spare", "spare_mean", "fresh spare (mean of %d)" % spares),
+                             ("session", "session", "session worker")):
+        for kind in ("rss", "uss", "pss"):
+            rows.append([label, kind.upper()]
+                        + ["%.1f" % case[p][key][kind] for p in phases]
+                        + ["%+.2f" % case["growth"][name][kind]])
+    return rows
+
+
+def memory_section(m: dict) -> str:
+    phases = ["idle", "warm", "after"]
+    names = ["idle", "after %d conn + %d req" % (m["warm_connections"],
+                                                 m["warm_session_requests"]),
+             "after %d conn + %d req" % (m["connections"], m["session_requests"])]
+    parts = ["## Memory and forks: the template and its spares (MiB)\n\n"
+             "pyrust with %d spares; per case %d new connections (each a fresh process, "
+             "one program of the table each) and %d requests on one session (a persistent "
+             "connection), %s replies verified. The template is the supervisor, which has "
+             "imported the preloads and forks every spare; each snapshot reads the spares "
+             "that wait in accept() at that moment, so the spares of the last two columns "
+             "were forked after the load before them. RSS counts shared pages, USS only the "
+             "process's own, PSS shares the shared ones out. Growth = last column minus "
+             "the one before: a leak would show in the template or in late spares."
+             % (m["spares"], m["connections"], m["session_requests"], _checked(m))]
+    for case in m["cases"]:
+        parts.append("### %s\n\n" % case["name"] + table(
+            ["process", "measure"] + names + ["growth"], _memory_rows(case, phases),
+            align="ll" + "r" * (len(phases) + 1)))
+    rows = []
+    for case in m["cases"]:
+        f, t, s = case["forks"], case["after"]["template"], case["after"]["spare_mean"]
+        rows.append([case["name"], f["total"], f["count"],
+                     "%.3f" % f["p50_ms"] if f["p50_ms"] is not None else "-",
+                     "%.3f" % f["p99_ms"] if f["p99_ms"] is not None else "-",
+                     "%.0f" % case["template_cpu_per_connection"],
+                     "%.1f" % t["rss"], "%.1f" % t["uss"], "%.1f" % t["pss"],
+                     "%.1f" % s["rss"], "%.1f" % s["uss"], "%.1f" % s["pss"]])
+    parts.append("### What a fork costs the template, and what a spare weighs\n\n"
+                 "fork p50/p99: the parent's side of os.fork() in the template (ms, its "
+                 "status, over the last `timed` forks after the load); template CPU/conn: the "
+                 "template's CPU time per new connection (µs, schedstat: the fork, the "
+                 "hand-over, the reaping). Memory after the load (MiB).\n\n"
+                 + table(["case", "forks", "timed", "fork p50", "fork p99", "template CPU/conn",
+                          "template RSS", "USS", "PSS", "spare RSS", "USS", "PSS"], rows,
+                         align="l" + "r" * 11))
+    if "numpy" in m:
+        parts.append("numpy: %s" % m["numpy"])
+    return "\n\n".join(parts)
 
 
 def hotpath_section(h: dict) -> str:
@@ -147,8 +204,11 @@ def hotpath_section(h: dict) -> str:
     profile = [[r["function"], "%.0f" % r["calls"] if r["calls"] >= 1 else "%.2f" % r["calls"],
                 "%.2f" % r["own"], "%.2f" % r["cumulative"]] for r in h["profile"]]
     return ("## Hot path: pyrust's and the floor's code in-process, no scheduler (µs)\n\n"
-            "persistent: one request on an open connection; per-connection: a connection "
-            "carrying one request, accept() excluded.\n\n"
+            "persistent: one request on an open connection (a session's next request); "
+            "per-connection: what a worker does with the one connection it serves, with an "
+            "empty compile cache as in a fresh process (pyrust: take the slot, hand the "
+            "supervisor a copy, check the peer, serve; the floor: serve), accept(), the "
+            "process's birth and exit excluded.\n\n"
             + table(["program", "path", "pyrust", "floor", "difference"], rows)
             + "\n\ncProfile of pyrust's per-request path for `2+3` (%d requests; cProfile "
               "inflates small Python functions, read the shares):\n\n" % h["requests"]

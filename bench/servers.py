@@ -1,25 +1,32 @@
-"""Servers under test: pyrust and the floor, started pinned, ready-checked, stopped.
+"""Servers under test: pyrust and the floors, started pinned, ready-checked, stopped.
 
 Every server binds its socket in a private (0700) directory of its own and
 reports ``READY=1`` to a notify socket the bench binds; the bench waits for
-that datagram (or the server's exit, through a pidfd), never sleeps.
+that datagram (or the server's exit, through a pidfd), never sleeps.  pyrust's
+status (its spares, its forks) is asked over its own protocol; waiting for
+its template to refill its spares is the one wait that polls.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOOR = os.path.join(ROOT, "bench", "floor.py")
 READY_TIMEOUT = 120.0  # seconds; a heavy preload on a busy machine can be slow
 STOP_TIMEOUT = 40.0    # pyrust's graceful_timeout is 30 s
+#: Seconds pyrust's template may take to have its spares ready, and the polling step.
+SPARES_TIMEOUT = 30.0
+SPARES_POLL = 0.005
 
 
 class Placement(collections.namedtuple("Placement", "name server_cpus client_cpus")):
@@ -144,13 +151,17 @@ def _wait_ready(notify: socket.socket, proc: subprocess.Popen) -> None:
 
 
 def pyrust_config(directory: str, workers=None, preload=()) -> str:
-    """Write a pyrust configuration in ``directory``; return its path."""
+    """Write a pyrust configuration in ``directory``; return its path.
+
+    ``workers`` is the number of spares pyrust keeps waiting in ``accept()``
+    (None: its default, one per CPU).  ``max_workers`` keeps its default
+    (four times as many processes in all, spares and busy ones), so a spare
+    that takes a connection is replaced at once.
+    """
     path = os.path.join(directory, "config.toml")
     lines = ['log_level = "warning"']
-    # A fixed pool: pyrust grows it while every worker is busy, which would
-    # turn "1 worker" into several under concurrent load.
-    pool = workers or os.cpu_count() or 1
-    lines.append("workers = %d\nmax_workers = %d" % (pool, pool))
+    if workers:
+        lines.append("workers = %d" % workers)
     if preload:
         lines.append("preload = [%s]" % ", ".join('"%s"' % m for m in preload))
     with open(path, "w") as f:
@@ -160,7 +171,8 @@ def pyrust_config(directory: str, workers=None, preload=()) -> str:
 
 def start_pyrust(directory: str, python: str = sys.executable, workers=None, preload=(),
                  cpus=None, source_root=ROOT) -> ServerProcess:
-    """Start ``python -m pyrust serve`` with ``workers`` (default: pyrust's) and ``preload``.
+    """Start ``python -m pyrust serve`` with ``workers`` spares (default: pyrust's) and
+    ``preload``.
 
     With ``source_root``, that checkout's pyrust is put first on PYTHONPATH;
     pass None to run the pyrust installed in ``python``'s environment.
@@ -172,30 +184,128 @@ def start_pyrust(directory: str, python: str = sys.executable, workers=None, pre
     return start("pyrust", command, directory, cpus, env)
 
 
-def start_floor(directory: str, python: str = sys.executable, cpus=None) -> ServerProcess:
-    """Start the floor server (bench/floor.py) in ``directory``."""
-    command = [python, FLOOR, os.path.join(directory, "server.sock")]
-    return start("floor", command, directory, cpus)
+def start_floor(directory: str, python: str = sys.executable, cpus=None,
+                forking: bool = False) -> ServerProcess:
+    """Start the floor server (bench/floor.py) in ``directory``; with ``forking``, the
+    floor that forks a fresh process for every connection."""
+    command = [python, FLOOR] + (["--fork"] if forking else []) + [
+        os.path.join(directory, "server.sock")]
+    return start("forking floor" if forking else "floor", command, directory, cpus)
 
 
-def tree_cpu_ns(pid: int) -> int:
-    """Return the CPU time (ns) used so far by process ``pid`` and its live descendants.
+def status_on(sock: socket.socket) -> dict:
+    """Return pyrust's status, asked on the open connection ``sock`` (the extended
+    protocol's status operation; v1 requests may share the connection).  Raise
+    RuntimeError if the server refuses it."""
+    from pyrust import protocol  # the bench's own client speaks only v1
 
-    Read from ``/proc/PID/task/*/schedstat`` (nanosecond resolution, unlike the
-    clock-tick figures of ``/proc/PID/stat``); processes that vanish count 0.
+    header, payload = protocol.encode_extended([(protocol.OP, protocol.OP_STATUS)])
+    sock.sendall(header + payload)
+    code, reply = protocol.read_response(sock)
+    if code != protocol.OK:
+        raise RuntimeError("status request refused (status %d): %r" % (code, reply[:200]))
+    return json.loads(reply)
+
+
+def ready_spares(sock: socket.socket, count: int) -> dict:
+    """Return pyrust's status, asked on the open connection ``sock`` (so no spare is
+    taken), once the template reports ``count`` spares and every one sleeps (in
+    ``accept()``: nothing else puts a spare to sleep).
+
+    Polls every SPARES_POLL seconds; raise RuntimeError after SPARES_TIMEOUT.
     """
     import psutil
 
+    def asleep(pid):
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_SLEEPING
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + SPARES_TIMEOUT
+    while True:
+        found = status_on(sock)
+        pids = [w["pid"] for w in found["workers"] if w["state"] == "spare"]
+        if len(pids) >= count and all(asleep(pid) for pid in pids):
+            return found
+        if time.monotonic() > deadline:
+            raise RuntimeError("the template has %d spares ready, not %d, after %g s"
+                               % (len(pids), count, SPARES_TIMEOUT))
+        time.sleep(SPARES_POLL)
+
+
+def settled_forks(path: str, count: int) -> int:
+    """Return how many spares the template at ``path`` has forked, once it has
+    replaced every spare taken so far (``count`` spares wait), this request's
+    own connection included."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(READY_TIMEOUT)
+        sock.connect(path)
+        return ready_spares(sock, count)["forks"]["total"]
+
+
+def cpu_ns(pid: int) -> int:
+    """Return the CPU time (ns) used so far by process ``pid`` alone (0 if it is gone)."""
     total = 0
     try:
-        pids = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        for task in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/schedstat" % (pid, task)) as f:
+                total += int(f.read().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
+def tree_cpu_ns(pid: int) -> int:
+    """Return the CPU time (ns) used so far by process ``pid`` and its descendants, live
+    or gone.
+
+    Live processes are read from ``/proc/PID/task/*/schedstat`` (nanosecond
+    resolution); descendants that exited count once their parent reaped them,
+    through ``pid``'s children times (clock ticks, 10 ms each), which is how a
+    worker that served one connection and exited is counted.  A process
+    reaped between the two readings may be missed or counted twice.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        pids = [pid] + [p.pid for p in root.children(recursive=True)]
+        times = root.cpu_times()
     except psutil.NoSuchProcess:
         return 0
-    for p in pids:
-        try:
-            for task in os.listdir("/proc/%d/task" % p):
-                with open("/proc/%d/task/%s/schedstat" % (p, task)) as f:
-                    total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
+    gone = int((times.children_user + times.children_system) * 1e9)
+    return gone + sum(cpu_ns(p) for p in pids)
+
+
+def _stat_fields(pid: int) -> list:
+    """Return the fields of ``/proc/PID/stat`` after the command name (state first)."""
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def faults(pid: int) -> int:
+    """Return the minor page faults so far of process ``pid`` alone (0 if it is gone)."""
+    try:
+        return int(_stat_fields(pid)[7])
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+
+
+def tree_faults(pid: int) -> int:
+    """Return the minor page faults so far of process ``pid`` and its descendants,
+    live or reaped (``/proc/PID/stat``; the same caveat as tree_cpu_ns).
+
+    After a fork, parent and child fault on every page either writes (a copy)
+    and the child on the file-backed pages it runs (mapped again on demand),
+    so the count shows what a fresh process per connection costs.
+    """
+    import psutil
+
+    try:
+        fields = _stat_fields(pid)
+        pids = [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess):
+        return 0
+    # minflt, cminflt (its reaped children's), then the live descendants'.
+    return int(fields[7]) + int(fields[8]) + sum(faults(child) for child in pids)

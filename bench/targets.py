@@ -45,10 +45,22 @@ def _ratio_rows(placement: str, cases: list) -> list:
     return rows
 
 
+def _predecessor_row(placement: str, cases: list) -> list:
+    """Return the seed's check: ``2+3`` on one persistent v1 connection, mean <= 190 us."""
+    rows = []
+    for r in (r for r in cases if r["program"] == HEADLINE and r["mode"] == "persistent"):
+        mean = r["pyrust"]["mean"]
+        rows.append(_row("%s on one persistent v1 connection: mean <= %.0f us (%s)"
+                         % (HEADLINE, PREDECESSOR_MEAN_US, placement), "%.1f us" % mean,
+                         mean <= PREDECESSOR_MEAN_US, _missed_by(mean, PREDECESSOR_MEAN_US)))
+    return rows
+
+
 def warm_targets(warm: dict) -> list:
     rows = []
     for placement in [p["name"] for p in warm["placements"]]:
         cases = [r for r in warm["rows"] if r["placement"] == placement]
+        rows += _predecessor_row(placement, cases)
         rows += _ratio_rows(placement, cases)
         worst = max(cases, key=lambda r: r["pyrust"]["cv"])
         cv = worst["pyrust"]["cv"]
@@ -66,17 +78,22 @@ def warm_targets(warm: dict) -> list:
 
 
 def throughput_targets(throughput: dict) -> list:
-    by_workers = {c["workers"]: c for c in throughput["configurations"]
-                  if c["server_cpus"] is None}
-    pool = throughput["default_workers"]
-    target = "%d workers >= %.1fx 1 worker at concurrency >= 4" % (pool, SCALING_LIMIT)
-    if pool == 1 or pool not in by_workers:
+    """Return the pool target: the default spares against one spare, unpinned, in
+    new connections per second at 4 clients or more."""
+    pool = throughput.get("default_spares", 1)
+    target = "%d spares >= %.1fx 1 spare at >= 4 clients (new connections/s, unpinned)" % (
+        pool, SCALING_LIMIT)
+    by_name = {c["name"]: c for c in throughput["configurations"]}
+    many, one = by_name.get("pyrust, unpinned"), by_name.get("pyrust, 1 spare, unpinned")
+    if pool == 1 or many is None or one is None:
         return [_row(target, "one CPU: no pool to compare", None)]
-    single = {r["concurrency"]: r["rps"] for r in by_workers[1]["rows"]}
+    single = {r["concurrency"]: r["rps"] for r in one["rows"]}
     ratios = {r["concurrency"]: r["rps"] / single[r["concurrency"]]
-              for r in by_workers[pool]["rows"] if r["concurrency"] >= 4}
+              for r in many["rows"] if r["concurrency"] >= 4 and single.get(r["concurrency"])}
+    if not ratios:
+        return [_row(target, "no point with 4 clients or more", None)]
     worst = min(ratios, key=ratios.get)
-    return [_row(target + " (unpinned)", "worst %.2fx (concurrency %d)" % (ratios[worst], worst),
+    return [_row(target, "worst %.2fx (%d clients)" % (ratios[worst], worst),
                  ratios[worst] >= SCALING_LIMIT, _missed_by(ratios[worst], SCALING_LIMIT, True))]
 
 

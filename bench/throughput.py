@@ -1,16 +1,30 @@
-"""Throughput: requests per second at several concurrencies, 1 worker vs the default pool.
+"""New connections: the sustained rate of connections that each get a fresh process.
 
 Each concurrent client is a forked process that loops connect, send, receive,
 close (what a shell script calling ``pyrust -c`` does, without the process
-spawn) and checks every reply.  A persistent connection holds its worker for
-as long as it stays open, so concurrency beyond the worker count would only
-queue connections: that is why each request here opens its own.  All clients
-share absolute start and end times on CLOCK_MONOTONIC; only requests that
-complete inside the window count.  Servers and clients are left unpinned.
+spawn) and checks every reply.  The clients are a closed loop (each waits for
+its reply before it connects again), so the rate they reach is the highest
+the server sustains with that many clients.  All clients share absolute start
+and end times on CLOCK_MONOTONIC; only requests that complete inside the
+window count.
+
+Every connection is served by a process no earlier connection touched.
+pyrust's is a spare forked in advance: when it takes the connection the
+template forks its replacement at once, so spares are refilled as the
+clients go and no fork is on a connection's path unless the spares run out.
+The forking floor (``bench/floor.py --fork``) forks on the connection's path.
+For pyrust, the template's fork count (from its status) before and after
+each point shows that every connection had a process of its own.
+
+Configurations: pyrust with its default spares and the forking floor,
+unpinned and in each pinned placement of the warm path (the server's tree
+pinned with taskset, the clients with sched_setaffinity), plus pyrust with
+one spare, unpinned, for the pool target.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import statistics
@@ -22,15 +36,22 @@ import _socket
 from bench import client, servers
 from bench.programs import PROGRAMS
 
-LEVELS = (1, 2, 4, 8, 16)
+LEVELS = (1, 2, 8)
 #: Seconds between forking the clients and the start of the counted window.
 LEAD_IN = 0.2
 
 
+class Configuration(collections.namedtuple(
+        "Configuration", "name placement server spares server_cpus client_cpus")):
+    """One server setup: ``server`` is "pyrust" or "forking floor"; ``spares`` is
+    pyrust's spare count (None: its default; 0 for the floor)."""
+
+
 def _client_loop(path: str, program, expected: bytes, start: int, end: int) -> tuple:
-    """Send requests until ``end`` (monotonic ns); return ``(counted, wrong, CPU seconds)``
-    for the requests that completed after ``start``."""
-    counted = wrong = 0
+    """Send requests until ``end`` (monotonic ns); return ``(counted, wrong, CPU seconds,
+    connections)``: the requests that completed after ``start``, the wrong ones
+    among them, their CPU time, and every connection made."""
+    counted = wrong = made = 0
     cpu_start = None
     new, clock = _socket.socket, time.monotonic_ns
     family, kind, frame = _socket.AF_UNIX, _socket.SOCK_STREAM, program.frame
@@ -41,9 +62,10 @@ def _client_loop(path: str, program, expected: bytes, start: int, end: int) -> t
         reply = sock.recv(client.RECV_SIZE)
         ok = reply == expected or program.accepts(*client.read_reply(sock, reply))
         sock.close()
+        made += 1
         now = clock()
         if now >= end:
-            return counted, wrong, time.process_time() - (cpu_start or 0.0)
+            return counted, wrong, time.process_time() - (cpu_start or 0.0), made
         if now >= start:
             if cpu_start is None:
                 cpu_start = time.process_time()
@@ -66,7 +88,7 @@ def _fork_client(path: str, program, expected: bytes, start: int, end: int) -> "
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(int((end - time.monotonic_ns()) / 1e9) + 30)
         result = _client_loop(path, program, expected, start, end)
-        os.write(write_fd, ("%d %d %r\n" % result).encode())
+        os.write(write_fd, ("%d %d %r %d\n" % result).encode())
         code = 0
     except BaseException:
         traceback.print_exc()
@@ -76,81 +98,128 @@ def _fork_client(path: str, program, expected: bytes, start: int, end: int) -> "
 
 def measure(path: str, pid: int, program, concurrency: int, duration: float) -> dict:
     """Drive the server at ``path`` (process ``pid``) with ``concurrency`` clients for
-    ``duration`` seconds; return the figures."""
+    ``duration`` seconds; return the figures.
+
+    ``rps`` counts the requests completed in the window (one per connection);
+    ``connections`` every connection made, lead-in and last ones included.
+    ``server_cpu`` is the share of a CPU the server's tree used in the window,
+    ``parent_cpu`` that of process ``pid`` alone (the process that forks),
+    ``faults`` and ``parent_faults`` the minor page faults per second of the
+    tree and of process ``pid``.
+    """
     expected = client.reference_reply(path, program)
     start = time.monotonic_ns() + int(LEAD_IN * 1e9)
     end = start + int(duration * 1e9)
     children = [_fork_client(path, program, expected, start, end)
                 for _ in range(concurrency)]
     time.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
-    cpu_before = servers.tree_cpu_ns(pid)
+    readings = (servers.tree_cpu_ns, servers.cpu_ns, servers.tree_faults, servers.faults)
+    before = [read(pid) for read in readings]
     time.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
-    server_cpu = (servers.tree_cpu_ns(pid) - cpu_before) / 1e9
-    counted = wrong = 0
+    server_cpu, parent_cpu, faults, parent_faults = (
+        read(pid) - b for read, b in zip(readings, before))
+    counted = wrong = made = 0
     client_cpu = 0.0
-    for pid, fd in children:
+    for child, fd in children:
         with os.fdopen(fd) as pipe:
             line = pipe.read()
-        _, status = os.waitpid(pid, 0)
+        _, status = os.waitpid(child, 0)
         if status != 0 or not line:
             raise RuntimeError("a throughput client failed (wait status %d)" % status)
-        n, bad, cpu = line.split()
-        counted, wrong, client_cpu = counted + int(n), wrong + int(bad), client_cpu + float(cpu)
+        n, bad, cpu, total = line.split()
+        counted, wrong, made = counted + int(n), wrong + int(bad), made + int(total)
+        client_cpu += float(cpu)
     return {"concurrency": concurrency, "requests": counted, "wrong": wrong,
-            "rps": counted / duration, "server_cpu": server_cpu / duration,
+            "connections": made + 1,  # and the reference request's
+            "rps": counted / duration, "server_cpu": server_cpu / 1e9 / duration,
+            "parent_cpu": parent_cpu / 1e9 / duration, "faults": faults / duration,
+            "parent_faults": parent_faults / duration,
             "client_cpu": client_cpu / duration}
+
+
+def measure_pyrust(server, spares: int, program, concurrency: int, duration: float) -> dict:
+    """Return ``measure``'s figures for a pyrust ``server`` with ``spares``, with
+    ``forks``: how many spares its template forked for the connections.
+
+    The count is read before and after, each time once the template has
+    replaced every spare taken; the second reading's own connection is
+    counted among the connections.
+    """
+    before = servers.settled_forks(server.path, spares)
+    figures = measure(server.path, server.pid, program, concurrency, duration)
+    figures["forks"] = servers.settled_forks(server.path, spares) - before
+    figures["connections"] += 1
+    return figures
 
 
 def _median_row(points: list) -> dict:
     """Return one row for repeated measurements of a point: medians, plus the rps range."""
     def median(key):
         return statistics.median(p[key] for p in points)
-    return {"concurrency": points[0]["concurrency"], "rps": median("rps"),
-            "rps_min": min(p["rps"] for p in points), "rps_max": max(p["rps"] for p in points),
-            "server_cpu": median("server_cpu"), "client_cpu": median("client_cpu"),
-            "requests": sum(p["requests"] for p in points),
-            "wrong": sum(p["wrong"] for p in points),
-            "repeats": points}
+    row = {"concurrency": points[0]["concurrency"], "rps": median("rps"),
+           "rps_min": min(p["rps"] for p in points), "rps_max": max(p["rps"] for p in points),
+           "server_cpu": median("server_cpu"), "parent_cpu": median("parent_cpu"),
+           "faults": median("faults"), "parent_faults": median("parent_faults"),
+           "client_cpu": median("client_cpu"),
+           "requests": sum(p["requests"] for p in points),
+           "wrong": sum(p["wrong"] for p in points),
+           "connections": sum(p["connections"] for p in points),
+           "repeats": points}
+    if "forks" in points[0]:
+        row["forks"] = sum(p["forks"] for p in points)
+        row["forks_per_connection"] = row["forks"] / row["connections"]
+    return row
 
 
 def configurations() -> list:
-    """Return ``[(name, workers, server CPUs, client CPUs)]``: 1 worker and the default
-    pool, unpinned, then 1 worker pinned in each of the two wake-up regimes, for reference."""
-    pool = os.cpu_count() or 1
-    cpus = sorted(os.sched_getaffinity(0))
-    found = [("1 worker", 1, None, None)]
-    if pool > 1:
-        found.append(("%d workers" % pool, pool, None, None))
-    found.append(("1 worker, all on CPU %d" % cpus[0], 1, cpus[:1], cpus[:1]))
-    if len(cpus) > 1:
-        found.append(("1 worker on CPU %d, clients on CPU %d" % (cpus[0], cpus[1]), 1,
-                      cpus[:1], cpus[1:2]))
+    """Return the Configurations: pyrust and the forking floor unpinned and in each
+    pinned placement, then pyrust with one spare, unpinned."""
+    found = []
+    for name, server_cpus, client_cpus in [("unpinned", None, None)] + [
+            (p.name, p.server_cpus, p.client_cpus) for p in servers.placements()]:
+        found.append(Configuration("pyrust, " + name, name, "pyrust", None,
+                                   server_cpus, client_cpus))
+        found.append(Configuration("forking floor, " + name, name, "forking floor", 0,
+                                   server_cpus, client_cpus))
+    if (os.cpu_count() or 1) > 1:
+        found.append(Configuration("pyrust, 1 spare, unpinned", "unpinned", "pyrust", 1,
+                                   None, None))
     return found
+
+
+def _start(directory: str, config: Configuration):
+    if config.server == "pyrust":
+        return servers.start_pyrust(directory, workers=config.spares, cpus=config.server_cpus)
+    return servers.start_floor(directory, cpus=config.server_cpus, forking=True)
 
 
 def run(workdir: str, duration: float, repeats: int, progress, levels=LEVELS,
         program=PROGRAMS[0]) -> dict:
-    """Run the throughput section for every configuration; return its figures.
+    """Run the section for every configuration; return its figures.
 
     Where the scheduler puts the processes decides which of the machine's two
-    wake-up regimes a run gets, and it tends to keep that placement for a
-    server's life, so each repeat starts fresh servers; rows give the median.
+    wake-up regimes an unpinned run gets, so each repeat starts fresh
+    servers; rows give the median.
     """
     found = configurations()
-    points = {(c[0], level): [] for c in found for level in levels}
+    default = os.cpu_count() or 1  # pyrust's default spares
+    points = {(c.name, level): [] for c in found for level in levels}
     for repeat in range(repeats):
-        for index, (name, workers, server_cpus, client_cpus) in enumerate(found):
-            directory = servers.private_dir(workdir, "throughput-%d-%d" % (index, repeat))
-            with servers.start_pyrust(directory, workers=workers, cpus=server_cpus) as server, \
-                    servers.client_pinned(client_cpus):
+        for index, config in enumerate(found):
+            directory = servers.private_dir(workdir, "connections-%d-%d" % (index, repeat))
+            with _start(directory, config) as server, servers.client_pinned(config.client_cpus):
                 for level in levels:
-                    progress("throughput: repeat %d/%d, %s, concurrency %d"
-                             % (repeat + 1, repeats, name, level))
-                    points[name, level].append(
-                        measure(server.path, server.pid, program, level, duration))
+                    progress("new connections: repeat %d/%d, %s, %d clients"
+                             % (repeat + 1, repeats, config.name, level))
+                    if config.server == "pyrust":
+                        point = measure_pyrust(server, config.spares or default, program,
+                                               level, duration)
+                    else:
+                        point = measure(server.path, server.pid, program, level, duration)
+                    points[config.name, level].append(point)
     return {"program": program.label, "duration": duration, "repeats": repeats,
-            "default_workers": os.cpu_count() or 1,
-            "configurations": [{"name": name, "workers": workers, "server_cpus": server_cpus,
-                                "client_cpus": client_cpus,
-                                "rows": [_median_row(points[name, level]) for level in levels]}
-                               for name, workers, server_cpus, client_cpus in found]}
+            "levels": list(levels), "default_spares": os.cpu_count() or 1,
+            "configurations": [dict(config._asdict(),
+                                    rows=[_median_row(points[config.name, level])
+                                          for level in levels])
+                               for config in found]}

@@ -4,9 +4,18 @@ For every placement (same CPU, cross CPU) both servers are started pinned
 with taskset, the client pins itself, and every program of the table is
 timed on a persistent connection and with a connection per request: pyrust,
 then the floor, back to back.  Besides the latency figures, each case
-records the server's CPU time per request (from schedstat), which shows how
-much of a round trip is the server's own work, and each placement starts with
-a bare round trip (one byte to an echo process) that shows its regime.
+records the server's CPU time per request (from schedstat, with the workers
+that exited), which shows how much of a round trip is the server's own work,
+and each placement starts with a bare round trip (one byte to an echo
+process) that shows its regime.
+
+A persistent connection is one pyrust process answering request after
+request.  A connection per request is a fresh pyrust process each time (a
+spare forked in advance; its replacement is forked meanwhile), against the
+floor's one process that keeps its compile cache: the forking floor, the
+fair peer of that path, is in the new-connections section.  Being
+milliseconds rather than microseconds, per-connection cases time fewer
+requests (``connections``).
 """
 
 from __future__ import annotations
@@ -64,11 +73,12 @@ def raw_round_trip(placement, count: int) -> dict:
     return stats.summarize(samples)
 
 
-def run_placement(workdir: str, placement, programs, count: int, warmup: int,
-                  progress, samples: dict) -> list:
+def run_placement(workdir: str, placement, programs, counts: dict, progress,
+                  samples: dict) -> list:
     """Measure every program and mode in ``placement``; return one row per case.
 
-    Raw samples of the PLOTTED program go into ``samples`` keyed by
+    ``counts`` maps each mode to its ``(timed, untimed)`` request counts.  Raw
+    samples of the PLOTTED program go into ``samples`` keyed by
     ``(placement, mode, server)``.
     """
     tag = placement.name.replace(" ", "-")
@@ -84,7 +94,7 @@ def run_placement(workdir: str, placement, programs, count: int, warmup: int,
                 for server in (pyrust, floor):
                     progress("warm path, %s: %s, %s, %s"
                              % (placement.name, server.name, mode, program.label))
-                    row[server.name], raw = measure_case(server, timer, program, count, warmup)
+                    row[server.name], raw = measure_case(server, timer, program, *counts[mode])
                     if program.label == PLOTTED:
                         samples[(placement.name, mode, server.name)] = raw
                 row["ratio_p50"] = row["pyrust"]["p50"] / row["floor"]["p50"]
@@ -93,18 +103,27 @@ def run_placement(workdir: str, placement, programs, count: int, warmup: int,
     return rows
 
 
-def run(workdir: str, count: int, warmup: int, progress, programs=PROGRAMS) -> dict:
+def run(workdir: str, count: int, warmup: int, connections: int, progress,
+        programs=PROGRAMS) -> dict:
     """Run the warm-path section; return its figures, with the raw samples of
-    the PLOTTED program under ``"samples"``."""
+    the PLOTTED program under ``"samples"``.
+
+    Persistent cases time ``count`` requests after ``warmup``; per-connection
+    cases ``connections`` after a tenth as many.
+    """
     found = servers.placements()
+    counts = {"persistent": (count, warmup),
+              "per-connection": (connections, max(1, connections // 10))}
     rows, samples, raw = [], {}, {}
     for placement in found:
         raw[placement.name] = raw_round_trip(placement, count)
-        rows += run_placement(workdir, placement, programs, count, warmup, progress, samples)
+        rows += run_placement(workdir, placement, programs, counts, progress, samples)
     return {"placements": [dict(p._asdict(), describe=p.describe(), raw=raw[p.name])
                            for p in found],
-            "pyrust_workers": os.cpu_count() or 1,
+            "pyrust_spares": os.cpu_count() or 1,
             "requests_per_case": count, "warmup_per_case": warmup,
+            "connections_per_case": counts["per-connection"][0],
+            "connection_warmup_per_case": counts["per-connection"][1],
             "rows": rows, "samples": samples}
 
 

@@ -49,7 +49,18 @@ def test_throughput_clients_check_their_replies(server):
     figures = throughput.measure(server.path, server.proc.pid, PROGRAMS[0], concurrency=2,
                                  duration=0.05)
     assert figures["requests"] > 0 and figures["wrong"] == 0
+    assert figures["connections"] > figures["requests"]
     assert {"rps", "server_cpu", "client_cpu"} <= set(figures)
+
+
+@pytest.mark.parametrize("forking", [False, True])
+def test_the_floors_answer_the_program_table(tmp_path, forking):
+    directory = servers.private_dir(str(tmp_path), "floor")
+    with servers.start_floor(directory, forking=forking) as floor:
+        for program in PROGRAMS:
+            for timer in (client.time_persistent, client.time_per_connection):
+                run = timer(floor.path, program, 5, 1)
+                assert (run.verified, run.wrong) == (5, []), program.label
 
 
 @pytest.mark.skipif(shutil.which(coldstart.ACTIVATE) is None,
@@ -65,7 +76,7 @@ def test_a_cold_start_is_served_by_socket_activation(tmp_path):
 def test_the_bench_command_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "warm,memory,hotpath",
+        [sys.executable, "-m", "bench", "--quick", "--only", "warm,throughput,memory,hotpath",
          "--json", str(out)],
         cwd=ROOT, env=pyrust_env(), capture_output=True, text=True, timeout=TIMEOUT * 4)
     assert done.returncode == 0, done.stderr
@@ -77,12 +88,49 @@ def test_the_bench_command_writes_every_figure(tmp_path):
             assert FIGURES <= set(row[name])
             assert (row[name]["verified"], row[name]["wrong"]) == (row[name]["n"], 0)
         assert row["ratio_p50"] > 0
-    memory = results["memory"]
-    assert memory["wrong"] == 0 and memory["verified"] == memory["requests"]
-    assert set(memory["idle"]["workers"]) == set(memory["after"]["workers"])
+    _check_new_connections(results["throughput"])
+    _check_memory(results["memory"])
     assert results["hot_path"]["handlers"] and results["hot_path"]["profile"]
-    assert any(t["target"].startswith("warm p50") for t in results["targets"])
-    assert "## Warm path" in done.stdout and "## Targets" in done.stdout
+    targets = [t["target"] for t in results["targets"]]
+    assert any(t.startswith("warm p50") for t in targets)
+    assert sum("on one persistent v1 connection: mean <= 190 us" in t
+               for t in targets) == len(servers.placements())
+    for heading in ("## Warm path", "## New connections", "## Memory and forks",
+                    "## Targets"):
+        assert heading in done.stdout
+
+
+def _check_new_connections(section):
+    """Every placement (and unpinned) has pyrust and the forking floor at 1, 2 and 8
+    clients, every reply right, and pyrust's template forked for its connections."""
+    placements = {"unpinned"} | {p.name for p in servers.placements()}
+    found = {(c["placement"], c["server"]) for c in section["configurations"]}
+    assert found >= {(p, s) for p in placements for s in ("pyrust", "forking floor")}
+    for config in section["configurations"]:
+        assert [r["concurrency"] for r in config["rows"]] == [1, 2, 8]
+        for row in config["rows"]:
+            assert row["requests"] > 0 and row["wrong"] == 0 and row["rps"] > 0
+            if config["server"] == "pyrust":
+                assert row["forks"] >= row["requests"] and row["forks_per_connection"] > 0
+
+
+def _check_memory(memory):
+    """The template, its spares and the session are measured in every phase, with
+    growth, and the fork figures come from the template's status."""
+    assert memory["wrong"] == 0 and memory["verified"] == memory["requests"]
+    assert memory["cases"][0]["preload"] == []
+    for case in memory["cases"]:
+        for phase in ("idle", "warm", "after"):
+            snapshot = case[phase]
+            assert len(snapshot["spares"]) == memory["spares"]
+            for footprint in [snapshot["template"], snapshot["spare_mean"], snapshot["session"],
+                              *snapshot["spares"].values()]:
+                assert set(footprint) == {"rss", "uss", "pss"}
+        assert set(case["growth"]) == {"template", "spare", "session"}
+        forks = case["forks"]
+        assert forks["total"] >= memory["connections"] and forks["count"] > 0
+        assert forks["p50_ms"] is not None and forks["p99_ms"] is not None
+        assert case["template_cpu_per_connection"] > 0
 
 
 def test_the_markdown_report_replaces_only_the_measured_part(tmp_path):

@@ -214,8 +214,8 @@ class Executor:
         """
         code = 1
         try:
+            self._borrowed.close()  # first: its fds may have the numbers the client's need
             osutil.place_fds(job.fds, job.targets)
-            self._borrowed.close()
             if job.umask is not None:
                 os.umask(job.umask)
             osutil.python_signals(keep=(signal.SIGALRM,) if job.time_limit else ())

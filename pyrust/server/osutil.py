@@ -5,6 +5,7 @@ Linux and macOS differ here; each function says what it does on each.
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import fcntl
 import logging
@@ -15,6 +16,25 @@ import sys
 
 log = logging.getLogger("pyrust.worker")
 
+class _Libc:
+    """The C library, loaded on first use and kept: the template loads it once
+    and every worker it forks calls it without paying ``dlopen`` again."""
+
+    _cdll = None
+
+    def load(self) -> None:
+        """Load the library now (in the template, before it forks)."""
+        self.prctl  # noqa: B018 - the attribute lookup loads it
+
+    def __getattr__(self, name: str):
+        if _Libc._cdll is None:
+            _Libc._cdll = ctypes.CDLL(None, use_errno=True)
+        return getattr(_Libc._cdll, name)
+
+
+libc = _Libc()
+
+
 def terminate_with_parent() -> None:
     """Have the kernel send SIGTERM when the parent exits (Linux ``PR_SET_PDEATHSIG``).
 
@@ -24,7 +44,6 @@ def terminate_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
 
@@ -98,6 +117,8 @@ def python_signals(keep=()) -> None:
             handler = signal.default_int_handler
         else:
             handler = signal.SIG_IGN if sig in _PYTHON_IGNORES else signal.SIG_DFL
+        if _signal.getsignal(sig) == handler:
+            continue  # most are default already: no system call for them
         try:
             signal.signal(sig, handler)
         except (OSError, ValueError):  # signals the OS will not let anyone catch

@@ -84,6 +84,7 @@ def client_streams(env):
     the encoding PYTHONIOENCODING names, else UTF-8."""
     unbuffered = bool(env.get("PYTHONUNBUFFERED"))
     encoding, _, errors = env.get("PYTHONIOENCODING", "").partition(":")
+    text_errors = "surrogateescape" if _lenient_locale(env) else "strict"
     if encoding:
         try:
             encoding = codecs.lookup(encoding).name  # the name python reports
@@ -102,7 +103,25 @@ def client_streams(env):
                                 errors or default_errors,
                                 line_buffering=fd == 2 or os.isatty(fd))
 
-    return text(0, "r", "strict"), text(1, "w", "strict"), text(2, "w", "backslashreplace")
+    return text(0, "r", text_errors), text(1, "w", text_errors), \
+        text(2, "w", "backslashreplace")
+
+
+#: Locales in which python gives stdin and stdout the "surrogateescape" error
+#: handler: the legacy C locale and the targets of its coercion (PEP 538).
+_LENIENT_LOCALES = {"C", "POSIX", "C.UTF-8", "C.utf8", "UTF-8"}
+
+
+def _lenient_locale(env) -> bool:
+    """Return whether python, started with ``env``, would read and write its
+    standard streams with "surrogateescape" (UTF-8 mode, or a C locale)."""
+    if env.get("PYTHONUTF8") == "1":
+        return True
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = env.get(name)
+        if value:
+            return value in _LENIENT_LOCALES
+    return True  # nothing set: the C locale
 
 
 def fresh_main() -> types.ModuleType:
@@ -123,8 +142,18 @@ def enter_for_good(job, main: types.ModuleType) -> None:
     if job.cwd is not None:
         os.chdir(job.cwd)
     if job.env is not None:
-        os.environ.clear()
-        os.environ.update(job.env)
+        _replace_environ(job.env)
+
+
+def _replace_environ(env: dict) -> None:
+    """Make ``os.environ`` ``env``, touching only the variables that differ
+    (each change is a putenv or unsetenv)."""
+    current = os.environ
+    for key in [key for key in current if key not in env]:
+        del current[key]
+    for key, value in env.items():
+        if current.get(key) != value:
+            current[key] = value
 
 
 def exit_sequence(code: int) -> int:
@@ -171,6 +200,10 @@ class Borrowed:
         self._home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._std_fds = StandardFds()
         self._saved = None
+        # pyrust's own code runs on after a session's program: a builtin the
+        # program replaced (len, isinstance) is put back (0.5 us; names it
+        # added may stay, within the session).
+        self._builtins = builtins.__dict__.copy()
 
     def close(self) -> None:
         """Close the fds kept for restoring: the process is the run's for good."""
@@ -211,6 +244,7 @@ class Borrowed:
                 stream.flush()
             except (AttributeError, ValueError, OSError):
                 pass
+        builtins.__dict__.update(self._builtins)
         for name, value in zip(SYS_ATTRS, attrs):
             setattr(sys, name, value)
         if sys.path != path:

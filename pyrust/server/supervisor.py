@@ -29,7 +29,8 @@ from pyrust.server.control import ServiceInfo
 from pyrust.server.freshness import Freshness
 from pyrust.server.scoreboard import TERMINAL, Scoreboard
 from pyrust.server.terminals import Terminals, exit_code
-from pyrust.server.worker import Worker
+from pyrust.server import osutil
+from pyrust.server.worker import Worker, new_executor
 
 log = logging.getLogger("pyrust.supervisor")
 
@@ -96,6 +97,7 @@ class Supervisor:
         self._next_rss_check = 0.0
         self._timed_out: set = set()  # pids killed for ignoring their time limit
         self.boot = BootBackoff()
+        self._executor = None  # made by the template, copied into every worker it forks
 
     def preload(self) -> None:
         """Import the configuration's preload list into the template, and watch it.
@@ -172,6 +174,9 @@ class Supervisor:
 
     def _spawn(self) -> None:
         """Fork one spare of the current generation.  The child never returns here."""
+        if self._executor is None:
+            self._executor = new_executor(self.config)
+            osutil.libc.load()  # here, once, not in every worker
         index = self.scoreboard.claim()
         # Hold our signals across fork so the child cannot run the supervisor's
         # handlers (and write to its wake-up pipe) before it installs its own.
@@ -192,7 +197,8 @@ class Supervisor:
             self.listener.in_child()
             worker = Worker(self.listener.sock, self.config,
                             self.scoreboard.attach(index, os.getpid()),
-                            self.terminals.worker_end, self.info, supervisor_pid)
+                            self.terminals.worker_end, self.info, supervisor_pid,
+                            self._executor)
             worker.start()
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             code = worker.run()
@@ -356,6 +362,7 @@ class Supervisor:
         """Fork spares of a new generation and retire every older worker."""
         old = list(self.workers.items())
         self.generation += 1
+        self._executor = None  # the configuration (its limits) may have changed
         for pid, info in old:
             self._retire(pid, info)
         self._spawn_missing()

@@ -47,6 +47,8 @@ SHORTAGE_PAUSE = 0.1  # seconds
 #: supervisor's now, the program runs and this process ends with it.
 TOOK = struct.Struct("=ci")
 TERMINAL_RUN = struct.Struct("=ciiic")
+#: What a spare runs before it accepts (see Worker._warm_up).
+WARM_UP = v1_job("x = 1\nx", 0)
 #: The most fds a client may pass besides 0-2 (SCM_MAX_FD is 253).
 MAX_EXTRA_FDS = 250
 _FD_NUMBER = struct.Struct(">I")
@@ -97,15 +99,15 @@ class Worker:
     """
 
     def __init__(self, listener: socket.socket, config, slot, channel: socket.socket,
-                 info, supervisor_pid: int) -> None:
+                 info, supervisor_pid: int, executor: Executor = None) -> None:
         self.listener = listener
         self.config = config
         self.slot = slot
         self.channel = channel
         self.info = info  # control.ServiceInfo
         self.supervisor_pid = supervisor_pid
-        self.executor = Executor(config.compile_cache_size, config.max_reply_bytes,
-                                 config.max_request_bytes)
+        # Made (and calibrated) once by the template: a fork copies it for free.
+        self.executor = executor or new_executor(config)
         self.cache_epoch = info.scoreboard.cache_epoch()
         self.uid = os.getuid()
         self.alive = True
@@ -152,12 +154,18 @@ class Worker:
         for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         self.executor.install_signals()
-        self.executor.calibrate()
         if self.config.max_worker_memory:
             osutil.limit_address_space(self.config.max_worker_memory)
         osutil.terminate_with_parent()
         if os.getppid() != self.supervisor_pid:  # it died before we asked
             self._on_stop(signal.SIGTERM, None)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run a program once before accepting, so the copy-on-write faults of a
+        fresh process (a few hundred, ~1 ms here) are paid while nobody waits."""
+        self.executor.run(WARM_UP)
+        self.executor.clear_cache()
 
     def run(self) -> int:
         """Accept one connection and serve it; return the exit code.
@@ -385,6 +393,15 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_stop)
         if not self.executor.signals_installed():
             self.executor.install_signals()
+
+
+def new_executor(config) -> Executor:
+    """Return the Executor a worker under ``config`` runs programs with, calibrated
+    where it is made (call it where workers are forked, as the template does)."""
+    executor = Executor(config.compile_cache_size, config.max_reply_bytes,
+                        config.max_request_bytes)
+    executor.calibrate()
+    return executor
 
 
 def _fd_targets(value: bytes) -> tuple:
