@@ -9,9 +9,9 @@ from pyrust.server.scoreboard import CONNECTED, RING, TERMINAL, V1, Scoreboard
 def test_a_slot_counts_runs_and_control_requests_apart():
     board = Scoreboard(4)
     slot = board.attach(board.claim(), 1234)
-    assert board.spares() == 1 and board.read(0).spare
+    assert [s.spare for s in board.live_states()] == [True]
     slot.connected()
-    assert board.spares() == 0
+    assert [s.spare for s in board.live_states()] == [False]
     for ok in (True, True, False):
         slot.begin()
         assert board.read(0).busy_since > 0

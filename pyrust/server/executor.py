@@ -197,8 +197,9 @@ class Executor:
             size = os.stat(os.path.join(job.cwd or "", job.source)).st_size
         except OSError:
             return None
-        if size <= self.max_program:
-            return None
+        return self._too_large(size) if size > self.max_program else None
+
+    def _too_large(self, size: int) -> str:
         return protocol.too_large("request", size, self.max_program, "max_request_bytes")
 
     def run_to_exit(self, job: Job) -> None:
@@ -256,8 +257,7 @@ class Executor:
             source = f.read(self.max_program + 1)
             if len(source) > self.max_program:
                 size = max(os.fstat(f.fileno()).st_size, len(source))
-                raise protocol.ProtocolError(protocol.too_large(
-                    "request", size, self.max_program, "max_request_bytes"), fatal=False)
+                raise protocol.ProtocolError(self._too_large(size), fatal=False)
         return compile_program(source, path, echo=False)
 
     def _execute(self, job: Job, namespace: dict, err) -> int:

@@ -4,8 +4,7 @@ Each worker writes only its own slot; the supervisor reads them (and resets a
 slot when its worker is gone), so no lock is needed.  A request costs the
 worker a few ``pack_into`` calls: nothing on the hot path waits or polls.
 
-Layout: the header; every slot's state in one array (one scan answers "how
-many spares wait in accept()?"); every slot's counters; every slot's ring of
+Layout: the header; every slot's state in one array; every slot's counters; every slot's ring of
 recent run durations (it outlives its worker, so the latency of recent runs
 survives the workers, which now live one connection each); every slot's
 request kind and retire mark; the ring of the supervisor's fork durations.
@@ -101,16 +100,11 @@ class Slot:
         """
         now = time.monotonic()
         duration = now - self._began
-        wall = time.time()
         if ok:
             self.served += 1
         else:
             self.failed += 1
-            _D.pack_into(self._mm, _LAST_FAILURE_OFFSET, wall)
-        _RING_ENTRY.pack_into(self._mm, self._ring + _RING_HEAD.size
-                              + (self.recorded % RING) * _RING_ENTRY.size, wall, duration)
-        self.recorded += 1
-        _RING_HEAD.pack_into(self._mm, self._ring, self.recorded)
+        self.recorded = _record_run(self._mm, self._ring, self.recorded, ok, duration)
         self._idle(now)
         return duration
 
@@ -132,6 +126,19 @@ class Slot:
     def requests(self) -> int:
         """Requests of every kind this worker answered."""
         return self.served + self.failed + self.control
+
+
+def _record_run(mm, ring: int, recorded: int, ok: bool, duration: float) -> int:
+    """Put a run that took ``duration`` seconds in the ring at offset ``ring``, which
+    holds ``recorded`` runs so far (a failure's time in the header too); return
+    the new count."""
+    wall = time.time()
+    if not ok:
+        _D.pack_into(mm, _LAST_FAILURE_OFFSET, wall)
+    _RING_ENTRY.pack_into(mm, ring + _RING_HEAD.size + (recorded % RING) * _RING_ENTRY.size,
+                          wall, duration)
+    _RING_HEAD.pack_into(mm, ring, recorded + 1)
+    return recorded + 1
 
 
 class WorkerState:
@@ -233,16 +240,11 @@ class Scoreboard:
         """Count the run of a worker that ended with it (a run on the client's
         terminal), as the worker's Slot.end() would; return its duration."""
         state = self.read(index)
-        now, wall = time.monotonic(), time.time()
+        now = time.monotonic()
         duration = now - state.busy_since if state.busy_since else 0.0
         served, failed = state.served + ok, state.failed + (not ok)
-        if not ok:
-            _D.pack_into(self._mm, _LAST_FAILURE_OFFSET, wall)
         ring = self._ring_offset(index)
-        (recorded,) = _RING_HEAD.unpack_from(self._mm, ring)
-        _RING_ENTRY.pack_into(self._mm, ring + _RING_HEAD.size
-                              + (recorded % RING) * _RING_ENTRY.size, wall, duration)
-        _RING_HEAD.pack_into(self._mm, ring, recorded + 1)
+        _record_run(self._mm, ring, _RING_HEAD.unpack_from(self._mm, ring)[0], ok, duration)
         _COUNTERS.pack_into(self._mm, self._counters_offset(index), state.pid, served, failed,
                             state.control, now)
         self._busy_all[index] = CONNECTED
@@ -280,11 +282,6 @@ class Scoreboard:
 
     # -- anyone's side ------------------------------------------------------------
 
-    def spares(self) -> int:
-        """Return how many workers wait in accept() right now."""
-        (count,) = _COUNT.unpack_from(self._mm, 0)
-        return self._busy_all[:count].tolist().count(ACCEPTING)
-
     def read(self, index: int) -> WorkerState:
         """Return the current state of slot ``index``."""
         return WorkerState(self._busy_all[index],
@@ -298,11 +295,9 @@ class Scoreboard:
 
     def last_activity(self) -> float:
         """Return the monotonic time a request last ended, in any worker, live or gone
-        (0.0 if none ever did); 0.0 is also what a busy worker makes it: busy now."""
+        (0.0 if none ever did).  Whether one runs now is the caller's to ask."""
         last = _D.unpack_from(self._mm, _LAST_ACTIVITY_OFFSET)[0]
         for state in self.live_states():
-            if state.busy_since:
-                return 0.0
             if state.served + state.failed + state.control:
                 last = max(last, state.idle_since)
         return last

@@ -28,7 +28,7 @@ from pyrust.server.backoff import BOOT_GRACE, BootBackoff
 from pyrust.server.control import ServiceInfo
 from pyrust.server.freshness import Freshness
 from pyrust.server.scoreboard import TERMINAL, Scoreboard
-from pyrust.server.terminals import Terminals, exit_code
+from pyrust.server.terminals import Terminals, describe_exit, exit_code
 from pyrust.server import osutil
 from pyrust.server.worker import Worker, new_executor
 
@@ -43,18 +43,6 @@ MAX_SLOTS = 2 * MAX_WORKERS
 STATUS_INTERVAL = 5.0  # seconds between STATUS= updates to the service manager
 #: Seconds between checks for stuck and oversized workers.
 HOUSEKEEPING_INTERVAL = 1.0
-
-
-def describe_exit(status: int) -> str:
-    """Return how a process ended, from a ``waitpid`` status: 'exit status 3', 'killed by SIGKILL'."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = "signal %d" % sig
-        return "killed by %s" % name
-    return "exit status %d" % os.waitstatus_to_exitcode(status)
 
 
 class WorkerInfo:

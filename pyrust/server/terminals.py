@@ -61,19 +61,17 @@ class Terminals:
         self.held.clear()
         self.running.clear()
 
-    def receive(self) -> int:
-        """Take every message waiting on the channel; return how many connections
-        were taken by workers (each one wants a new spare)."""
-        taken = 0
+    def receive(self) -> None:
+        """Take every message waiting on the channel (the loop that called this
+        then forks the spares that are missing)."""
         while True:
             try:
                 data, fds, _, _ = socket.recv_fds(self.channel, _MESSAGE_SIZE, 1)
             except BlockingIOError:
-                return taken
+                return
             if data[:1] == b"A" and len(data) == TOOK.size and fds:
                 _, pid = TOOK.unpack(data)
                 self.held[pid] = socket.socket(fileno=fds[0])
-                taken += 1
                 continue
             for fd in fds:  # nothing else carries an fd
                 os.close(fd)
@@ -137,6 +135,13 @@ class Terminals:
         except OSError:
             pass
         return True
+
+
+def describe_exit(status: int) -> str:
+    """Return how a process ended, from a ``waitpid`` status: 'exit status 3', 'killed by SIGKILL'."""
+    if os.WIFSIGNALED(status):
+        return "killed by %s" % _signal_name(os.WTERMSIG(status))
+    return "exit status %d" % os.waitstatus_to_exitcode(status)
 
 
 def exit_code(status: int) -> int:
