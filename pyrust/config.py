@@ -150,6 +150,18 @@ def _module_names(value):
     return list(value)
 
 
+def _interpreter(value):
+    """Return ``value`` if it names an interpreter or a venv by an absolute path
+    (~/ allowed); raise ValueError if not."""
+    if not isinstance(value, str):
+        raise ValueError("")
+    if not os.path.isabs(os.path.expanduser(value)):
+        raise ValueError("a relative path")
+    if "\0" in value:
+        raise ValueError("a NUL character")
+    return value
+
+
 def _boolean(value):
     if type(value) is not bool:
         raise ValueError("")
@@ -166,6 +178,10 @@ _SOCKET = _Check("an absolute path (~/ allowed) of at most %d bytes" % MAX_SOCKE
                  _socket_path)
 _MODULES = _Check('a list of module names, e.g. ["json", "numpy.linalg"]', _module_names)
 _BOOLEAN = _Check("true or false", _boolean)
+_PYTHON = _Check("the absolute path (~/ allowed) of a python executable or of a venv",
+                 _interpreter)
+#: Upper bound on ``max_templates``: each template is a warm interpreter and its spares.
+MAX_TEMPLATES = 64
 _LOG_LEVEL = _Check(" or ".join(", ".join('"%s"' % v for v in LOG_LEVELS).rsplit(", ", 1)),
                     _log_level)
 
@@ -237,6 +253,23 @@ class Config:
             "socket unit owns the path")
     log_level: str = _setting(
         "info", _LOG_LEVEL, doc="debug, info, warning or error")
+    python: str | None = _setting(
+        None, _PYTHON,
+        doc="the interpreter (or venv) runs use when no venv is active and neither "
+            "--python nor $PYRUST_PYTHON names one (default: the one pyrust is installed "
+            "with)")
+    echo: bool = _setting(
+        True, _BOOLEAN,
+        doc="echo the value of a final bare expression of `-c` code, as the interactive "
+            "interpreter does (false: exactly python's -c)")
+    template_idle_exit: float = _setting(
+        600.0, _seconds(zero_means="never"),
+        doc="seconds without a run after which an environment's template exits (the "
+            "default environment's only with the service; 0: never)")
+    max_templates: int = _setting(
+        8, _count(1, MAX_TEMPLATES),
+        doc="environments kept warm at once; starting one more ends the least recently "
+            "used")
 
 
 def _short(value) -> str:

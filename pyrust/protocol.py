@@ -23,6 +23,7 @@ BAD_REQUEST = 2     #: the frame was refused (too large, not UTF-8, malformed); 
 TIMEOUT = 3         #: the code ran past the request time limit
 WORKER_DIED = 4     #: reserved: the worker running the code died (signal, os._exit)
 SERVICE_ERROR = 5   #: the service failed for a reason of its own
+WRONG_TEMPLATE = 6  #: this socket serves another environment: ask the service (OP_ENSURE)
 
 STATUS_NAMES = {
     OK: "ok",
@@ -31,6 +32,7 @@ STATUS_NAMES = {
     TIMEOUT: "timeout",
     WORKER_DIED: "worker died",
     SERVICE_ERROR: "service error",
+    WRONG_TEMPLATE: "wrong environment",
 }
 
 #: A request length with this bit set can never be a valid v1 length (it would
@@ -54,13 +56,26 @@ TIMEOUT_MS = 7  #: u32: time limit in milliseconds (0: none); absent: the server
 STDIO = 8     #: one byte: "f" fds 0-2 are attached; "c" capture output as v1 does
 UMASK = 9     #: u32: the client's umask; absent: the worker's
 FD_NUMBERS = 10  #: u32 each: the numbers of the fds attached after 0-2, in order
-REPEATED = (ARG, ENV)
-SINGLE = (OP, FORM, SOURCE, CWD, TIMEOUT_MS, STDIO, UMASK, FD_NUMBERS)
+# The environment (template) a run belongs to; together, its key.  See
+# pyrust/environment.py and docs/protocol.md.
+PYTHON = 11   #: the interpreter's absolute path (bytes)
+PRELOAD = 12  #: one preloaded module's name (UTF-8), repeated, in order
+ROOT = 13     #: the project directory the preloads import from (bytes)
+STARTUP = 14  #: one start-up option ("-O", "-Xdev") or variable ("PYTHONHASHSEED=0"), repeated
+# How the run behaves, as python's per-run options and the echo setting say.
+PYOPT = 15    #: one per-run python option as python spells it ("-u", "-Werror"), repeated
+ECHO = 16     #: one byte: "1" echo a final -c expression (the default), "0" python's exact -c
+REPEATED = (ARG, ENV, PRELOAD, STARTUP, PYOPT)
+SINGLE = (OP, FORM, SOURCE, CWD, TIMEOUT_MS, STDIO, UMASK, FD_NUMBERS, PYTHON, ROOT, ECHO)
+#: The fields that name a run's environment, in their canonical order.
+TEMPLATE_FIELDS = (PYTHON, PRELOAD, ROOT, STARTUP)
 #: Fields whose value has a fixed size, in bytes.
-SIZES = {OP: 1, FORM: 1, TIMEOUT_MS: 4, STDIO: 1, UMASK: 4}
+SIZES = {OP: 1, FORM: 1, TIMEOUT_MS: 4, STDIO: 1, UMASK: 4, ECHO: 1}
 
 OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION = b"r", b"s", b"S", b"C", b"R", b"v"
-OPS = (OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION)
+#: Start (or find) the template of the environment the fields name; the reply is its socket.
+OP_ENSURE = b"e"
+OPS = (OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION, OP_ENSURE)
 
 
 class ProtocolError(Exception):
