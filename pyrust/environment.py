@@ -94,6 +94,17 @@ class Environment:
         return cls(path, preload, root, [os.fsdecode(s) for s in fields[protocol.STARTUP]])
 
 
+def key_of(fields: dict) -> bytes:
+    """Return the key of the environment decoded request ``fields`` name (which
+    must hold a PYTHON field): the same bytes as ``Environment.key()``."""
+    items = [(protocol.PYTHON, fields[protocol.PYTHON])]
+    items += [(protocol.PRELOAD, name) for name in fields[protocol.PRELOAD]]
+    if fields.get(protocol.ROOT):
+        items.append((protocol.ROOT, fields[protocol.ROOT]))
+    items += [(protocol.STARTUP, item) for item in fields[protocol.STARTUP]]
+    return protocol.encode_fields(items)
+
+
 def fnv1a64(data: bytes) -> int:
     """Return the 64-bit FNV-1a hash of ``data`` (simple to compute in any client)."""
     value = _FNV_OFFSET

@@ -17,6 +17,26 @@ def _ago(seconds: float) -> str:
     return "%.1f h ago" % (seconds / 3600)
 
 
+def _duration(seconds: float) -> str:
+    return "never" if not seconds else "%g s" % seconds
+
+
+def _template(t: dict) -> str:
+    """Return one environment's template as two lines."""
+    what = [t["python"], "(Python %s)" % (t["version"] or "?")]
+    if t["venv"]:
+        what.append("venv %s" % t["venv"])
+    if t["project"]:
+        what.append("project %s" % t["project"])
+    if t["startup"]:
+        what.append(" ".join(t["startup"]))
+    return "%s\n      pid %d, %s, %d spares, %d busy, %d runs served, %s, age %.0f s, " \
+        "idle %.0f s; preloads %s" % (
+            " ".join(what), t["pid"], t["state"], t["spares"], t["workers_busy"],
+            t["runs_served"], _mib(t["rss"]), t["age_seconds"], t["idle_seconds"],
+            ", ".join(t["preload"]) or "nothing")
+
+
 def describe(payload: bytes) -> bytes:
     """Return the status JSON ``payload`` as readable lines."""
     s = json.loads(payload)
@@ -43,9 +63,11 @@ def describe(payload: bytes) -> bytes:
                                            else ", p50 %.3f ms, p99 %.3f ms each"
                                            % (s["forks"]["p50_ms"], s["forks"]["p99_ms"])),
         "preloaded:  %s" % (", ".join(s["preloaded_modules"]) or "(none)"),
-        "cache:      %d of %d compiled programs (in the worker that answered)"
-        % (s["compile_cache"]["entries"], s["compile_cache"]["capacity"]),
+        "cache:      up to %d compiled programs per worker" % s["compile_cache"]["capacity"],
+        "environments: %d of at most %d (an idle one ends after %s)"
+        % (len(s["templates"]), s["max_templates"], _duration(s["template_idle_exit"])),
     ]
+    lines += ["  %s%s" % ("* " if t["default"] else "  ", _template(t)) for t in s["templates"]]
     if s["workers_failing_at_start"]:
         lines.append("WARNING:    %d workers in a row failed at start; new ones are forked "
                      "ever more slowly (the log says why)" % s["workers_failing_at_start"])

@@ -1,19 +1,21 @@
-"""Control operations of the extended protocol, answered by whichever worker
-accepted the connection: status, stop, reload, clear-cache, version.
+"""Control operations of the extended protocol, answered by the service: status,
+stop, reload, clear-cache, version (``OP_ENSURE`` is the service's own).
 
-Stop and reload are signals to the supervisor (this worker's parent), so they
-take the same orderly path as ``systemctl stop`` and ``systemctl reload``.
+Whichever worker accepted the connection forwards the request to the service
+(``Worker._control``); the service answers from every template's scoreboard,
+which it maps too.  Stop and reload take the same orderly path as
+``systemctl stop`` and ``systemctl reload``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 
 from pyrust import __version__, protocol
+from pyrust.server import osutil
 
 
 class ServiceInfo:
@@ -24,74 +26,125 @@ class ServiceInfo:
         self.source, self.path, self.started = source, path, started  # started: time.time()
         self.scoreboard = scoreboard
         self.freshness = freshness  # the preloaded modules' watch (freshness.Freshness)
+        #: The key of the template's environment: a run that names another is refused.
+        self.env_key = None
+        #: The datagram socket to the service, where control operations go.
+        self.service = None
 
 
-def handle(op: bytes, worker) -> "tuple[int, bytes]":
-    """Carry out control operation ``op`` for ``worker``; return (status, payload)."""
+def handle(op: bytes, service) -> "tuple[int, bytes]":
+    """Carry out control operation ``op`` for ``service``; return (status, payload)."""
     if op == protocol.OP_STATUS:
-        return protocol.OK, json.dumps(status(worker), indent=2).encode() + b"\n"
+        return protocol.OK, json.dumps(status(service), indent=2).encode() + b"\n"
     if op == protocol.OP_VERSION:
         return protocol.OK, ("pyrust %s (Python %s)\n" % (
             __version__, sys.version.split()[0])).encode()
     if op == protocol.OP_CLEAR_CACHE:
-        worker.info.scoreboard.bump_cache_epoch()
+        for template in service.templates.values():
+            template.board.bump_cache_epoch()
         return protocol.OK, b"compile caches cleared\n"
-    if op in (protocol.OP_STOP, protocol.OP_RELOAD):
-        # Only our own supervisor: were it gone, getppid() would name a stranger.
-        if os.getppid() != worker.supervisor_pid:
-            return protocol.SERVICE_ERROR, b"the supervisor is gone; the service is stopping\n"
-        os.kill(worker.supervisor_pid, signal.SIGTERM if op == protocol.OP_STOP else signal.SIGHUP)
-        return protocol.OK, b"stopping\n" if op == protocol.OP_STOP else b"reloading\n"
+    if op == protocol.OP_STOP:
+        service.stopping = True
+        return protocol.OK, b"stopping\n"
+    if op == protocol.OP_RELOAD:
+        service._reload_asked = True
+        return protocol.OK, b"reloading\n"
     raise ValueError("not a control operation: %r" % op)
 
 
-def status(worker) -> dict:
-    """Return the service's status as a JSON-ready dict (RSS figures from psutil)."""
-    import psutil
+def _merged(templates) -> dict:
+    """Return the totals, durations and forks of every template's scoreboard together."""
+    served = failed = control = forks = 0
+    last_failure, durations, fork_times = None, [], []
+    for template in templates:
+        totals = template.board.totals()
+        served, failed, control = (served + totals.served, failed + totals.failed,
+                                   control + totals.control)
+        if totals.last_failure is not None:
+            last_failure = max(last_failure or 0.0, totals.last_failure)
+        durations += totals.durations
+        count, times = template.board.forks()
+        forks += count
+        fork_times += times
+    return {"served": served, "failed": failed, "control": control, "forks": forks,
+            "last_failure": last_failure, "durations": durations, "fork_times": fork_times}
 
-    board = worker.info.scoreboard
-    states = board.live_states()
-    totals = board.totals()
 
-    def rss(pid):
-        try:
-            return psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            return None
-
-    supervisor = os.getppid()
+def status(service) -> dict:
+    """Return the service's status as a JSON-ready dict."""
+    templates = [t for t in service.templates.values() if t.board is not None]
+    states = [(t, s) for t in templates for s in t.board.live_states()]
+    merged = _merged(templates)
     now = time.time()
+    default = service.default
     return {
         "version": __version__,
-        "python": sys.version.split()[0],
-        "socket": {"path": worker.info.path, "obtained_from": worker.info.source},
-        "supervisor": {"pid": supervisor, "rss": rss(supervisor)},
+        "python": default.info.get("version") if default else None,
+        "socket": {"path": service.listener.path, "obtained_from": service.listener.source},
+        "supervisor": {"pid": os.getpid(), "rss": osutil.rss(os.getpid())},
+        "templates": [_template(t, time.monotonic()) for t in templates],
         "workers": [{"pid": s.pid, "state": _state_name(s), "served": s.served,
-                     "failed": s.failed, "control": s.control, "rss": rss(s.pid)}
-                    for s in states],
-        "spares": sum(1 for s in states if s.spare),
-        "workers_busy": sum(1 for s in states if s.busy_since),
-        "workers_idle": sum(1 for s in states if not s.busy_since),
-        "forks": _forks(board),
-        "workers_failing_at_start": board.start_failures(),
-        "uptime_seconds": round(now - worker.info.started, 3),
-        "runs_served": totals.served,
-        "runs_failed": totals.failed,
-        "control_requests": totals.control,
-        "recent_runs": _latency(totals.durations),
-        "seconds_since_last_failure": None if totals.last_failure is None
-        else round(now - totals.last_failure, 3),
-        "preloaded_modules": list(worker.config.preload),
-        "compile_cache": {"entries": worker.executor.cache_len(),
-                          "capacity": worker.config.compile_cache_size,
-                          "scope": "per worker; this is the answering worker's"},
+                     "failed": s.failed, "control": s.control, "rss": osutil.rss(s.pid),
+                     "template": t.pid} for t, s in states],
+        "spares": sum(1 for _, s in states if s.spare),
+        "workers_busy": sum(1 for _, s in states if s.busy_since),
+        "workers_idle": sum(1 for _, s in states if not s.busy_since),
+        "forks": dict(_latency(merged["fork_times"]), total=merged["forks"]),
+        "workers_failing_at_start": sum(t.board.start_failures() for t in templates),
+        "uptime_seconds": round(now - service.started_wall, 3),
+        "runs_served": merged["served"],
+        "runs_failed": merged["failed"],
+        "control_requests": merged["control"],
+        "recent_runs": _latency(merged["durations"]),
+        "seconds_since_last_failure": None if merged["last_failure"] is None
+        else round(now - merged["last_failure"], 3),
+        "preloaded_modules": list(default.env.preload) if default else [],
+        "compile_cache": {"capacity": service.config.compile_cache_size,
+                          "scope": "per worker, which serves one connection"},
+        "max_templates": service.config.max_templates,
+        "template_idle_exit": service.config.template_idle_exit,
     }
 
 
-def _forks(board) -> dict:
-    """Return how many spares were forked, and what a fork cost the template (ms)."""
-    count, durations = board.forks()
-    return dict(_latency(durations), total=count)
+def _template(template, now: float) -> dict:
+    """Return one template's part of the status."""
+    states = template.board.live_states()
+    totals = template.board.totals(recent=0)
+    rss = [osutil.rss(pid) for pid in [template.pid] + [s.pid for s in states]]
+    return {
+        "default": template.default,
+        "state": template.state,
+        "pid": template.pid,
+        "python": template.env.python,
+        "version": template.info.get("version"),
+        "venv": template.info.get("venv"),
+        "project": template.env.root or None,
+        "preload": list(template.env.preload),
+        "startup": list(template.env.startup),
+        "socket": template.path,
+        "spares": sum(1 for s in states if s.spare),
+        "workers_busy": sum(1 for s in states if s.busy_since),
+        "runs_served": totals.served,
+        "runs_failed": totals.failed,
+        "rss": sum(r for r in rss if r is not None),
+        "age_seconds": round(now - template.started, 3),
+        "idle_seconds": round(template.idle_for(now), 3),
+    }
+
+
+def status_line(service) -> str:
+    """Return the one-line status shown by ``systemctl status``."""
+    templates = [t for t in service.templates.values() if t.board is not None]
+    states = [s for t in templates for s in t.board.live_states()]
+    merged = _merged(templates)
+    spares = sum(1 for s in states if s.spare)
+    line = ("%d environments, %d spares, %d busy, %d runs served, %d failed, up %ds"
+            % (len(templates), spares, len(states) - spares, merged["served"],
+               merged["failed"], time.monotonic() - service.started))
+    failing = sum(t.board.start_failures() for t in templates)
+    if failing:
+        line += "; workers fail at start (%d in a row, see the log)" % failing
+    return line
 
 
 def _latency(durations: list) -> dict:

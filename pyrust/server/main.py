@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import os
 import sys
 
 from pyrust.config import LOG_LEVELS, Config, apply_settings, load_config
-from pyrust.errors import PyrustError, StartupError
+from pyrust.errors import PyrustError
 from pyrust.paths import resolve_socket_path
 from pyrust.server.activation import obtain_listener
 from pyrust.server.logs import LOG_BACKUPS, LOG_MAX_BYTES, setup_logging
 from pyrust.server.notify import Notifier
-from pyrust.server.supervisor import Supervisor
+from pyrust.server.service import Service
 
 log = logging.getLogger("pyrust")
 
@@ -34,17 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "files kept; stdout and stderr go there too"
                              % (LOG_MAX_BYTES >> 20, LOG_BACKUPS))
     return parser
-
-
-def preload(modules: list) -> None:
-    """Import ``modules`` so every worker starts with them; raise StartupError on failure."""
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except BaseException as exc:  # SystemExit or KeyboardInterrupt from a module, too
-            raise StartupError("cannot preload module %r: %s: %s"
-                               % (name, type(exc).__name__, exc)) from None
-        log.debug("preloaded %s", name)
 
 
 #: Exit status for a server that cannot start (EX_CONFIG): the systemd unit
@@ -68,14 +57,14 @@ def main(argv: list) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = configure(args)
+        journal = os.environ.get("JOURNAL_STREAM")  # setup_logging takes it away
         setup_logging(config.log_level, args.log_file)
         notifier = Notifier.from_environment()
         listener = obtain_listener(resolve_socket_path(args.socket, config.socket))
         try:
-            supervisor = Supervisor(config, listener, notifier, lambda: configure(args),
-                                    preload)
-            supervisor.preload()
-            return supervisor.run()
+            service = Service(config, listener, notifier, lambda: configure(args),
+                              args.log_file and os.path.abspath(args.log_file), journal)
+            return service.run()
         except BaseException:
             listener.close()
             raise

@@ -35,6 +35,27 @@ class _Libc:
 libc = _Libc()
 
 
+def rss(pid: int) -> int | None:
+    """Return the resident memory of process ``pid`` in bytes, or None if unknown.
+
+    Linux reads ``/proc/PID/statm``; elsewhere psutil answers where the
+    interpreter has it (a template runs the user's interpreter, which may not).
+    """
+    try:
+        with open("/proc/%d/statm" % pid, "rb") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None  # Linux: the process is gone
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        import psutil
+        return psutil.Process(pid).memory_info().rss
+    except Exception:  # no psutil here, or the process is gone
+        return None
+
+
 def terminate_with_parent() -> None:
     """Have the kernel send SIGTERM when the parent exits (Linux ``PR_SET_PDEATHSIG``).
 

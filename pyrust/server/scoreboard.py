@@ -173,16 +173,27 @@ class Totals:
 
 
 class Scoreboard:
-    """``size`` slots in anonymous shared memory, created before the workers fork."""
+    """``size`` slots in shared memory, created before the workers fork.
 
-    def __init__(self, size: int) -> None:
+    ``fileno``, when given, is a file (a memfd) of at least ``bytes_needed(size)``
+    bytes to map instead of anonymous memory: the service maps the same file
+    and so reads every template's scoreboard.
+    """
+
+    def __init__(self, size: int, fileno: int = -1) -> None:
         self.size = size
-        self._mm = mmap.mmap(-1, self._fork_ring_offset() + FORK_RING * _D.size)
+        self._mm = mmap.mmap(fileno, self.bytes_needed(size))
         self._busy_all = memoryview(self._mm)[_HEADER.size:_HEADER.size + size * _STATE.size].cast("d")
         for index in range(size):
             self._busy_all[index] = FREE
         self._free = list(range(size - 1, -1, -1))  # pop() hands out the lowest index
         self._high_water = 0
+
+    @staticmethod
+    def bytes_needed(size: int) -> int:
+        """Return the bytes a scoreboard of ``size`` slots maps."""
+        return _HEADER.size + size * (_STATE.size + _COUNTERS.size + _RING_SIZE + _MARKS.size) \
+            + FORK_RING * _D.size
 
     def _busy_offset(self, index: int) -> int:
         return _HEADER.size + index * _STATE.size

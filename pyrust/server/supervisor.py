@@ -20,8 +20,6 @@ import select
 import signal
 import time
 
-import psutil  # imported at start: a first use mid-run would look like growth
-
 from pyrust.config import MAX_WORKERS
 from pyrust.errors import PyrustError
 from pyrust.server.backoff import BOOT_GRACE, BootBackoff
@@ -64,7 +62,7 @@ class Supervisor:
     """
 
     def __init__(self, config, listener, notifier, reload_config=None,
-                 preload=lambda names: None) -> None:
+                 preload=lambda names: None, scoreboard=None) -> None:
         self.config = config
         self.listener = listener
         self.notifier = notifier
@@ -72,7 +70,7 @@ class Supervisor:
         self._preload = preload
         self.workers: dict = {}  # pid -> WorkerInfo
         self.generation = 0
-        self.scoreboard = Scoreboard(MAX_SLOTS)
+        self.scoreboard = scoreboard or Scoreboard(MAX_SLOTS)
         self.terminals = Terminals()
         self.started = time.monotonic()
         self.freshness = Freshness(self.scoreboard)
@@ -298,11 +296,8 @@ class Supervisor:
         for pid, info in list(self.workers.items()):
             if info.generation != self.generation:
                 continue
-            try:
-                rss = psutil.Process(pid).memory_info().rss
-            except psutil.Error:
-                continue
-            if rss > self.config.max_worker_rss:
+            rss = osutil.rss(pid)
+            if rss is not None and rss > self.config.max_worker_rss:
                 log.info("worker %d uses %d MiB, over max_worker_rss; replacing it",
                          pid, rss >> 20)
                 self._retire(pid, info)

@@ -27,7 +27,8 @@ import struct
 import time
 
 from pyrust import protocol
-from pyrust.server import control, logs, osutil
+from pyrust.environment import key_of
+from pyrust.server import logs, osutil
 from pyrust.server.executor import Executor, Job, v1_job
 from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
 from pyrust.trust import peer_credentials
@@ -52,6 +53,8 @@ WARM_UP = v1_job("x = 1\nx", 0)
 #: The most fds a client may pass besides 0-2 (SCM_MAX_FD is 253).
 MAX_EXTRA_FDS = 250
 _FD_NUMBER = struct.Struct(">I")
+#: The largest control request forwarded to the service (one datagram).
+MAX_FORWARDED = 65536
 
 
 def _has_data(conn: socket.socket) -> bool:
@@ -279,7 +282,8 @@ class Worker:
             protocol.check_length(length, self.config.max_request_bytes)
             if extended:
                 payload, fds = _receive_with_fds(conn, length)
-                job = self._job(protocol.decode_fields(payload), fds)
+                fields = protocol.decode_fields(payload)
+                job = self._job(fields, fds)
             else:
                 code = protocol.recv_exact(conn, length, started=True)
                 job = v1_job(protocol.decode_code(code), self.config.request_timeout)
@@ -290,9 +294,17 @@ class Worker:
             conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, str(exc).encode()))
             return not exc.fatal
         if isinstance(job, bytes):  # a control operation
-            status, reply = control.handle(job, self)
+            status, reply = self._control(payload)
             self.slot.end_control()
             conn.sendall(protocol.encode_response(status, reply))
+            return True
+        if extended and self.info.env_key is not None and protocol.PYTHON in fields and \
+                key_of(fields) != self.info.env_key:
+            _close_all(fds)
+            self.slot.end_control()
+            conn.sendall(protocol.encode_response(protocol.WRONG_TEMPLATE, (
+                "this socket serves another environment; ask the service for yours "
+                "(op %s)" % protocol.OP_ENSURE.decode()).encode()))
             return True
         if job.fds is not None:
             self._run_to_exit(job, conn)  # returns only if the program was refused
@@ -300,6 +312,28 @@ class Worker:
         if self.info.freshness is not None:
             self.info.freshness.refresh()
         return self._run_captured(job, conn, extended)
+
+    def _control(self, payload: bytes) -> "tuple[int, bytes]":
+        """Forward control request ``payload`` to the service; return its reply.
+
+        The reply comes back on a socketpair whose other end travels with the
+        request, so the connection stays this worker's: a session may go on.
+        """
+        if self.info.service is None:
+            return protocol.SERVICE_ERROR, b"no service to answer control operations"
+        if len(payload) > MAX_FORWARDED:
+            return protocol.BAD_REQUEST, protocol.too_large(
+                "control request", len(payload), MAX_FORWARDED, "(none)").encode()
+        ours, theirs = socket.socketpair()
+        try:
+            with theirs:
+                socket.send_fds(self.info.service, [b"O" + payload], [theirs.fileno()])
+            return protocol.read_response(ours)
+        except (OSError, protocol.ConnectionClosed) as exc:
+            log.warning("cannot reach the service for a control operation: %s", exc)
+            return protocol.SERVICE_ERROR, b"the service did not answer; see its log"
+        finally:
+            ours.close()
 
     def _run_captured(self, job: Job, conn: socket.socket, extended: bool) -> bool:
         """Run ``job`` with its output captured and send the reply; return True."""
@@ -343,6 +377,8 @@ class Worker:
         self._tell(TERMINAL_RUN.pack(b"T", os.getpid(), self.peer_pid,
                                      len(job.source), job.form.encode()))
         self.channel.close()
+        if self.info.service is not None:
+            self.info.service.close()  # the program must not inherit the service's channel
         self.conn = None
         conn.close()  # the supervisor holds it now: it relays Ctrl-C and sends the exit status
         logs.release()
