@@ -109,3 +109,31 @@ def template_socket(main_path: str, key: bytes) -> str:
     directory, _, name = main_path.rpartition("/")
     digest = fnv1a64(os.fsencode(name) + b"\0" + key)
     return "%s/env-%016x.sock" % (directory, digest)
+
+
+#: The ``PYTHON*`` variables a warm interpreter applies to each run (from the
+#: run's own environment); every other ``PYTHON*`` variable shapes start-up,
+#: so it is part of the environment's key.
+PER_RUN_VARIABLES = (
+    "PYTHONPATH", "PYTHONWARNINGS", "PYTHONUNBUFFERED", "PYTHONIOENCODING",
+    "PYTHONDONTWRITEBYTECODE", "PYTHONINSPECT", "PYTHONSTARTUP", "PYTHONBREAKPOINT",
+    "PYTHON_COLORS", "PYTHON_HISTORY", "PYTHON_BASIC_REPL",
+)
+#: Start-up options under which python reads no ``PYTHON*`` variable.
+IGNORE_ENVIRONMENT = ("-E", "-I")
+
+
+def startup_items(options, environ) -> list:
+    """Return an environment's start-up items: ``options`` (start-up options in
+    canonical order, see pyrust/pyoptions.py), then the start-up ``PYTHON*``
+    variables of ``environ`` as "NAME=value", sorted by name.
+
+    None of the variables with -E or -I among the options (python reads none);
+    none set to the empty string (python treats those as unset).
+    """
+    items = list(options)
+    if any(option in IGNORE_ENVIRONMENT for option in items):
+        return items
+    return items + ["%s=%s" % (name, environ[name]) for name in sorted(environ)
+                    if name.startswith("PYTHON") and name not in PER_RUN_VARIABLES
+                    and environ[name]]
