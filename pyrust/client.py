@@ -197,10 +197,12 @@ class _NoTemplate(Exception):
 
 def _template_connection(path: str):
     """Return a connection to the template socket ``path``; raise _NoTemplate if
-    nothing accepts there (UntrustedService still goes to the caller)."""
+    nothing accepts there, or if it is not to be trusted: then the main socket,
+    in the same directory, is refused with a message that names it, or the
+    service names a socket that ``connect`` refuses in turn."""
     try:
         return connect(path)
-    except ServiceUnavailable:
+    except (ServiceUnavailable, UntrustedService):
         raise _NoTemplate() from None
 
 

@@ -126,9 +126,12 @@ def _own_option(line: CommandLine, argv, i: int, name: str) -> int:
     return i + 2
 
 
-def _program(line: CommandLine, form: str, source: str, rest) -> None:
+def _program(line: CommandLine, form: str, source: str, rest, separate: bool = True) -> None:
+    """Record the program and the arguments after it; ``separate``: the source was an
+    argument of its own (not attached, as in ``-cCODE``), so python's argv has it."""
     line.form, line.source, line.args = form, source, list(rest)
-    line.python_args += [source] if form in "f-" else []
+    if separate:
+        line.python_args.append(source)
     line.python_args += line.args
 
 
@@ -143,11 +146,12 @@ def _short_options(line: CommandLine, argv, i: int) -> int:
             continue
         separate = j + 1 == len(arg)  # "-W error", not "-Werror"
         if separate and i + 1 == len(argv):
-            return _stop(line, "-%s needs an argument" % letter, i + 1)
+            _stop(line, "-%s needs an argument" % letter)
+            return i + 1
         value = argv[i + 1] if separate else arg[j + 1:]
         following = i + 2 if separate else i + 1
         if letter in "cm":
-            _code(line, letter, value, argv[following:], separate)
+            _program(line, letter, value, argv[following:], separate)
             return following
         if separate:
             line.options.append(value)
@@ -163,18 +167,9 @@ def _short_options(line: CommandLine, argv, i: int) -> int:
     return i + 1
 
 
-def _stop(line: CommandLine, why: str, following: int) -> int:
+def _stop(line: CommandLine, why: str) -> None:
     """Record that python stops at this option (an error): fall back to it."""
     line.fallback, line._stop = why, True
-    return following
-
-
-def _code(line: CommandLine, letter: str, value: str, rest, separate: bool) -> None:
-    """Record ``-c CODE`` or ``-m MODULE``: the program, and the arguments after it."""
-    line.form, line.source, line.args = letter, value, list(rest)
-    if separate:  # the value was the next argument: python's argv keeps it there
-        line.python_args.append(value)
-    line.python_args += line.args
 
 
 def _flag(line: CommandLine, letter: str) -> bool:
@@ -191,7 +186,7 @@ def _flag(line: CommandLine, letter: str) -> bool:
         line.fallback = line.fallback or "-" + letter
     elif letter not in IGNORED:
         # Unknown (-J, -Z...), or "-" (a long option inside a group): python's error.
-        _stop(line, "unknown option -%s" % letter, 0)
+        _stop(line, "unknown option -%s" % letter)
         return False
     return True
 
@@ -209,9 +204,9 @@ def _long_option(line: CommandLine, argv, i: int) -> int:
             line.options.append(argv[i + 1])
             line.python_args.append(argv[i + 1])
             return i + 2
-        return _stop(line, "--check-hash-based-pycs needs default, always or never", i + 1)
+        _stop(line, "--check-hash-based-pycs needs default, always or never")
     else:  # --help-env and the like (3.11+), or unknown: python's own answer
-        return _stop(line, arg, i + 1)
+        _stop(line, arg)
     return i + 1
 
 

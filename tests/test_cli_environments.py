@@ -233,3 +233,14 @@ def test_the_run_path_stays_lean(service, tmp_path):
              "dataclasses", "tomllib", "tomli", "selectors", "enum"}
     assert imported & heavy == set()
     assert not any(name.startswith("pyrust.server") for name in imported)
+
+
+def test_an_untrusted_directory_is_refused_by_the_main_sockets_name(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    result = subprocess.run([sys.executable, "-m", "pyrust", "--socket",
+                             str(shared / "pyrust.sock"), "-c", "1"], capture_output=True,
+                            timeout=TIMEOUT, env=client_env(tmp_path), stdin=subprocess.DEVNULL)
+    assert result.returncode == 125
+    assert result.stderr.decode().startswith("pyrust: refusing %s: " % (shared / "pyrust.sock"))
