@@ -244,3 +244,41 @@ def test_an_untrusted_directory_is_refused_by_the_main_sockets_name(tmp_path):
                             timeout=TIMEOUT, env=client_env(tmp_path), stdin=subprocess.DEVNULL)
     assert result.returncode == 125
     assert result.stderr.decode().startswith("pyrust: refusing %s: " % (shared / "pyrust.sock"))
+
+
+def fake_venv(directory, python) -> str:
+    """Make ``directory``/bin/python a link to ``python``; return ``directory``."""
+    (directory / "bin").mkdir(parents=True)
+    (directory / "bin" / "python").symlink_to(python)
+    return str(directory)
+
+
+def test_version_is_the_chosen_interpreters(tmp_path):
+    from test_pyoptions import INTERPRETERS
+
+    first, last = INTERPRETERS[0], INTERPRETERS[-1]
+    version = {p: subprocess.run([p, "-V"], capture_output=True, timeout=TIMEOUT).stdout
+               for p in (first, last)}
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "pyproject.toml").write_text('[tool.pyrust]\npython = "venv"\n')
+    fake_venv(project / "venv", first)
+    other = fake_venv(tmp_path / "active", last)
+
+    def pyrust_version(**extra):
+        return subprocess.run([sys.executable, "-m", "pyrust", "-V"], capture_output=True,
+                              timeout=TIMEOUT, cwd=str(project / "src"),
+                              env=client_env(tmp_path, **extra)).stdout
+
+    assert pyrust_version() == version[first]
+    assert pyrust_version(VIRTUAL_ENV=other) == version[last]
+    assert pyrust_version(PYRUST_PYTHON=first, VIRTUAL_ENV=other) == version[first]
+
+
+def test_an_interpreter_that_does_not_exist_is_named(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pyrust", "--python", str(tmp_path / "no"),
+                             "-V"], capture_output=True, timeout=TIMEOUT,
+                            env=client_env(tmp_path))
+    assert (result.returncode, result.stdout) == (125, b"")
+    assert result.stderr.decode() == "pyrust: cannot run the interpreter %s (No such file or " \
+                                     "directory)\n" % (tmp_path / "no")
