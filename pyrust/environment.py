@@ -25,14 +25,26 @@ _MASK = (1 << 64) - 1
 def default_python() -> str:
     """Return the interpreter pyrust was installed with: the base interpreter of
     pyrust's own venv (so pyrust's dependencies are not importable by runs),
-    or this interpreter when it runs outside a venv."""
-    if sys.prefix == sys.base_prefix:
+    or this interpreter when it runs outside a venv.
+
+    The same under ``-S`` (the ``pyrust`` launcher's ``-IS``), where site has
+    not set ``sys.prefix`` to the venv: client and service must agree.
+    """
+    if sys.prefix == sys.base_prefix and not _venv_config():
         return sys.executable
     base = getattr(sys, "_base_executable", "")
     if base and base != sys.executable:
         return base
     # Before 3.11, a venv's _base_executable names the venv's own python.
     return os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+
+
+def _venv_config() -> bool:
+    """Return whether this interpreter was started from a venv (a pyvenv.cfg
+    beside its executable or one directory up, as python looks for it)."""
+    bindir = os.path.dirname(sys.executable)
+    return any(os.path.exists(os.path.join(d, "pyvenv.cfg"))
+               for d in (bindir, os.path.dirname(bindir)))
 
 
 class Environment:

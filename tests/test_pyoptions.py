@@ -355,3 +355,17 @@ def test_preloads_and_echo_come_from_the_project_then_the_config(tree):
     emptied = choose(tree, config=config)
     assert (emptied.preload, emptied.root, emptied.echo) == ([], "", True)
     assert emptied.python == environment.default_python()
+
+
+def test_the_default_interpreter_is_the_same_with_or_without_site(tmp_path):
+    """The launcher runs the client with -IS, the service runs without: both must
+    name the base interpreter of pyrust's venv, or the default environment splits."""
+    base = INTERPRETERS[0]
+    subprocess.run([base, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True,
+                   timeout=TIMEOUT)
+    code = ("import sys; sys.path.insert(0, %r)\nfrom pyrust.environment import default_python"
+            "\nprint(default_python())" % os.path.dirname(os.path.dirname(project.__file__)))
+    answers = {subprocess.run([str(tmp_path / "venv" / "bin" / "python"), *flags, "-c", code],
+                              capture_output=True, check=True, timeout=TIMEOUT).stdout
+               for flags in ([], ["-IS"], ["-S"])}
+    assert answers == {os.fsencode(base) + b"\n"}
