@@ -1,8 +1,11 @@
 """The ``pyrust`` command: parse the command line, run it, choose the exit code.
 
-The client paths import no server code and no ``argparse``/``re``: they are
-parsed by hand, as python's own command line is.  ``pyrust serve`` hands its
-arguments to the server's entry point.
+The client paths import no server code and no ``argparse``/``re``: the
+command line is python's own (pyrust/pyoptions.py) plus pyrust's few long
+options and subcommands.  A run goes to the warm template of its environment
+(pyrust/project.py chooses it); what pyrust leaves to python (``-V``, an
+option python refuses) ``exec``s the interpreter itself.  ``pyrust serve``
+hands its arguments to the server's entry point.
 """
 
 import os
@@ -11,42 +14,59 @@ import sys
 from pyrust import __version__
 
 USAGE = """\
-usage: pyrust [--socket PATH] [--config FILE] -c CODE [ARG ...]
-       pyrust [--socket PATH] [--config FILE] FILE [ARG ...]
-       pyrust [--socket PATH] [--config FILE] -m MODULE [ARG ...]
-       pyrust [--socket PATH] [--config FILE] - [ARG ...]   (program on stdin; also when piped)
+usage: pyrust [OPTION ...] -c CODE [ARG ...]
+       pyrust [OPTION ...] -m MODULE [ARG ...]
+       pyrust [OPTION ...] FILE [ARG ...]     (a script, or a directory or zip with __main__.py)
+       pyrust [OPTION ...] [-] [ARG ...]      (program on stdin; python's prompt on a terminal)
        pyrust status [--json]
+       pyrust version
        pyrust --daemon | --stop-daemon | --daemon-status | --clear-cache
        pyrust serve [--socket PATH] [--config FILE] [--workers N] [--log-level LEVEL]
                     [--log-file FILE]
-       pyrust --version | --help
+       pyrust --help
 
-Runs the program in the warm service exactly as python would: the same
+Runs the program in a warm interpreter exactly as python would: the same
 output, exit status, argv, working directory and environment, with the
 terminal's own stdin, stdout and stderr. One difference: with -c, the value
-of a final bare expression is echoed, as the interactive interpreter does.
+of a final bare expression is echoed, as the interactive interpreter does
+(echo = false in the configuration or in [tool.pyrust] turns that off).
 
+OPTION is one of pyrust's own options or any option python takes (-u, -B,
+-O, -E, -I, -W ARG, -X OPT, -i, ...), in any order before the program.
+Options python applies at start-up get a warm interpreter of their own; -V,
+--version, -x and python's --help-* run the interpreter itself.
+
+  --python PATH    the interpreter, or a venv directory (else $PYRUST_PYTHON,
+                   the active venv's, the nearest pyproject.toml's
+                   [tool.pyrust] python, the configuration's 'python', the
+                   one pyrust is installed with)
+  --socket PATH    socket path (else $PYRUST_SOCKET, the config's 'socket',
+                   $XDG_RUNTIME_DIR/pyrust/pyrust.sock, ${TMPDIR:-/tmp}/pyrust-$UID/pyrust.sock)
+  --config FILE    configuration file (default $XDG_CONFIG_HOME/pyrust/config.toml)
   --daemon         start a standalone service in the background
   --stop-daemon    stop the running service (requests in flight finish)
   --daemon-status  exit 0 if a service answers, 1 if not
   --clear-cache    clear the running service's compile caches
-  status           the service's state (--json for every figure)
+  status           the service's state and its environments (--json for every figure)
+  version          pyrust's own version
   serve            run the service in the foreground (see 'pyrust serve --help')
-  --socket         socket path (else $PYRUST_SOCKET, the config's 'socket',
-                   $XDG_RUNTIME_DIR/pyrust/pyrust.sock, ${TMPDIR:-/tmp}/pyrust-$UID/pyrust.sock)
-  --config         configuration file (default $XDG_CONFIG_HOME/pyrust/config.toml)
 
 exit status: the program's own, as python gives it (130 and the like when it
 was interrupted); 124 when it ran past its time limit; 2 for usage errors;
-125 when pyrust itself failed (no service, request refused, worker lost).
+125 when pyrust itself failed (no service, request refused, worker lost, an
+environment that cannot start).
 """
 
 EXIT_USAGE = 2
 #: pyrust's own failures; below 126/127 (shell) and 128+N (killed by signal N).
 EXIT_SERVICE = 125
-_FLAGS = {"--daemon": "daemon", "--stop-daemon": "stop", "--daemon-status": "daemon-status",
-          "--clear-cache": "clear-cache", "--version": "version", "-V": "version",
-          "--help": "help", "-h": "help"}
+#: pyrust's own options, each with a value; they may come anywhere before the program.
+OWN_OPTIONS = ("--socket", "--config", "--python")
+#: pyrust's own flags, and the action each names.
+OWN_FLAGS = {"--daemon": "daemon", "--stop-daemon": "stop", "--daemon-status": "daemon-status",
+             "--clear-cache": "clear-cache"}
+#: First arguments that are pyrust's subcommands, not a script of that name.
+SUBCOMMANDS = ("serve", "status", "version")
 
 
 class UsageError(Exception):
@@ -69,45 +89,38 @@ def _absolute(option: str, value: str) -> str:
 
 
 def parse_args(argv: list) -> dict:
-    """Return the options in ``argv`` as a dict; raise UsageError if malformed."""
-    opts = {"socket": None, "config": None, "action": None, "form": None, "source": None,
-            "rest": []}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name, eq, value = arg.partition("=")
-        if name in ("--socket", "--config"):
-            if not eq:
-                i += 1
-                if i == len(argv):
-                    raise UsageError("%s needs a value" % name)
-                value = argv[i]
-            opts[name[2:]] = _absolute(name, value)
-        elif arg[:2] in ("-c", "-m"):
-            source = arg[2:]
-            if not source:
-                i += 1
-                if i == len(argv):
-                    raise UsageError("%s needs an argument" % arg)
-                source = argv[i]
-            return dict(opts, action="run", form=arg[1], source=source, rest=argv[i + 1:])
-        elif arg in _FLAGS:
-            return dict(opts, action=_FLAGS[arg], rest=argv[i + 1:])
-        elif arg in ("serve", "status"):
-            return dict(opts, action=arg, rest=argv[i + 1:])
-        elif arg == "-" or not arg.startswith("-"):
-            form = "-" if arg == "-" else "f"
-            return dict(opts, action="run", form=form, source=arg, rest=argv[i + 1:])
-        else:
-            raise UsageError("unknown option %r" % arg)
-        i += 1
-    if not sys.stdin.isatty():  # `pyrust < script.py`, as python reads it
-        return dict(opts, action="run", form="-", source="", rest=[])
-    raise UsageError("nothing to run (the interactive interpreter is python's own job)")
+    """Return the command line ``argv`` as a dict; raise UsageError if malformed.
+
+    Keys: "socket", "config", "python" (absolute paths or None), "line" (the
+    pyoptions.CommandLine), "action" ("run", "python": exec the interpreter
+    itself, "help", a subcommand or a flag's action), "rest" (a subcommand's
+    or flag's arguments).
+    """
+    from pyrust import pyoptions
+
+    line = pyoptions.parse(argv, OWN_OPTIONS, OWN_FLAGS)
+    opts = {"line": line, "rest": line.args, "action": "run"}
+    for option in OWN_OPTIONS:
+        given = option in line.own
+        opts[option[2:]] = _absolute(option, line.own[option]) if given else None
+    if line.flag:
+        opts["action"] = OWN_FLAGS[line.flag]
+    elif line.help:
+        opts["action"] = "help"
+    elif line.fallback:
+        opts["action"] = "python"
+    elif line.form == "f" and line.source in SUBCOMMANDS and not line.options:
+        opts["action"] = line.source
+    return opts
 
 
 def load_settings(opts: dict):
-    """Return (socket path, Config or None): the config is read only if a file exists."""
+    """Return (socket path, Config or None): the config is read only if a file exists.
+
+    Read once per command line: the result is kept in ``opts``.
+    """
+    if "settings" in opts:
+        return opts["settings"]
     from pyrust.paths import default_config_path, resolve_socket_path
 
     config = None
@@ -116,7 +129,8 @@ def load_settings(opts: dict):
         from pyrust.config import load_config
 
         config = load_config(opts["config"])
-    return resolve_socket_path(opts["socket"], config and config.socket), config
+    opts["settings"] = resolve_socket_path(opts["socket"], config and config.socket), config
+    return opts["settings"]
 
 
 def connect(opts: dict, autostart: bool = True):
@@ -142,20 +156,73 @@ def connect(opts: dict, autostart: bool = True):
     return client.connect(path)
 
 
+def _working_directory():
+    """Return the working directory (str), or None if it was removed."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def choose_environment(opts: dict):
+    """Return (project.Choice, environment.Environment) of this command line's run:
+    the interpreter, preloads and echo the sources name, and the start-up options
+    and ``PYTHON*`` variables of the key.  Raise ConfigError if a source is malformed."""
+    from pyrust.environment import Environment, startup_items
+    from pyrust.project import choose
+
+    choice = choose(opts["python"], load_settings(opts)[1], _working_directory(), os.environ)
+    startup = startup_items(opts["line"].startup, os.environ)
+    return choice, Environment(choice.python, choice.preload, choice.root, startup)
+
+
+def exec_python(opts: dict) -> int:
+    """Replace this process by the run's interpreter with python's own arguments
+    (the command line without pyrust's options): for what pyrust leaves to python.
+
+    Raise PyrustError if the interpreter cannot be run.
+    """
+    from pyrust.errors import PyrustError
+
+    python = choose_environment(opts)[0].python
+    try:
+        os.execv(python, [python] + opts["line"].python_args)
+    except OSError as exc:
+        raise PyrustError("cannot run the interpreter %s (%s)" % (python, exc.strerror)) from None
+    return EXIT_SERVICE  # not reached
+
+
+def program(line) -> "tuple[str, str, list]":
+    """Return (form, source, sys.argv) of the run ``line`` names.
+
+    No program, or "-", with a terminal on stdin (or -i) is python's
+    interactive prompt, form "i"; without one the program is read from stdin.
+    """
+    form, source = line.form, line.source
+    if form in ("c", "m"):
+        return form, source, ["-" + form] + line.args
+    if form == "f":
+        return form, source, [source] + line.args
+    argv0 = source or ""  # "-", or "" when no program was named
+    if os.isatty(0) or "-i" in line.pyopt:
+        return "i", "", [argv0] + line.args
+    code = sys.stdin.buffer.read() if sys.stdin is not None else b""
+    return "-", code.decode("utf-8", "surrogateescape"), [argv0] + line.args
+
+
 def run_program(opts: dict) -> int:
     """Run the program in the service with this process's fds 0-2; return its exit code."""
     from pyrust import client, protocol
 
-    form, source = opts["form"], opts["source"]
-    # sys.argv[0] as python sets it: "-c", "-m" (runpy then puts the path), the
-    # script's path, "-", or "" for a program piped in without "-".
-    argv0 = {"c": "-c", "m": "-m", "f": source}.get(form, source)
-    if form == "-":  # the program comes from stdin, as `python -` reads it
-        source = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
-    fields = [(protocol.OP, protocol.OP_RUN), (protocol.FORM, form.encode()),
-              (protocol.SOURCE, source.encode("utf-8", "surrogateescape")),
-              (protocol.STDIO, b"f")]
-    fields += [(protocol.ARG, os.fsencode(arg)) for arg in [argv0] + opts["rest"]]
+    choice, env = choose_environment(opts)
+    line = opts["line"]
+    form, source, argv = program(line)
+    fields = [(protocol.OP, protocol.OP_RUN)] + env.fields()
+    fields += [(protocol.FORM, form.encode()),
+               (protocol.SOURCE, source.encode("utf-8", "surrogateescape")),
+               (protocol.STDIO, b"f"), (protocol.ECHO, b"1" if choice.echo else b"0")]
+    fields += [(protocol.PYOPT, os.fsencode(option)) for option in line.pyopt]
+    fields += [(protocol.ARG, os.fsencode(arg)) for arg in argv]
     fields += [(protocol.ENV, key + b"=" + value) for key, value in os.environb.items()]
     try:
         fields.append((protocol.CWD, os.getcwdb()))
@@ -168,7 +235,7 @@ def run_program(opts: dict) -> int:
     if extra:
         fields.append((protocol.FD_NUMBERS, b"".join(fd.to_bytes(4, "big") for fd in extra)))
     message = client.extended_request(fields, (0, 1, 2) + extra)
-    status, payload = client.request(lambda: connect(opts), message, forward_interrupts=True)
+    status, payload = client.run(load_settings(opts)[0], env, message, lambda: connect(opts))
     if status in (protocol.OK, protocol.ERROR, protocol.TIMEOUT) and len(payload) >= 4:
         (code,) = protocol.EXIT_CODE.unpack(payload[:4])
         return _die_by_signal(-code) if code < 0 else code
@@ -277,8 +344,10 @@ def main(argv: list = None) -> int:
             from pyrust.daemon import start_daemon
 
             return start_daemon(load_settings(opts)[0], opts["config"])
+        if action == "python":
+            return exec_python(opts)
         if action == "version":
-            print("pyrust %s" % __version__)
+            sys.stdout.write("pyrust %s\n" % __version__)
             return 0
         if action == "help":
             sys.stdout.write(USAGE)

@@ -7,8 +7,8 @@ Only C-level modules and the package's leaf modules are imported here, so a
 import _signal
 import _socket
 
-from pyrust import protocol, trust
-from pyrust.errors import ServiceUnavailable, UntrustedService
+from pyrust import environment, protocol, trust
+from pyrust.errors import PyrustError, ServiceUnavailable, UntrustedService
 
 #: What the client sends on the connection when Ctrl-C is pressed during a run.
 INTERRUPT = b"\x03"
@@ -189,3 +189,56 @@ def is_serving(path: str) -> bool:
         return False
     finally:
         sock.close()
+
+
+class _NoTemplate(Exception):
+    """Nothing accepts on an environment's template socket (yet): ask the service."""
+
+
+def _template_connection(path: str):
+    """Return a connection to the template socket ``path``; raise _NoTemplate if
+    nothing accepts there, or if it is not to be trusted: then the main socket,
+    in the same directory, is refused with a message that names it, or the
+    service names a socket that ``connect`` refuses in turn."""
+    try:
+        return connect(path)
+    except (ServiceUnavailable, UntrustedService):
+        raise _NoTemplate() from None
+
+
+def ensure(connect_main, env) -> str:
+    """Return the socket of the template of Environment ``env``, which the service
+    (on a connection from ``connect_main()``) starts if it has none.
+
+    Raise PyrustError with the service's one-line reason if it cannot start it
+    (no such interpreter, not CPython 3.9+, a preload that fails).
+    """
+    message = extended_request([(protocol.OP, protocol.OP_ENSURE)] + env.fields())
+    status, payload = request(connect_main, message)
+    if status != protocol.OK:
+        reason = payload.decode("utf-8", "replace").strip()
+        raise PyrustError(reason or "the service cannot start the environment of %s (%s)"
+                          % (env.python, protocol.STATUS_NAMES.get(status, status)))
+    return payload.decode("utf-8", "surrogateescape")
+
+
+def run(main_path: str, env, message, connect_main,
+        forward_interrupts: bool = True) -> "tuple[int, bytes]":
+    """Send the run ``message`` to the template of Environment ``env``; return the reply.
+
+    The template's socket beside the service's main socket ``main_path`` is
+    tried first.  If nothing accepts there, or the worker there answers
+    WRONG_TEMPLATE (the run did not start), the service is asked for the
+    template (``ensure``, on ``connect_main()``, which may start a service) and
+    the run goes to the socket it names, once: a second WRONG_TEMPLATE is
+    returned to the caller, not retried.  Delivery follows ``request``.
+    """
+    path = environment.template_socket(main_path, env.key())
+    try:
+        reply = request(lambda: _template_connection(path), message, forward_interrupts)
+        if reply[0] != protocol.WRONG_TEMPLATE:
+            return reply
+    except _NoTemplate:
+        pass
+    path = ensure(connect_main, env)
+    return request(lambda: connect(path), message, forward_interrupts)

@@ -25,14 +25,26 @@ _MASK = (1 << 64) - 1
 def default_python() -> str:
     """Return the interpreter pyrust was installed with: the base interpreter of
     pyrust's own venv (so pyrust's dependencies are not importable by runs),
-    or this interpreter when it runs outside a venv."""
-    if sys.prefix == sys.base_prefix:
+    or this interpreter when it runs outside a venv.
+
+    The same under ``-S`` (the ``pyrust`` launcher's ``-IS``), where site has
+    not set ``sys.prefix`` to the venv: client and service must agree.
+    """
+    if sys.prefix == sys.base_prefix and not _venv_config():
         return sys.executable
     base = getattr(sys, "_base_executable", "")
     if base and base != sys.executable:
         return base
     # Before 3.11, a venv's _base_executable names the venv's own python.
     return os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+
+
+def _venv_config() -> bool:
+    """Return whether this interpreter was started from a venv (a pyvenv.cfg
+    beside its executable or one directory up, as python looks for it)."""
+    bindir = os.path.dirname(sys.executable)
+    return any(os.path.exists(os.path.join(d, "pyvenv.cfg"))
+               for d in (bindir, os.path.dirname(bindir)))
 
 
 class Environment:
@@ -120,3 +132,31 @@ def template_socket(main_path: str, key: bytes) -> str:
     directory, _, name = main_path.rpartition("/")
     digest = fnv1a64(os.fsencode(name) + b"\0" + key)
     return "%s/env-%016x.sock" % (directory, digest)
+
+
+#: The ``PYTHON*`` variables a warm interpreter applies to each run (from the
+#: run's own environment); every other ``PYTHON*`` variable shapes start-up,
+#: so it is part of the environment's key.
+PER_RUN_VARIABLES = (
+    "PYTHONPATH", "PYTHONWARNINGS", "PYTHONUNBUFFERED", "PYTHONIOENCODING",
+    "PYTHONDONTWRITEBYTECODE", "PYTHONINSPECT", "PYTHONSTARTUP", "PYTHONBREAKPOINT",
+    "PYTHON_COLORS", "PYTHON_HISTORY", "PYTHON_BASIC_REPL",
+)
+#: Start-up options under which python reads no ``PYTHON*`` variable.
+IGNORE_ENVIRONMENT = ("-E", "-I")
+
+
+def startup_items(options, environ) -> list:
+    """Return an environment's start-up items: ``options`` (start-up options in
+    canonical order, see pyrust/pyoptions.py), then the start-up ``PYTHON*``
+    variables of ``environ`` as "NAME=value", sorted by name.
+
+    None of the variables with -E or -I among the options (python reads none);
+    none set to the empty string (python treats those as unset).
+    """
+    items = list(options)
+    if any(option in IGNORE_ENVIRONMENT for option in items):
+        return items
+    return items + ["%s=%s" % (name, environ[name]) for name in sorted(environ)
+                    if name.startswith("PYTHON") and name not in PER_RUN_VARIABLES
+                    and environ[name]]

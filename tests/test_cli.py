@@ -1,6 +1,7 @@
 """The ``pyrust`` command: transcripts against a live server, lean start-up, --daemon."""
 
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -27,11 +28,24 @@ TRANSCRIPTS = [
     (["--socket", "{socket}", "-c", "2+3"], "5\n", "", 0),
     (["--socket={socket}", "-c", "2+3"], "5\n", "", 0),
     (["-c", "import sys; print(sys.argv)", "a", "-b"], "['-c', 'a', '-b']\n", "", 0),
-    (["-c"], "", "pyrust: -c needs an argument\n", 2),
-    (["--bogus"], "", "pyrust: unknown option '--bogus'\n", 2),
+    # What python itself refuses is python's to say: the interpreter runs the command line.
+    (["-c"], "", "Argument expected for the -c option\n", 2),
+    (["--bogus"], "", "unknown option --bogus\n", 2),
+    (["-uZ", "-c", "1"], "", "Unknown option: -Z\n", 2),
     ([], "", "", 0),  # stdin is /dev/null: an empty program, as `python < /dev/null`
     (["--socket"], "", "pyrust: --socket needs a value\n", 2),
-    (["--version"], "pyrust 0.1.0\n", "", 0),
+    # -V and --version are the interpreter's, as scripts that check it expect.
+    (["--version"], "Python %s\n" % platform.python_version(), "", 0),
+    (["-V"], "Python %s\n" % platform.python_version(), "", 0),
+    (["version"], "pyrust 0.1.0\n", "", 0),
+    # python's options: per run, and start-up ones (a template of their own).
+    (["-u", "-c", "2+3"], "5\n", "", 0),
+    (["-uc", "import sys; print(sys.argv)", "-u"], "['-c', '-u']\n", "", 0),
+    (["-B", "-c", "import sys; sys.dont_write_bytecode"], "True\n", "", 0),
+    (["-O", "-c", "__debug__"], "False\n", "", 0),
+    (["-E", "-c", "import sys; sys.flags.ignore_environment"], "1\n", "", 0),
+    (["-X", "dev", "-c", "import sys; sys.flags.dev_mode"], "True\n", "", 0),
+    (["-W", "error", "-c", "import sys; sys.warnoptions"], "['error']\n", "", 0),
     (["--config", "{noautostart}", "--socket", "/nonexistent/pyrust.sock", "-c", "1"], "",
      "pyrust: no pyrust service at /nonexistent/pyrust.sock (No such file or directory); "
      "start it with 'pyrust --daemon' (autostart is off in the configuration)\n", 125),
@@ -295,9 +309,11 @@ def test_relative_paths_are_resolved_against_the_working_directory(tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    opts = parse_args(["--config", "conf/p.toml", "--socket=~/s.sock", "-c", "1"])
+    opts = parse_args(["--config", "conf/p.toml", "--socket=~/s.sock", "-u", "--python", "v",
+                       "-c", "1"])
     assert opts["config"] == str(tmp_path / "conf" / "p.toml")
     assert opts["socket"] == str(tmp_path / "home" / "s.sock")
+    assert opts["python"] == str(tmp_path / "v")
     assert parse_args(["--config", "/a/../b.toml", "-c", "1"])["config"] == "/b.toml"
     with pytest.raises(UsageError, match="--config needs a value"):
         parse_args(["--config=", "-c", "1"])
@@ -334,3 +350,22 @@ def test_a_relative_bad_config_is_named_in_full(tmp_path):
         "pyrust: %s: key 'idle_timeout': expected a number of seconds from 0.001 to 31536000 "
         "(365 days), got inf\n" % (tmp_path / "bad.toml"))
     assert not os.path.exists(tmp_path / "s.sock")
+
+
+@pytest.mark.parametrize("argv, action, rest", [
+    (["status", "--json"], "status", ["--json"]),
+    (["--socket", "/s", "version"], "version", []),
+    (["serve", "--workers", "2"], "serve", ["--workers", "2"]),
+    (["-u", "status"], "run", []),       # after python's options: a script named status
+    (["--", "version", "x"], "run", ["x"]),
+    (["-h", "-Z"], "help", []), (["-u", "--help"], "help", []), (["-?"], "help", []),
+    (["--daemon"], "daemon", []), (["--python", "/p", "--stop-daemon"], "stop", []),
+    (["-V"], "python", []), (["-x", "f"], "python", []), (["--bogus"], "python", []),
+    (["-c", "1", "--daemon"], "run", ["--daemon"]),
+    ([], "run", []),
+])
+def test_the_command_line_names_its_action(argv, action, rest):
+    from pyrust.cli import parse_args
+
+    opts = parse_args(argv)
+    assert (opts["action"], opts["rest"]) == (action, rest)
