@@ -151,6 +151,8 @@ class Service:
                                   (sock.fileno(), theirs.fileno(), board_fd))
         except BaseException:
             ours.close()
+            if not default:  # nobody would ever accept on it
+                self._forget_listener(template)
             raise
         finally:
             theirs.close()
@@ -262,10 +264,15 @@ class Service:
             _answer(reply, protocol.SERVICE_ERROR, b"the template stopped before it was ready")
         template.waiting = []
         if forget and not template.default:
-            sock = self.listeners.pop(template.key, None)
-            if sock is not None:
-                sock.close()
-                _unlink(template.path)
+            self._forget_listener(template)
+
+    def _forget_listener(self, template: Template) -> None:
+        """Close and remove the socket of ``template``'s environment: its clients
+        get "no such file" and ask the service again."""
+        sock = self.listeners.pop(template.key, None)
+        if sock is not None:
+            sock.close()
+            _unlink(template.path)
 
     # -- messages from templates and their workers ---------------------------------
 
