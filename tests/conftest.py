@@ -129,9 +129,10 @@ class Server:
         return connect(self.path, timeout)
 
     def worker_pids(self) -> set:
+        """Return the pids of every template's workers (the service's grandchildren)."""
         import psutil
 
-        return {p.pid for p in psutil.Process(self.proc.pid).children()}
+        return {p.pid for t in psutil.Process(self.proc.pid).children() for p in t.children()}
 
     def log(self) -> str:
         return self.log_path.read_text()

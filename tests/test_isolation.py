@@ -1,7 +1,7 @@
 """Every run starts clean: what one run does never reaches the next, and a run
 ends exactly as ``python`` ends.
 
-Every expected result comes from the real interpreter (``sys.executable``,
+Every expected result comes from the real interpreter (``default_python()``,
 with the same cwd and environment), never from a hard-coded transcript:
 
 1. The isolation table: run A, then B, on a one-spare server; B must give
@@ -26,9 +26,11 @@ import time
 import psutil
 import pytest
 
+from pyrust.environment import default_python
+
 from conftest import ROOT, TIMEOUT, pyrust_env, request
 
-PYTHON = [sys.executable]
+PYTHON = [default_python()]  # the interpreter runs get by default
 PYRUST = [sys.executable, "-m", "pyrust"]
 #: A server with one spare; the pool may grow so that it can refill.
 ONE_SPARE = dict(config_text="max_workers = 4\n", workers=1)
@@ -497,10 +499,13 @@ def test_an_edited_preloaded_module_is_seen_at_once(make_server, tmp_path):
     elsewhere.mkdir()
     env = _env(server.path, {"PYTHONPATH": path})
     code = "import watched_mod\nprint(watched_mod.VALUE)"
+    # The client reads the server's configuration, so its runs are the
+    # environment that preloads watched_mod.
+    pyrust = PYRUST + ["--config", server.config_path]
     for round_ in range(ROUNDS):
         if round_:
             _edit(modules / "watched_mod.py", round_)
-        got = run(PYRUST, ["-c", code], elsewhere, env)
+        got = run(pyrust, ["-c", code], elsewhere, env)
         assert got == run(PYTHON, ["-c", code], elsewhere, env), "round %d" % round_
 
 

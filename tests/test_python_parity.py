@@ -15,7 +15,11 @@ import sys
 
 import pytest
 
+from pyrust.environment import default_python
 from conftest import TIMEOUT, pyrust_env
+
+#: The interpreter runs get by default: the reference every case is compared with.
+PYTHON = default_python()
 
 FORMS = ("c", "f", "stdin", "m")
 
@@ -128,7 +132,7 @@ def run_both(server, tmp_path, form, code, extra):
     env = pyrust_env(PYRUST_SOCKET=server.path, **extra.get("env", {}))
     return [subprocess.run(prefix + argv, input=stdin, capture_output=True, cwd=workdir,
                            env=env, timeout=TIMEOUT)
-            for prefix in ([sys.executable], [sys.executable, "-m", "pyrust"])]
+            for prefix in ([PYTHON], [sys.executable, "-m", "pyrust"])]
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +170,7 @@ def test_a_missing_file_is_reported_as_python_does(parity_server, tmp_path):
     workdir = tmp_path / "work"
     results = [subprocess.run(prefix + ["no_such_file.py"], capture_output=True, cwd=workdir,
                               env=pyrust_env(PYRUST_SOCKET=parity_server.path), timeout=TIMEOUT)
-               for prefix in ([sys.executable], [sys.executable, "-m", "pyrust"])]
+               for prefix in ([PYTHON], [sys.executable, "-m", "pyrust"])]
     assert (results[1].stderr, results[1].returncode) == (results[0].stderr, results[0].returncode)
 
 
@@ -175,7 +179,7 @@ def test_isatty_under_a_terminal(parity_server, tmp_path):
 
     code = "import sys\nprint(sys.stdin.isatty(), sys.stdout.isatty(), sys.stderr.isatty())"
     outputs = []
-    for prefix in ([sys.executable], [sys.executable, "-m", "pyrust"]):
+    for prefix in ([PYTHON], [sys.executable, "-m", "pyrust"]):
         master, slave = pty.openpty()
         proc = subprocess.Popen(prefix + ["-c", code], stdin=slave, stdout=slave, stderr=slave,
                                 env=pyrust_env(PYRUST_SOCKET=parity_server.path))
@@ -199,7 +203,7 @@ def test_ctrl_c_interrupts_the_code_as_in_python(parity_server):
     # One line: the interrupt may land in print() or in sleep(), the same line either way.
     code = "import time; print('ready', flush=True); time.sleep(60)"
     results = []
-    for prefix in ([sys.executable], [sys.executable, "-m", "pyrust"]):
+    for prefix in ([PYTHON], [sys.executable, "-m", "pyrust"]):
         proc = subprocess.Popen(prefix + ["-c", code], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE,
                                 env=pyrust_env(PYRUST_SOCKET=parity_server.path))

@@ -1,6 +1,7 @@
 """The pre-fork server, end to end: real sockets, real processes, real signals."""
 
 import os
+import re
 import signal
 import socket
 import stat
@@ -174,8 +175,10 @@ def test_preload_imports_modules_before_the_fork(make_server):
 def test_a_preload_that_fails_is_a_clear_startup_error(make_server):
     server = make_server('preload = ["json", "no_such_module_xyz"]\n')
     assert server.proc.wait(TIMEOUT) == EXIT_STARTUP
-    assert ("pyrust: cannot preload module 'no_such_module_xyz': ModuleNotFoundError: "
-            "No module named 'no_such_module_xyz'") in server.log()
+    # One line naming the environment (its interpreter and preloads) and the cause.
+    assert re.search(r"^pyrust: python /\S+ preloading json, no_such_module_xyz: cannot preload "
+                     r"module 'no_such_module_xyz': ModuleNotFoundError: No module named "
+                     r"'no_such_module_xyz'$", server.log(), re.M)
 
 
 def test_a_bad_configuration_is_a_clear_startup_error(make_server):
@@ -293,7 +296,7 @@ def test_standalone_refuses_an_unsafe_directory(tmp_path, standalone, problem, m
 
 def test_ready_and_status_reach_the_service_manager(server):
     message = server.wait_notification("READY=1")
-    assert "STATUS=2 spares, 0 busy, 0 runs served, 0 failed" in message
+    assert "STATUS=1 environment, 2 spares, 0 busy, 0 runs served, 0 failed" in message
 
 
 def test_watchdog_pings_come_from_the_supervisor_loop(make_server):

@@ -138,8 +138,8 @@ def status_line(service) -> str:
     states = [s for t in templates for s in t.board.live_states()]
     merged = _merged(templates)
     spares = sum(1 for s in states if s.spare)
-    line = ("%d environments, %d spares, %d busy, %d runs served, %d failed, up %ds"
-            % (len(templates), spares, len(states) - spares, merged["served"],
+    line = ("%d environment%s, %d spares, %d busy, %d runs served, %d failed, up %ds"
+            % (len(templates), "" if len(templates) == 1 else "s", spares, len(states) - spares, merged["served"],
                merged["failed"], time.monotonic() - service.started))
     failing = sum(t.board.start_failures() for t in templates)
     if failing:

@@ -15,6 +15,7 @@ of the markers below.
 from __future__ import annotations
 
 import mmap
+import os
 import time
 from struct import Struct
 
@@ -172,6 +173,27 @@ class Totals:
         self.durations = durations        # seconds, of the most recent runs, oldest first
 
 
+def _map_shared(fileno: int, size: int) -> memoryview:
+    """Return ``size`` bytes of file ``fileno`` mapped shared, as a writable buffer.
+
+    libc's mmap through ctypes, not the mmap module: that one keeps a copy of
+    the fd open for the mapping's life, and every run forked from a template
+    would find it among its open files.  The mapping lives as long as the process.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    address = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
+                        fileno, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        error = ctypes.get_errno()
+        raise OSError(error, "mmap: %s" % os.strerror(error))
+    return memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
+
+
 class Scoreboard:
     """``size`` slots in shared memory, created before the workers fork.
 
@@ -182,7 +204,8 @@ class Scoreboard:
 
     def __init__(self, size: int, fileno: int = -1) -> None:
         self.size = size
-        self._mm = mmap.mmap(fileno, self.bytes_needed(size))
+        size_bytes = self.bytes_needed(size)
+        self._mm = mmap.mmap(-1, size_bytes) if fileno < 0 else _map_shared(fileno, size_bytes)
         self._busy_all = memoryview(self._mm)[_HEADER.size:_HEADER.size + size * _STATE.size].cast("d")
         for index in range(size):
             self._busy_all[index] = FREE
@@ -224,6 +247,11 @@ class Scoreboard:
             self._high_water = index + 1
             _COUNT.pack_into(self._mm, 0, self._high_water)
         return index
+
+    def set_pid(self, index: int, pid: int) -> None:
+        """Record the pid of the worker just forked into slot ``index`` (the
+        service counts it from now, not from when the worker attaches)."""
+        _Q.pack_into(self._mm, self._counters_offset(index), pid)
 
     def attach(self, index: int, pid: int) -> Slot:
         """Return the worker-side Slot ``index`` (called in the worker)."""

@@ -160,7 +160,9 @@ class Service:
         template.channel = ours
         if default:
             _symlink(self.listener.path, path)
-        log.info("starting the template of %s (pid %d)", _describe(env), template.pid)
+        # The default environment's start is part of the service's own.
+        log.log(logging.DEBUG if default else logging.INFO,
+                "starting the template of %s (pid %d)", _describe(env), template.pid)
         return template
 
     def _spec(self, env, template, fd, board_fd, default) -> dict:
@@ -170,7 +172,12 @@ class Service:
                 "startup": list(env.startup), "listener": fd, "scoreboard": board_fd,
                 "path": self.listener.path if default else template.path,
                 "source": self.listener.source if default else "service",
-                "log_file": self.log_file}
+                "log_file": self.log_file,
+                # Where the configuration's preloads may be found besides the
+                # interpreter's own path: the service's PYTHONPATH (a run's
+                # own PYTHONPATH applies to the run alone).
+                "preload_path": [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                 if p]}
 
     def _template_environ(self, env: Environment) -> dict:
         """Return the template's environment: the service's, without any PYTHON*
@@ -306,9 +313,10 @@ class Service:
         """``template`` serves: answer who waits, end the one it replaces."""
         template.state, template.ready_at = "ready", time.monotonic()
         self.holds.cleared(template.key)
-        log.info("the template of %s serves (pid %d, Python %s, %.0f ms)",
-                 _describe(template.env), template.pid, template.info.get("version", "?"),
-                 (template.ready_at - template.started) * 1000)
+        log.log(logging.DEBUG if template.default else logging.INFO,
+                "the template of %s serves (pid %d, Python %s, %.0f ms)",
+                _describe(template.env), template.pid, template.info.get("version", "?"),
+                (template.ready_at - template.started) * 1000)
         for reply in template.waiting:
             _answer(reply, protocol.OK, os.fsencode(template.path))
         template.waiting = []
@@ -361,6 +369,7 @@ class Service:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for sig in STOP_SIGNALS + (signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, _record_only)
+        _remove_stale_sockets(self.listener.path)
         try:
             first = self._start(self.default_environment(), default=True)
         except OSError as exc:
@@ -478,6 +487,7 @@ class Service:
             successor.predecessor = template
             self.templates[successor.key] = successor
         self._wait_for_default()
+        log.info("reloaded: %d templates replaced", len(self.templates))
         self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())
 
     def _wait_for_default(self) -> None:
@@ -656,6 +666,29 @@ def _symlink(target: str, path: str) -> None:
             raise
     _unlink(path)
     os.symlink(name, path)
+
+
+def _remove_stale_sockets(main_path: str) -> None:
+    """Remove what a service on ``main_path`` that was killed left beside it:
+    links to the main socket, and environment sockets nobody listens on."""
+    directory, _, name = main_path.rpartition("/")
+    for entry in os.listdir(directory or "/"):
+        if not (entry.startswith("env-") and entry.endswith(".sock")):
+            continue
+        path = os.path.join(directory, entry)
+        if os.path.islink(path):
+            if os.readlink(path) == name:
+                _unlink(path)
+            continue
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            _unlink(path)
+        except OSError:
+            pass
+        finally:
+            probe.close()
 
 
 def _unlink_link(path: str) -> None:

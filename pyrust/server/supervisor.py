@@ -98,7 +98,7 @@ class Supervisor:
         gc.freeze()  # keep the preloaded heap out of the workers' collections: less copy-on-write
         self._spawn_missing()
         self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())
-        log.info("serving on %s (%s) with %d spare workers, pid %d", self.listener.path,
+        log.debug("serving on %s (%s) with %d spare workers, pid %d", self.listener.path,
                  self.listener.source, self.config.workers, os.getpid())
         while not self.stopping:
             for signum in self._wait(self._next_duty()):
@@ -172,6 +172,7 @@ class Supervisor:
         pid = os.fork()
         if pid:
             self.scoreboard.record_fork(time.perf_counter() - began)
+            self.scoreboard.set_pid(index, pid)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             self.workers[pid] = WorkerInfo(index, self.generation)
             return

@@ -75,17 +75,20 @@ def forget_root(root: str) -> None:
     sys.path_importer_cache.pop(root, None)
 
 
-def preloader(root: str):
+def preloader(root: str, extra_path=()):
     """Return the Supervisor's ``preload(names)``: import each module, with the
-    project directory ``root`` (if any) first on ``sys.path`` while it does.
+    project directory ``root`` (if any) and then ``extra_path`` first on
+    ``sys.path`` while it does.
 
     The function raises StartupError naming the module and the error.
     """
     from pyrust.errors import StartupError
 
+    added = ([root] if root else []) + [p for p in extra_path if p not in sys.path]
+
     def preload(names) -> None:
-        if root:
-            sys.path.insert(1 if sys.path and sys.path[0] == "" else 0, root)
+        at = 1 if sys.path and sys.path[0] == "" else 0
+        sys.path[at:at] = added
         try:
             for name in names:
                 try:
@@ -95,8 +98,9 @@ def preloader(root: str):
                                        % (name, type(exc).__name__, exc)) from None
                 log.debug("preloaded %s", name)
         finally:
-            if root and root in sys.path:
-                sys.path.remove(root)
+            for entry in added:
+                if entry in sys.path:
+                    sys.path.remove(entry)
     return preload
 
 
@@ -146,7 +150,7 @@ def _supervisor(spec: dict, channel: socket.socket):
     board = Scoreboard(MAX_SLOTS, spec["scoreboard"])
     os.close(spec["scoreboard"])  # the mapping stays; runs must not inherit the fd
     supervisor = Supervisor(config, listener, ChannelNotifier(channel), None,
-                            preloader(spec["root"]), scoreboard=board)
+                            preloader(spec["root"], spec["preload_path"]), scoreboard=board)
     supervisor.info.env_key = env.key()
     supervisor.info.service = channel
     return supervisor
