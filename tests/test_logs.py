@@ -268,5 +268,5 @@ def test_under_systemd_the_log_speaks_the_journals_format(tmp_path):
             assert proc.wait(TIMEOUT) == 0
     lines = stderr_path.read_text().splitlines()
     assert lines[0].startswith("<6>pyrust.service: serving on %s" % (base / "s.sock"))
-    assert lines[-1] == "<6>pyrust.supervisor: stopped"
+    assert lines[-1] == "<6>pyrust.service: stopped"
     assert all(re.match(r"<[2-7]>pyrust\.\w+: ", line) for line in lines), lines

@@ -151,7 +151,18 @@ def test_a_killed_service_is_reactivated_and_leaves_no_files(installed):
     psutil.wait_procs(workers, timeout=TIMEOUT)  # they follow their supervisor
     assert installed.request("2+3") == (0, b"5\n")
     assert installed.main_pid() not in (0, pid)
-    assert os.listdir(os.path.dirname(installed.socket_path)) == ["pyrust.sock"]
+    # Nothing stale: besides the socket, only the new service's environment
+    # sockets, each live (the default environment's is a link to the socket).
+    directory = os.path.dirname(installed.socket_path)
+    entries = sorted(os.listdir(directory))
+    assert "pyrust.sock" in entries
+    for name in entries:
+        path = os.path.join(directory, name)
+        if name != "pyrust.sock":
+            assert name.startswith("env-") and name.endswith(".sock"), entries
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(TIMEOUT)
+                probe.connect(path)  # refused if a dead service left it
 
 
 def run_client_loop(manager, count, during):

@@ -46,6 +46,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 STATUS_INTERVAL = 5.0
 #: Seconds a template may take to import its preloads and say it is ready.
 START_TIMEOUT = 300.0
+#: Seconds a template must have been idle before it may end to make room.
+LRU_GRACE = 1.0
 #: The most bytes of a control request a worker forwards (an environment's fields).
 MAX_FORWARDED = 65536
 #: pyrust's own directory, which a template's bootstrap imports the server from.
@@ -226,11 +228,12 @@ class Service:
             if refusal is not None:
                 _answer(reply, protocol.SERVICE_ERROR, refusal.encode())
                 return
-            if not self._make_room():
+            if self.config.max_templates == 1:
                 _answer(reply, protocol.SERVICE_ERROR, (
-                    "cannot start a template for %s: max_templates (%d) are running and "
-                    "none can end" % (env.python, self.config.max_templates)).encode())
+                    "%s: not started: max_templates is 1, so only the default environment "
+                    "runs" % _describe(env)).encode())
                 return
+            self._make_room(len(self.templates) + 1)
             try:
                 template = self._start(env)
             except OSError as exc:
@@ -241,21 +244,20 @@ class Service:
             self.templates[key] = template
         template.waiting.append(reply)
 
-    def _make_room(self) -> bool:
-        """End the least recently used template if one more would pass
-        max_templates; return whether there is room."""
-        live = [t for t in self.templates.values()]
-        if len(live) < self.config.max_templates:
-            return True
+    def _make_room(self, wanted: int) -> None:
+        """End the least recently used templates while ``wanted`` would pass
+        max_templates.  Only a ready template idle for LRU_GRACE can end (one
+        just started has a client on its way to it), so a burst of new
+        environments may pass the limit for a moment; the timed duties bring
+        it back."""
         now = time.monotonic()
-        candidates = [t for t in live if not t.default and t.state == "ready"]
-        if not candidates:
-            return False
-        oldest = max(candidates, key=lambda t: (t.idle_for(now), -t.ready_at))
-        log.info("ending the template of %s, the least recently used, to make room "
-                 "(max_templates = %d)", _describe(oldest.env), self.config.max_templates)
-        self._end(oldest, forget=True)
-        return True
+        candidates = sorted((t for t in self.templates.values() if not t.default and
+                             t.state == "ready" and t.idle_for(now) >= LRU_GRACE),
+                            key=lambda t: t.idle_for(now), reverse=True)
+        for oldest in candidates[:max(0, wanted - self.config.max_templates)]:
+            log.info("ending the template of %s, the least recently used, to make room "
+                     "(max_templates = %d)", _describe(oldest.env), self.config.max_templates)
+            self._end(oldest, forget=True)
 
     def _end(self, template: Template, forget: bool) -> None:
         """Tell ``template`` to stop; with ``forget``, its environment's socket goes too."""
@@ -512,6 +514,7 @@ class Service:
         if self.notifier.active and now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL
             self.notifier.notify("STATUS=%s" % self.status_line())
+        self._make_room(len(self.templates))
         limit = self.config.template_idle_exit
         for template in list(self.templates.values()):
             if limit and not template.default and template.idle_for(now) >= limit:
