@@ -17,13 +17,13 @@ import tempfile
 import time
 import traceback
 
-from bench import (alternative, coldstart, hotpath, machine, memory, plot, report, servers,
-                   targets, throughput, userinstall, warm)
+from bench import (alternative, coldstart, environments, hotpath, machine, memory, plot, report,
+                   servers, targets, throughput, userinstall, warm)
 
-SECTIONS = ("warm", "throughput", "cold", "alternative", "memory", "hotpath")
+SECTIONS = ("warm", "throughput", "cold", "alternative", "memory", "hotpath", "environments")
 QUICK = dict(requests=100, warmup=10, connections=20, duration=0.2, repeats=1, cold_runs=2,
              hyperfine_runs=3, memory_requests=1000, memory_connections=20,
-             hotpath_requests=500)
+             hotpath_requests=500, env_runs=2)
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DOCS = ("docs/benchmarks.json", "docs/benchmarks-cdf.png", "docs/benchmarks.md")
 
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--memory-connections", type=int, default=1000,
         help="new connections (each a fresh process) in the memory section")
     add("--hotpath-requests", type=int, default=20000, help="requests for the in-process profile")
+    add("--env-runs", type=int, default=10,
+        help="processes per environments case: new environments' first runs, warm runs "
+             "(its request path uses --requests, --warmup and --connections)")
     add("--quick", action="store_true",
         help="tiny counts: checks that the bench works, measures nothing")
     add("--keep", action="store_true", help="keep the work directory (servers' logs)")
@@ -131,6 +134,9 @@ def run_sections(args, workdir: str, progress: Progress) -> "tuple[dict, dict]":
             workdir, args.memory_connections, args.memory_requests, progress))
     if "hotpath" in only:
         section("hot_path", "hotpath", lambda: hotpath.run(args.hotpath_requests, progress))
+    if "environments" in only:
+        section("environments", "environments", lambda: environments.run(
+            workdir, args.env_runs, args.requests, args.warmup, args.connections, progress))
     return results, samples
 
 
@@ -146,7 +152,8 @@ def all_verified(results: dict) -> bool:
     cold = results.get("cold_start", {})
     cold_ok = all(cold[k]["verified"] == cold[k]["runs"] for k in ("no preload", "preload numpy")
                   if k in cold)
-    return warm_ok and throughput_ok and memory_ok and cold_ok
+    environments_ok = environments.verified(results.get("environments", {}))
+    return warm_ok and throughput_ok and memory_ok and cold_ok and environments_ok
 
 
 def write_markdown(path: str, text: str) -> None:

@@ -216,6 +216,98 @@ def hotpath_section(h: dict) -> str:
                     align="lrrr"))
 
 
+def _ms(value: float) -> str:
+    return "%.1f" % value
+
+
+def _runs_checked(case: dict, extra_ok: bool = True) -> str:
+    total = case["runs"] + (1 if "first_ms" in case else 0)
+    right = case["verified"] + (1 if "first_ms" in case and not case["first_problem"] else 0)
+    return "%d/%d" % (right, total) + ("" if right == total and extra_ok else " WRONG")
+
+
+def _cold_rows(e: dict) -> list:
+    rows = []
+    for c in e["cold"]:
+        starts = sorted(c["template_start_ms"])
+        start = "%.0f" % starts[len(starts) // 2] if starts else "-"
+        rows.append([c["placement"], c["case"], c["runs"], _ms(c["first_ms"]), _ms(c["median"]),
+                     _ms(c["p90"]), _ms(c["min"]), _ms(c["max"]), start, _runs_checked(c)])
+    return rows
+
+
+def _warm_rows(e: dict) -> list:
+    rows = []
+    for placement in [p["name"] for p in e["placements"]]:
+        cases = [w for w in e["warm"] if w["placement"] == placement]
+        python = next(w for w in cases if w["command"].endswith('-c "print(2+3)"'))
+        for w in cases:
+            rows.append([placement, w["command"], w["runs"], _ms(w["median"]), _ms(w["p90"]),
+                         _ms(w["min"]), _ms(w["max"]),
+                         "%.2fx" % (w["median"] / python["median"]), _runs_checked(w)])
+    return rows
+
+
+def _path_rows(e: dict) -> list:
+    return [[r["placement"], r["mode"], r["environment"], r["socket"], _us(r["mean"]),
+             _us(r["p50"]), _us(r["p90"]), _us(r["p99"]), _us(r["max"]),
+             "all %d" % r["verified"] if not r["wrong"] else "%d WRONG" % r["wrong"]]
+            for r in e["request_path"]]
+
+
+def environments_section(e: dict) -> str:
+    label = e["label"]
+    return "\n\n".join([
+        "## Environments: a new environment's first run, its later runs, its socket\n\n"
+        "A standalone server per placement (its tree pinned with taskset, the bench and the "
+        "processes it starts pinned as in the warm path), its default environment `%s`; "
+        "`%s` is a venv the bench made from Python %s (`%s`). Processes are timed from "
+        "spawn to exit with their output read, and each must print `5`. No user "
+        "configuration; %d environments per server, `max_templates = %d`%s."
+        % (e["default_python"], label, e["version"], e["interpreter"],
+           e["environments_per_server"], e["max_templates"],
+           ", so none is ended to make room" if e["max_templates"] >= e["environments_per_server"]
+           else ": the least recently used are ended to make room, during the cold runs"),
+        "### Cold template: the first run of a new environment (ms, whole process)\n\n"
+        "`pyrust --python %s -c \"2+3\"` when its environment has no template: the client, "
+        "its failed connection to the environment's socket, op `e` on the main socket, the "
+        "template's start (interpreter, pyrust's server code, the preloads, its spares), "
+        "then the run on the new socket. Every run is a new environment "
+        "(`PYTHONHASHSEED=<n>`, which keys a template of its own); with preload, run in a "
+        "project whose `[tool.pyrust]` preloads %s. `first` is the case's first run, "
+        "apart from the statistics over the %d after it; `template start` is the median of "
+        "what the service's log says each template took from its spawn to serving."
+        % (label, ", ".join("`%s`" % m for m in e["preload"]), e["runs"])
+        + "\n\n" + table(["placement", "case", "runs", "first", "median", "p90", "min", "max",
+                           "template start", "output verified"], _cold_rows(e)),
+        "### Warm runs: the same commands once the template serves (ms, whole process)\n\n"
+        "%d runs of each, interleaved, after 2 untimed (the first of which starts a "
+        "template not up yet). In the project, the client finds and reads its "
+        "pyproject.toml, whose `[tool.pyrust]` table names the environment's preloads. "
+        "x python = median / the venv's `python -c` median." % e["runs"]
+        + "\n\n" + table(["placement", "command", "runs", "median", "p90", "min", "max",
+                           "x python", "output verified"], _warm_rows(e)),
+        "### Request path: a run sent straight to each socket (µs per round trip)\n\n"
+        "No process spawned (bench/client.py): an extended run of `2+3` with the "
+        "environment's fields and captured output, to the venv's template on its own "
+        "socket and to the default environment on the main socket, beside v1 `2+3` on the "
+        "main socket. Persistent: %d timed requests on one connection after %d; "
+        "per-connection: %d connections after %d, each a fresh process of that template."
+        % (e["requests"], e["warmup"], e["connections"], max(1, e["connections"] // 10))
+        + "\n\n" + table(["placement", "connection", "environment", "socket", "mean", "p50",
+                           "p90", "p99", "max", "replies verified"], _path_rows(e),
+                          align="llll" + "r" * 5 + "l")] + _wrong_outputs(e))
+
+
+def _wrong_outputs(e: dict) -> list:
+    """Return a paragraph quoting the first wrong outputs, if any."""
+    wrong = [w for case in e["cold"] + e["warm"] for w in case["wrong_examples"]]
+    wrong += [c["first_problem"] for c in e["cold"] if c["first_problem"]]
+    wrong += [w for r in e["request_path"] for w in r["wrong_examples"]]
+    return ["WRONG outputs (first %d):\n\n" % len(wrong[:5])
+            + "\n".join("    %s" % w for w in wrong[:5])] if wrong else []
+
+
 def targets_section(rows: list) -> str:
     if not rows:
         return "## Targets\n\nNo target concerns the sections that ran."
@@ -227,7 +319,8 @@ def targets_section(rows: list) -> str:
 SECTIONS = (("machine", machine_section), ("warm", warm_section),
             ("throughput", throughput_section), ("cold_start", cold_section),
             ("alternative", alternative_section), ("memory", memory_section),
-            ("hot_path", hotpath_section), ("targets", targets_section))
+            ("hot_path", hotpath_section), ("environments", environments_section),
+            ("targets", targets_section))
 
 
 def render(results: dict) -> str:

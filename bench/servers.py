@@ -150,16 +150,19 @@ def _wait_ready(notify: socket.socket, proc: subprocess.Popen) -> None:
         os.close(pidfd)
 
 
-def pyrust_config(directory: str, workers=None, preload=()) -> str:
+def pyrust_config(directory: str, workers=None, preload=(), settings=()) -> str:
     """Write a pyrust configuration in ``directory``; return its path.
 
     ``workers`` is the number of spares pyrust keeps waiting in ``accept()``
     (None: its default, one per CPU).  ``max_workers`` keeps its default
     (four times as many processes in all, spares and busy ones), so a spare
-    that takes a connection is replaced at once.
+    that takes a connection is replaced at once.  ``settings``: further
+    ``(key, TOML value)`` pairs, which override the log level.
     """
     path = os.path.join(directory, "config.toml")
-    lines = ['log_level = "warning"']
+    settings = dict(settings)
+    lines = ['log_level = %s' % settings.pop("log_level", '"warning"')]
+    lines += ["%s = %s" % item for item in settings.items()]
     if workers:
         lines.append("workers = %d" % workers)
     if preload:
@@ -170,14 +173,14 @@ def pyrust_config(directory: str, workers=None, preload=()) -> str:
 
 
 def start_pyrust(directory: str, python: str = sys.executable, workers=None, preload=(),
-                 cpus=None, source_root=ROOT) -> ServerProcess:
-    """Start ``python -m pyrust serve`` with ``workers`` spares (default: pyrust's) and
-    ``preload``.
+                 cpus=None, source_root=ROOT, settings=()) -> ServerProcess:
+    """Start ``python -m pyrust serve`` with ``workers`` spares (default: pyrust's),
+    ``preload`` and further ``settings`` (see pyrust_config).
 
     With ``source_root``, that checkout's pyrust is put first on PYTHONPATH;
     pass None to run the pyrust installed in ``python``'s environment.
     """
-    config = pyrust_config(directory, workers, preload)
+    config = pyrust_config(directory, workers, preload, settings)
     command = [python, "-m", "pyrust", "serve", "--socket",
                os.path.join(directory, "server.sock"), "--config", config]
     env = {"PYTHONPATH": source_root} if source_root else {}

@@ -128,11 +128,22 @@ def alternative_targets(alt: dict) -> list:
     return rows
 
 
+def environments_targets(env: dict) -> list:
+    """Return the seed's check for the default environment while other environments'
+    templates run beside it: v1 ``2+3`` on the main socket, one connection."""
+    return [_row("%s v1 on the main socket, other environments' templates up: mean <= %.0f us "
+                 "(%s)" % (HEADLINE, PREDECESSOR_MEAN_US, r["placement"]), "%.1f us" % r["mean"],
+                 r["mean"] <= PREDECESSOR_MEAN_US, _missed_by(r["mean"], PREDECESSOR_MEAN_US))
+            for r in env["request_path"]
+            if r["environment"] == "default, v1" and r["mode"] == "persistent"]
+
+
 def judge(results: dict) -> list:
     """Return the target rows for every section present in ``results``."""
     rows = []
     for key, judge_section in (("warm", warm_targets), ("throughput", throughput_targets),
-                               ("cold_start", cold_targets), ("alternative", alternative_targets)):
+                               ("cold_start", cold_targets), ("alternative", alternative_targets),
+                               ("environments", environments_targets)):
         section = results.get(key)
         if isinstance(section, dict) and "failed" in section:
             rows.append(_row("targets of section %s" % key, section["skipped"], None))

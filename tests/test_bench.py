@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bench import client, coldstart, servers, stats, throughput
+from bench import client, coldstart, environments, servers, stats, throughput
 from bench.programs import PROGRAMS, Program
 from conftest import ROOT, TIMEOUT, pyrust_env
 
@@ -131,6 +131,56 @@ def _check_memory(memory):
         assert forks["total"] >= memory["connections"] and forks["count"] > 0
         assert forks["p50_ms"] is not None and forks["p99_ms"] is not None
         assert case["template_cpu_per_connection"] > 0
+
+
+def test_an_environment_run_request_carries_its_fields_and_expects_exit_code_0():
+    from pyrust import protocol
+    from pyrust.environment import Environment
+
+    run = environments.run_request(Environment("/v/bin/python", ["json"],
+                                               startup=["PYTHONHASHSEED=1"]))
+    (length,) = protocol.HEADER.unpack(run.frame[:4])
+    assert length == protocol.EXTENDED_FLAG | (len(run.frame) - 4)
+    fields = protocol.decode_fields(run.frame[4:])
+    assert (fields[protocol.OP], fields[protocol.FORM], fields[protocol.SOURCE],
+            fields[protocol.STDIO]) == (b"r", b"c", b"2+3", b"c")
+    assert (fields[protocol.PYTHON], fields[protocol.PRELOAD], fields[protocol.STARTUP]) == (
+        b"/v/bin/python", [b"json"], [b"PYTHONHASHSEED=1"])
+    assert run.accepts(0, b"\0\0\0\0" + b"5\n")
+    assert not run.accepts(0, b"5\n") and not run.accepts(6, b"")
+
+
+def test_template_start_times_are_read_from_the_service_log():
+    log = ("pyrust[9]: INFO: the template of python /v/bin/python PYTHONHASHSEED=3 serves "
+           "(pid 12, Python 3.12.1, 140 ms)\n"
+           "pyrust[9]: INFO: the template of python /v/bin/python PYTHONHASHSEED=3 preloading "
+           "json, decimal serves (pid 13, Python 3.12.1, 176 ms)\n")
+    assert environments.template_starts(log, [3, 4], ()) == [140.0]
+    assert environments.template_starts(log, [3], ("json", "decimal")) == [176.0]
+
+
+def test_the_environments_section_measures_every_case(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "environments", "--json", str(out)],
+        cwd=ROOT, env=pyrust_env(), capture_output=True, text=True, timeout=TIMEOUT * 4)
+    assert done.returncode == 0, done.stderr
+    section = json.loads(out.read_text())["environments"]
+    placements = [p.name for p in servers.placements()]
+    assert [(c["placement"], c["case"]) for c in section["cold"]] == [
+        (p, case) for p in placements for case in ("no preload", "preload json, decimal")]
+    for case in section["cold"] + section["warm"]:
+        assert case["verified"] == case["runs"] == 2 and not case["wrong_examples"]
+        assert 0 < case["min"] <= case["median"] <= case["p90"] <= case["max"]
+    assert all(c["first_problem"] is None and c["template_start_ms"] for c in section["cold"])
+    assert len(section["warm"]) == 5 * len(placements)
+    rows = section["request_path"]
+    assert len(rows) == 6 * len(placements)
+    for row in rows:
+        assert FIGURES <= set(row) and (row["verified"], row["wrong"]) == (row["n"], 0)
+    # Every environment the section made was still up: none was ended to make room.
+    assert set(section["templates_at_end"].values()) == {section["environments_per_server"]}
+    assert "## Environments" in done.stdout
 
 
 def test_the_markdown_report_replaces_only_the_measured_part(tmp_path):
