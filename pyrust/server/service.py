@@ -19,9 +19,6 @@ a while (``FailureHold``).
 
 from __future__ import annotations
 
-import array
-import dataclasses
-import errno
 import json
 import logging
 import os
@@ -30,14 +27,13 @@ import signal
 import socket
 import time
 
-import pyrust
 from pyrust import protocol
 from pyrust.environment import Environment, default_python, template_socket
 from pyrust.errors import PyrustError, StartupError
 from pyrust.server import control
-from pyrust.server.scoreboard import Scoreboard
-from pyrust.server.supervisor import MAX_SLOTS
-from pyrust.server.template import BOOTSTRAP
+from pyrust.server.templates import (FailureHold, Launcher, Template, answer, cannot_start,
+                                     describe, interpreter, kill, receive,
+                                     remove_stale_sockets, unlink_link)
 from pyrust.server.terminals import describe_exit
 
 log = logging.getLogger("pyrust.service")
@@ -48,60 +44,6 @@ STATUS_INTERVAL = 5.0
 START_TIMEOUT = 300.0
 #: Seconds a template must have been idle before it may end to make room.
 LRU_GRACE = 1.0
-#: The most bytes of a control request a worker forwards (an environment's fields).
-MAX_FORWARDED = 65536
-#: pyrust's own directory, which a template's bootstrap imports the server from.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pyrust.__file__)))
-#: Variables the service sets for no program: not passed to templates.
-_SERVICE_ONLY = ("LISTEN_", "NOTIFY_SOCKET", "WATCHDOG_")
-
-
-class Template:
-    """One template process as the service sees it."""
-
-    def __init__(self, env: Environment, path: str, default: bool) -> None:
-        self.env, self.key, self.path, self.default = env, env.key(), path, default
-        self.pid = 0
-        self.channel = None           # the service's end of the datagram socketpair
-        self.board = None             # its scoreboard, mapped here too
-        self.state = "starting"       # then "ready", or "stopping"
-        self.started = time.monotonic()
-        self.ready_at = 0.0
-        self.info: dict = {}          # what the template said it is (template.describe)
-        self.waiting: list = []       # reply sockets of OP_ENSURE requests waiting for it
-        self.predecessor = None       # the Template it replaces (reload), ended once ready
-        self.exited = False           # reaped: nothing to signal or wait for
-
-    def idle_for(self, now: float) -> float:
-        """Return seconds since its last run ended (0 while a worker is connected)."""
-        if self.board is None or self.state != "ready":
-            return 0.0
-        if any(not s.spare for s in self.board.live_states()):
-            return 0.0
-        return now - max(self.board.last_activity(), self.ready_at)
-
-
-class FailureHold:
-    """Environments whose template failed to start, refused for a while:
-    1 s after the first failure, doubling up to a minute, so clients retrying a
-    broken environment cost no interpreter start each."""
-
-    def __init__(self) -> None:
-        self._failed: dict = {}  # key -> (until, count, message)
-
-    def failed(self, key: bytes, message: str) -> None:
-        count = self._failed.get(key, (0, 0, ""))[1] + 1
-        self._failed[key] = (time.monotonic() + min(2.0 ** (count - 1), 60.0), count, message)
-
-    def refusal(self, key: bytes):
-        """Return the message of a failure still held for ``key``, or None."""
-        entry = self._failed.get(key)
-        if entry is None or time.monotonic() >= entry[0]:
-            return None
-        return "%s (not retried for %.0f s)" % (entry[2], entry[0] - time.monotonic())
-
-    def cleared(self, key: bytes) -> None:
-        self._failed.pop(key, None)
 
 
 class Service:
@@ -113,10 +55,9 @@ class Service:
         self.listener = listener
         self.notifier = notifier
         self.reload_config = reload_config
-        self.log_file, self.journal = log_file, journal
         self.templates: dict = {}     # key -> the current Template of each environment
         self.ending: dict = {}        # pid -> Template told to stop
-        self.listeners: dict = {}     # key -> the socket of a non-default environment
+        self.launcher = Launcher(listener, log_file, journal)
         self.holds = FailureHold()
         self.started = time.monotonic()
         self.started_wall = time.time()
@@ -131,89 +72,8 @@ class Service:
 
     def default_environment(self) -> Environment:
         """Return the environment runs get when nothing names another."""
-        return Environment(_interpreter(self.config.python or default_python()),
+        return Environment(interpreter(self.config.python or default_python()),
                            self.config.preload)
-
-    def _start(self, env: Environment, default: bool = False) -> Template:
-        """Start a template for ``env``; return it (still starting).
-
-        Raise OSError if its interpreter cannot be executed.
-        """
-        path = template_socket(self.listener.path, env.key())
-        template = Template(env, path, default)
-        sock = self.listener.sock if default else self._env_listener(template)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        board_fd = _shared_memory(Scoreboard.bytes_needed(MAX_SLOTS))
-        try:
-            template.board = Scoreboard(MAX_SLOTS, board_fd)
-            spec = self._spec(env, template, sock.fileno(), board_fd, default)
-            argv = [env.python] + _startup_options(env) + \
-                ["-c", BOOTSTRAP, ROOT, str(theirs.fileno()), json.dumps(spec)]
-            template.pid = _spawn(env.python, argv, self._template_environ(env),
-                                  (sock.fileno(), theirs.fileno(), board_fd))
-        except BaseException:
-            ours.close()
-            if not default:  # nobody would ever accept on it
-                self._forget_listener(template)
-            raise
-        finally:
-            theirs.close()
-            os.close(board_fd)
-        template.channel = ours
-        if default:
-            _symlink(self.listener.path, path)
-        # The default environment's start is part of the service's own.
-        log.log(logging.DEBUG if default else logging.INFO,
-                "starting the template of %s (pid %d)", _describe(env), template.pid)
-        return template
-
-    def _spec(self, env, template, fd, board_fd, default) -> dict:
-        """Return what a template needs to know, as its bootstrap reads it."""
-        config = dataclasses.replace(self.config, preload=list(env.preload), idle_exit=0.0)
-        return {"config": dataclasses.asdict(config), "python": env.python, "root": env.root,
-                "startup": list(env.startup), "listener": fd, "scoreboard": board_fd,
-                "path": self.listener.path if default else template.path,
-                "source": self.listener.source if default else "service",
-                "log_file": self.log_file,
-                # Where the configuration's preloads may be found besides the
-                # interpreter's own path: the service's PYTHONPATH (a run's
-                # own PYTHONPATH applies to the run alone).
-                "preload_path": [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                 if p]}
-
-    def _template_environ(self, env: Environment) -> dict:
-        """Return the template's environment: the service's, without any PYTHON*
-        variable but those of the environment's key."""
-        environ = {k: v for k, v in os.environ.items()
-                   if not k.startswith("PYTHON") and not k.startswith(_SERVICE_ONLY)}
-        for item in env.startup:
-            name, eq, value = item.partition("=")
-            if eq and not item.startswith("-"):
-                environ[name] = value
-        if self.journal:
-            environ["JOURNAL_STREAM"] = self.journal
-        return environ
-
-    def _env_listener(self, template: Template) -> socket.socket:
-        """Return the listening socket of a non-default environment, binding it
-        (0600, beside the main socket) the first time."""
-        sock = self.listeners.get(template.key)
-        if sock is not None:
-            return sock
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            _unlink(template.path)  # left by a service that crashed: ours to replace
-            mask = os.umask(0o177)
-            try:
-                sock.bind(template.path)
-            finally:
-                os.umask(mask)
-            sock.listen(socket.SOMAXCONN)
-        except OSError:
-            sock.close()
-            raise
-        self.listeners[template.key] = sock
-        return sock
 
     def ensure(self, env: Environment, reply: socket.socket) -> None:
         """Answer ``reply`` with the socket of ``env``'s template once it serves,
@@ -221,25 +81,25 @@ class Service:
         key = env.key()
         template = self.templates.get(key)
         if template is not None and template.state == "ready":
-            _answer(reply, protocol.OK, os.fsencode(template.path))
+            answer(reply, protocol.OK, os.fsencode(template.path))
             return
         if template is None:
             refusal = self.holds.refusal(key)
             if refusal is not None:
-                _answer(reply, protocol.SERVICE_ERROR, refusal.encode())
+                answer(reply, protocol.SERVICE_ERROR, refusal.encode())
                 return
             if self.config.max_templates == 1:
-                _answer(reply, protocol.SERVICE_ERROR, (
+                answer(reply, protocol.SERVICE_ERROR, (
                     "%s: not started: max_templates is 1, so only the default environment "
-                    "runs" % _describe(env)).encode())
+                    "runs" % describe(env)).encode())
                 return
             self._make_room(len(self.templates) + 1)
             try:
-                template = self._start(env)
+                template = self.launcher.start(env, self.config)
             except OSError as exc:
-                message = _cannot_start(env, exc.strerror or str(exc))
+                message = cannot_start(env, exc.strerror or str(exc))
                 self.holds.failed(key, message)
-                _answer(reply, protocol.SERVICE_ERROR, message.encode())
+                answer(reply, protocol.SERVICE_ERROR, message.encode())
                 return
             self.templates[key] = template
         template.waiting.append(reply)
@@ -256,7 +116,7 @@ class Service:
                             key=lambda t: t.idle_for(now), reverse=True)
         for oldest in candidates[:max(0, wanted - self.config.max_templates)]:
             log.info("ending the template of %s, the least recently used, to make room "
-                     "(max_templates = %d)", _describe(oldest.env), self.config.max_templates)
+                     "(max_templates = %d)", describe(oldest.env), self.config.max_templates)
             self._end(oldest, forget=True)
 
     def _end(self, template: Template, forget: bool) -> None:
@@ -266,30 +126,22 @@ class Service:
         template.state = "stopping"
         if not template.exited:
             self.ending[template.pid] = template
-            _kill(template.pid, signal.SIGTERM)
+            kill(template.pid, signal.SIGTERM)
         if template.default and template.key not in self.templates:
-            _unlink_link(template.path)  # the default environment changed (reload)
+            unlink_link(template.path)  # the default environment changed (reload)
         for reply in template.waiting:
-            _answer(reply, protocol.SERVICE_ERROR, b"the template stopped before it was ready")
+            answer(reply, protocol.SERVICE_ERROR, b"the template stopped before it was ready")
         template.waiting = []
         if forget and not template.default:
-            self._forget_listener(template)
-
-    def _forget_listener(self, template: Template) -> None:
-        """Close and remove the socket of ``template``'s environment: its clients
-        get "no such file" and ask the service again."""
-        sock = self.listeners.pop(template.key, None)
-        if sock is not None:
-            sock.close()
-            _unlink(template.path)
+            self.launcher.forget(template)
 
     # -- messages from templates and their workers ---------------------------------
 
-    def _receive(self, template: Template) -> None:
+    def _messages(self, template: Template) -> None:
         """Take every message waiting on ``template``'s channel."""
         while True:
             try:
-                data, fds = _receive(template.channel)
+                data, fds = receive(template.channel)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -306,7 +158,7 @@ class Service:
             if kind == b"I":
                 template.info = json.loads(body.decode())
             elif kind == b"E":
-                self._failed(template, "%s: %s" % (_describe(template.env), body.decode(
+                self._failed(template, "%s: %s" % (describe(template.env), body.decode(
                     "utf-8", "replace")))
             elif kind == b"N" and body.startswith(b"READY=1") and template.state == "starting":
                 self._ready(template)
@@ -317,10 +169,10 @@ class Service:
         self.holds.cleared(template.key)
         log.log(logging.DEBUG if template.default else logging.INFO,
                 "the template of %s serves (pid %d, Python %s, %.0f ms)",
-                _describe(template.env), template.pid, template.info.get("version", "?"),
+                describe(template.env), template.pid, template.info.get("version", "?"),
                 (template.ready_at - template.started) * 1000)
         for reply in template.waiting:
-            _answer(reply, protocol.OK, os.fsencode(template.path))
+            answer(reply, protocol.OK, os.fsencode(template.path))
         template.waiting = []
         if template.predecessor is not None:
             self._end(template.predecessor, forget=False)
@@ -335,7 +187,7 @@ class Service:
         log.error("%s", message)
         self.holds.failed(template.key, message)
         for reply in template.waiting:
-            _answer(reply, protocol.SERVICE_ERROR, message.encode())
+            answer(reply, protocol.SERVICE_ERROR, message.encode())
         template.waiting = []
         predecessor = template.predecessor
         self._end(template, forget=predecessor is None)
@@ -353,13 +205,13 @@ class Service:
                 env = Environment.from_fields(fields)
                 if env is None:
                     raise ValueError("op e needs an environment (field %d)" % protocol.PYTHON)
-                self.ensure(Environment(_interpreter(env.python), env.preload, env.root,
+                self.ensure(Environment(interpreter(env.python), env.preload, env.root,
                                         env.startup), reply)
                 return
             status, text = control.handle(op, self)
         except (protocol.ProtocolError, ValueError, UnicodeDecodeError) as exc:
             status, text = protocol.BAD_REQUEST, str(exc).encode()
-        _answer(reply, status, text)
+        answer(reply, status, text)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -371,11 +223,11 @@ class Service:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for sig in STOP_SIGNALS + (signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, _record_only)
-        _remove_stale_sockets(self.listener.path)
+        remove_stale_sockets(self.listener.path)
         try:
-            first = self._start(self.default_environment(), default=True)
+            first = self.launcher.start(self.default_environment(), self.config, default=True)
         except OSError as exc:
-            raise StartupError(_cannot_start(self.default_environment(),
+            raise StartupError(cannot_start(self.default_environment(),
                                              exc.strerror or str(exc))) from None
         self.templates[first.key] = first
         try:
@@ -405,7 +257,7 @@ class Service:
             readable = []
         for fd in readable:
             if fd in channels:
-                self._receive(channels[fd])
+                self._messages(channels[fd])
         try:
             signals = os.read(self._wake_r, 4096)
         except BlockingIOError:
@@ -442,22 +294,22 @@ class Service:
         """Account for a template process that ended with ``status``."""
         template.exited = True
         if template.channel is not None:
-            self._receive(template)  # what it said before it died (an "E" message)
+            self._messages(template)  # what it said before it died (an "E" message)
             template.channel.close()
             template.channel = None
         if template.state == "stopping":
-            log.info("the template of %s (pid %d) ended", _describe(template.env), template.pid)
+            log.info("the template of %s (pid %d) ended", describe(template.env), template.pid)
             return
         how = describe_exit(status)
         if template.state == "starting":
             self._failed(template, "%s: the interpreter ended (%s) before its template was "
-                         "ready" % (_describe(template.env), how))
+                         "ready" % (describe(template.env), how))
             return
-        log.error("the template of %s (pid %d) died (%s)", _describe(template.env),
+        log.error("the template of %s (pid %d) died (%s)", describe(template.env),
                   template.pid, how)
         self._end(template, forget=not template.default)
         if template.default and not self.stopping:  # the main socket needs one: start anew
-            replacement = self._start(template.env, default=True)
+            replacement = self.launcher.start(template.env, self.config, default=True)
             self.templates[replacement.key] = replacement
 
     def _check_starts(self) -> None:
@@ -466,7 +318,7 @@ class Service:
         for template in list(self.templates.values()):
             if template.state == "starting" and now - template.started > START_TIMEOUT:
                 self._failed(template, "%s: not ready after %d s" % (
-                    _describe(template.env), START_TIMEOUT))
+                    describe(template.env), START_TIMEOUT))
 
     def reload(self) -> None:
         """Re-read the configuration and replace every template by a new one;
@@ -481,9 +333,9 @@ class Service:
         for template in list(self.templates.values()):
             env = self.default_environment() if template.default else template.env
             try:
-                successor = self._start(env, default=template.default)
+                successor = self.launcher.start(env, self.config, default=template.default)
             except OSError as exc:
-                log.error("reload: %s", _cannot_start(env, exc.strerror or str(exc)))
+                log.error("reload: %s", cannot_start(env, exc.strerror or str(exc)))
                 continue
             del self.templates[template.key]
             successor.predecessor = template
@@ -519,7 +371,7 @@ class Service:
         for template in list(self.templates.values()):
             if limit and not template.default and template.idle_for(now) >= limit:
                 log.info("the template of %s had no run for %g s; ending it",
-                         _describe(template.env), limit)
+                         describe(template.env), limit)
                 self._end(template, forget=True)
         if self.config.idle_exit and self._idle_for(now) >= self.config.idle_exit:
             log.info("no request for %g s, exiting", self.config.idle_exit)
@@ -547,155 +399,13 @@ class Service:
                 self.notifier.notify("WATCHDOG=1")
             self._step(min(1.0, max(0.0, deadline - time.monotonic())))
         for pid in list(self.ending):
-            _kill(pid, signal.SIGKILL)
+            kill(pid, signal.SIGKILL)
         if self.default is not None:
-            _unlink_link(template_socket(self.listener.path, self.default.key))
+            unlink_link(template_socket(self.listener.path, self.default.key))
         self.listener.close()
         log.info("stopped")
         return 0
 
 
-# -- helpers ---------------------------------------------------------------------------
-
-
 def _record_only(signum, frame) -> None:
     """Signal handler: the number already went to the wake-up fd."""
-
-
-def _interpreter(path: str) -> str:
-    """Return the interpreter ``path`` names: itself, or a venv directory's bin/python."""
-    path = os.path.abspath(os.path.expanduser(path))
-    return os.path.join(path, "bin", "python") if os.path.isdir(path) else path
-
-
-def _describe(env: Environment) -> str:
-    """Return how a message names an environment: "python /v/bin/python" and what else keys it."""
-    parts = ["python %s" % env.python]
-    if env.startup:
-        parts.append(" ".join(env.startup))
-    if env.preload:
-        parts.append("preloading %s" % ", ".join(env.preload))
-    return " ".join(parts)
-
-
-def _cannot_start(env: Environment, reason: str) -> str:
-    return "%s: cannot start it: %s" % (_describe(env), reason)
-
-
-def _startup_options(env: Environment) -> list:
-    """Return the interpreter's command-line options of ``env`` ("--x=y" as two words)."""
-    options = []
-    for item in env.startup:
-        if item.startswith("--") and "=" in item:
-            options.extend(item.split("=", 1))
-        elif item.startswith("-"):
-            options.append(item)
-    return options
-
-
-def _shared_memory(size: int) -> int:
-    """Return the fd of ``size`` bytes of memory a child can map (a memfd, or an
-    unlinked temporary file where there is none)."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("pyrust-scoreboard", os.MFD_CLOEXEC)
-    else:  # macOS
-        import tempfile
-
-        with tempfile.TemporaryFile() as f:
-            fd = os.dup(f.fileno())
-    os.ftruncate(fd, size)
-    return fd
-
-
-def _spawn(python: str, argv: list, environ: dict, fds) -> int:
-    """Start ``argv`` with ``fds`` inherited (at the same numbers) and stdin on
-    /dev/null; return its pid.  Raise OSError if it cannot be executed."""
-    for fd in fds:
-        os.set_inheritable(fd, True)
-    try:
-        return os.posix_spawn(python, argv, environ, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
-    finally:
-        for fd in fds:
-            os.set_inheritable(fd, False)
-
-
-def _receive(channel: socket.socket) -> "tuple[bytes, list]":
-    """Return one datagram waiting on ``channel`` and the fds attached to it;
-    raise BlockingIOError if none waits.  (``socket.recv_fds`` ignores its flags
-    before Python 3.13.)"""
-    data, ancillary, _, _ = channel.recvmsg(MAX_FORWARDED + 1, socket.CMSG_SPACE(4 * 4),
-                                            socket.MSG_DONTWAIT)
-    fds = array.array("i")
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-    return data, list(fds)
-
-
-def _answer(reply: socket.socket, status: int, payload: bytes) -> None:
-    """Send one response on a forwarded request's reply socket and close it."""
-    try:
-        reply.settimeout(5.0)
-        reply.sendall(protocol.encode_response(status, payload))
-    except OSError as exc:
-        log.debug("cannot answer a forwarded request: %s", exc)
-    finally:
-        reply.close()
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _symlink(target: str, path: str) -> None:
-    """Make ``path`` a symbolic link to the main socket ``target`` (same directory)."""
-    name = os.path.basename(target)
-    try:
-        if os.readlink(path) == name:
-            return
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.EINVAL):
-            raise
-    _unlink(path)
-    os.symlink(name, path)
-
-
-def _remove_stale_sockets(main_path: str) -> None:
-    """Remove what a service on ``main_path`` that was killed left beside it:
-    links to the main socket, and environment sockets nobody listens on."""
-    directory, _, name = main_path.rpartition("/")
-    for entry in os.listdir(directory or "/"):
-        if not (entry.startswith("env-") and entry.endswith(".sock")):
-            continue
-        path = os.path.join(directory, entry)
-        if os.path.islink(path):
-            if os.readlink(path) == name:
-                _unlink(path)
-            continue
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            _unlink(path)
-        except OSError:
-            pass
-        finally:
-            probe.close()
-
-
-def _unlink_link(path: str) -> None:
-    """Remove the default environment's link, if it is still a link."""
-    if os.path.islink(path):
-        _unlink(path)
-
