@@ -231,8 +231,7 @@ class Service:
                                              exc.strerror or str(exc))) from None
         self.templates[first.key] = first
         try:
-            while self.default is None and not self.stopping:
-                self._step(START_TIMEOUT)
+            self._wait_for_default()
             self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())
             log.info("serving on %s (%s), pid %d", self.listener.path, self.listener.source,
                      os.getpid())
@@ -348,7 +347,9 @@ class Service:
         """Serve messages until the default environment's template is ready again."""
         while not self.stopping and any(t.default and t.state == "starting"
                                         for t in self.templates.values()):
-            self._step(1.0)
+            if self._watchdog:  # slow preloads must not look like a hung service
+                self.notifier.notify("WATCHDOG=1")
+            self._step(min(1.0, self._watchdog or 1.0))
 
     # -- timed duties ---------------------------------------------------------------
 
