@@ -56,6 +56,19 @@ def rss(pid: int) -> int | None:
         return None
 
 
+def exited_children():
+    """Yield ``(pid, waitpid status)`` of each child that has ended, reaping it,
+    until none is left to collect right now."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
+
+
 def terminate_with_parent() -> None:
     """Have the kernel send SIGTERM when the parent exits (Linux ``PR_SET_PDEATHSIG``).
 

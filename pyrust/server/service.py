@@ -30,7 +30,7 @@ import time
 from pyrust import protocol
 from pyrust.environment import Environment, default_python, template_socket
 from pyrust.errors import PyrustError, StartupError
-from pyrust.server import control
+from pyrust.server import control, osutil
 from pyrust.server.templates import (FailureHold, Launcher, Template, answer, cannot_start,
                                      describe, interpreter, kill, receive,
                                      remove_stale_sockets, unlink_link)
@@ -276,13 +276,7 @@ class Service:
 
     def _reap(self) -> None:
         """Collect every template that exited; restart the default one if it died."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in osutil.exited_children():
             template = self.ending.pop(pid, None) or next(
                 (t for t in self._all() if t.pid == pid), None)
             if template is None:

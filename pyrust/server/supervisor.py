@@ -198,13 +198,7 @@ class Supervisor:
     def _reap(self) -> None:
         """Collect every exited worker: answer its client if it still waits, free
         its slot, and log how it ended."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in osutil.exited_children():
             info = self.workers.pop(pid, None)
             if info is not None:
                 # A worker says it took a connection before it can end: take
