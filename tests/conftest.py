@@ -105,8 +105,10 @@ class Server:
         """Start a server process on the listening socket (again, after a stop)."""
         fd = self.listener.fileno()
         # bash (dash takes single-digit fds only) sets LISTEN_PID to its own
-        # pid, then execs the server (same pid) with the listener as fd 3.
-        script = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@" 3<&%d %d<&-' % (fd, fd)
+        # pid, then execs the server (same pid) with the listener as fd 3
+        # (moved there unless it is fd 3 already: "3<&3 3<&-" would close it).
+        moves = "" if fd == 3 else " 3<&%d %d<&-" % (fd, fd)
+        script = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"%s' % moves
         command = ["/bin/bash", "-c", script, "bash", sys.executable, "-m", "pyrust",
                    "serve", "--config", self.config_path]
         env = pyrust_env(LISTEN_FDS="1", NOTIFY_SOCKET=self.notify.getsockname(), **self.env)
