@@ -230,8 +230,10 @@ def run(main_path: str, env, message, connect_main,
     tried first.  If nothing accepts there, or the worker there answers
     WRONG_TEMPLATE (the run did not start), the service is asked for the
     template (``ensure``, on ``connect_main()``, which may start a service) and
-    the run goes to the socket it names, once: a second WRONG_TEMPLATE is
-    returned to the caller, not retried.  Delivery follows ``request``.
+    the run goes to the socket it names.  That is asked up to ENSURE_ATTEMPTS
+    times: a template the service replaced (its environment changed) may
+    still take a connection while it ends; the last WRONG_TEMPLATE is
+    returned to the caller.  Delivery follows ``request``.
     """
     path = environment.template_socket(main_path, env.key())
     try:
@@ -240,5 +242,13 @@ def run(main_path: str, env, message, connect_main,
             return reply
     except _NoTemplate:
         pass
-    path = ensure(connect_main, env)
-    return request(lambda: connect(path), message, forward_interrupts)
+    for _ in range(ENSURE_ATTEMPTS):
+        path = ensure(connect_main, env)
+        reply = request(lambda: connect(path), message, forward_interrupts)
+        if reply[0] != protocol.WRONG_TEMPLATE:
+            break
+    return reply
+
+
+#: How often a run asks the service for its template before it gives up.
+ENSURE_ATTEMPTS = 3

@@ -28,6 +28,9 @@ class ServiceInfo:
         self.freshness = freshness  # the preloaded modules' watch (freshness.Freshness)
         #: The key of the template's environment: a run that names another is refused.
         self.env_key = None
+        #: The files whose change makes the template stale, and their fingerprint
+        #: when it started (template.environment_files, template.fingerprint).
+        self.watched, self.born = [], []
         #: The datagram socket to the service, where control operations go.
         self.service = None
 

@@ -31,6 +31,7 @@ from pyrust import protocol
 from pyrust.environment import Environment, default_python, template_socket
 from pyrust.errors import PyrustError, StartupError
 from pyrust.server import control, osutil
+from pyrust.server.template import fingerprint
 from pyrust.server.templates import (FailureHold, Launcher, Template, answer, cannot_start,
                                      describe, interpreter, kill, receive,
                                      remove_stale_sockets, unlink_link)
@@ -80,6 +81,9 @@ class Service:
         starting it if needed; or with why it cannot start."""
         key = env.key()
         template = self.templates.get(key)
+        if template is not None and template.state == "ready" and self._stale(template):
+            template = self._replace(template, "its interpreter's files changed (a .pth "
+                                               "file, pyvenv.cfg, the executable)")
         if template is not None and template.state == "ready":
             answer(reply, protocol.OK, os.fsencode(template.path))
             return
@@ -103,6 +107,27 @@ class Service:
                 return
             self.templates[key] = template
         template.waiting.append(reply)
+
+    def _stale(self, template: Template) -> bool:
+        """Return whether ``template``'s interpreter files changed since it started."""
+        watched = template.info.get("watched")
+        return bool(watched) and fingerprint(watched) != template.info.get("fingerprint")
+
+    def _replace(self, template: Template, why: str = "its configuration was reloaded"):
+        """Start a successor of ``template`` (which ends once the successor serves),
+        saying ``why`` in the log; return the successor, or ``template`` if it
+        cannot start."""
+        env = self.default_environment() if template.default else template.env
+        try:
+            successor = self.launcher.start(env, self.config, default=template.default)
+        except OSError as exc:
+            log.error("%s", cannot_start(env, exc.strerror or str(exc)))
+            return template
+        log.info("starting the template of %s anew: %s", describe(env), why)
+        del self.templates[template.key]
+        successor.predecessor = template
+        self.templates[successor.key] = successor
+        return successor
 
     def _make_room(self, wanted: int) -> None:
         """End the least recently used templates while ``wanted`` would pass
@@ -171,12 +196,12 @@ class Service:
                 "the template of %s serves (pid %d, Python %s, %.0f ms)",
                 describe(template.env), template.pid, template.info.get("version", "?"),
                 (template.ready_at - template.started) * 1000)
+        if template.predecessor is not None:  # first, so its spares stop accepting
+            self._end(template.predecessor, forget=False)
+            template.predecessor = None
         for reply in template.waiting:
             answer(reply, protocol.OK, os.fsencode(template.path))
         template.waiting = []
-        if template.predecessor is not None:
-            self._end(template.predecessor, forget=False)
-            template.predecessor = None
         if template.default:
             self.default = template
 
@@ -324,15 +349,7 @@ class Service:
             except PyrustError as exc:
                 log.error("reload: keeping the running configuration: %s", exc)
         for template in list(self.templates.values()):
-            env = self.default_environment() if template.default else template.env
-            try:
-                successor = self.launcher.start(env, self.config, default=template.default)
-            except OSError as exc:
-                log.error("reload: %s", cannot_start(env, exc.strerror or str(exc)))
-                continue
-            del self.templates[template.key]
-            successor.predecessor = template
-            self.templates[successor.key] = successor
+            self._replace(template)
         self._wait_for_default()
         log.info("reloaded: %d templates replaced", len(self.templates))
         self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())

@@ -104,11 +104,37 @@ def preloader(root: str, extra_path=()):
     return preload
 
 
-def describe() -> dict:
-    """Return what the service shows of this interpreter in ``pyrust status``."""
+def describe(watched) -> dict:
+    """Return what the service shows of this interpreter in ``pyrust status``, and
+    the fingerprint of its environment's ``watched`` files (see fingerprint)."""
     return {"pid": os.getpid(), "version": sys.version.split()[0],
             "executable": sys.executable, "prefix": sys.prefix,
-            "venv": sys.prefix if sys.prefix != sys.base_prefix else None}
+            "venv": sys.prefix if sys.prefix != sys.base_prefix else None,
+            "watched": watched, "fingerprint": fingerprint(watched)}
+
+
+def environment_files() -> list:
+    """Return the files whose change makes this interpreter's start-up stale: the
+    executable (a venv recreated with another python replaces it), the venv's
+    pyvenv.cfg, and the site-packages directories whose ``.pth`` files python
+    read at start (``pip install -e`` adds one; a directory's mtime moves when
+    an entry is added or removed)."""
+    files = [sys.executable, os.path.join(sys.prefix, "pyvenv.cfg")]
+    files += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+    return files
+
+
+def fingerprint(files) -> list:
+    """Return each of ``files``' identity and modification time (lstat: the
+    executable is often a symlink), [0, 0] for one that is missing."""
+    marks = []
+    for path in files:
+        try:
+            st = os.lstat(path)
+            marks.append([st.st_ino, st.st_mtime_ns])
+        except OSError:
+            marks.append([0, 0])
+    return marks
 
 
 def main(args: list) -> int:
@@ -127,7 +153,7 @@ def main(args: list) -> int:
         except OSError:
             pass
         return EXIT_STARTUP
-    channel.send(b"I" + json.dumps(describe()).encode())
+    channel.send(b"I" + json.dumps(describe(supervisor.info.watched)).encode())
     return supervisor.run()
 
 
@@ -152,5 +178,7 @@ def _supervisor(spec: dict, channel: socket.socket):
     supervisor = Supervisor(config, listener, ChannelNotifier(channel), None,
                             preloader(spec["root"], spec["preload_path"]), scoreboard=board)
     supervisor.info.env_key = env.key()
+    supervisor.info.watched = environment_files()
+    supervisor.info.born = fingerprint(supervisor.info.watched)
     supervisor.info.service = channel
     return supervisor

@@ -28,6 +28,7 @@ import time
 
 from pyrust import protocol
 from pyrust.environment import key_of
+from pyrust.server.template import fingerprint
 from pyrust.server import logs, osutil
 from pyrust.server.executor import Executor, Job, v1_job
 from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
@@ -298,20 +299,32 @@ class Worker:
             self.slot.end_control()
             conn.sendall(protocol.encode_response(status, reply))
             return True
-        if extended and self.info.env_key is not None and protocol.PYTHON in fields and \
-                key_of(fields) != self.info.env_key:
-            _close_all(fds)
-            self.slot.end_control()
-            conn.sendall(protocol.encode_response(protocol.WRONG_TEMPLATE, (
-                "this socket serves another environment; ask the service for yours "
-                "(op %s)" % protocol.OP_ENSURE.decode()).encode()))
-            return True
+        if extended and self.info.env_key is not None and protocol.PYTHON in fields:
+            refusal = self._other_environment(fields)
+            if refusal is not None:
+                _close_all(fds)
+                self.slot.end_control()
+                conn.sendall(protocol.encode_response(protocol.WRONG_TEMPLATE, refusal))
+                return True
         if job.fds is not None:
             self._run_to_exit(job, conn)  # returns only if the program was refused
             return False
         if self.info.freshness is not None:
             self.info.freshness.refresh()
         return self._run_captured(job, conn, extended)
+
+    def _other_environment(self, fields: dict):
+        """Return why this template cannot serve the run ``fields`` name (its
+        environment is another, or changed since the template started: a
+        ``.pth`` file, a recreated venv), or None if it can."""
+        if key_of(fields) != self.info.env_key:
+            why = "this socket serves another environment"
+        elif fingerprint(self.info.watched) != self.info.born:
+            why = "this environment changed since its template started"
+        else:
+            return None
+        return ("%s; ask the service for yours (op %s)"
+                % (why, protocol.OP_ENSURE.decode())).encode()
 
     def _control(self, payload: bytes) -> "tuple[int, bytes]":
         """Forward control request ``payload`` to the service; return its reply.
