@@ -154,7 +154,7 @@ def test_cache_is_bounded_lru():
     for code in ("1", "2", "1", "3"):  # "2" is least recently used when "3" arrives
         run(executor, code)
     assert executor.cache_len() == 2
-    assert set(executor._cache) == {"1", "3"}
+    assert set(executor._cache) == {("1", True), ("3", True)}
     assert executor.clear_cache() == 2 and executor.cache_len() == 0
 
 

@@ -1,15 +1,18 @@
 """Run one program the way ``python`` would, inside a long-lived worker.
 
-A Job names the program (``-c`` code, a file, a module, or a program read
-from stdin), its argv, cwd, environment, time limit, and either the client's
-fds 0-2 or None to capture the output as protocol v1 does.  Each run gets a
-fresh ``__main__``; tracebacks, exit codes and ``SystemExit`` behave exactly
-as under ``python``.  The one intended difference: with ``-c``, the value of
-a final bare expression is echoed as the interactive interpreter does.
+A Job names the program (``-c`` code, a file, a module, a program read from
+stdin, or none: the interactive prompt), its argv, cwd, environment, time
+limit, python's per-run options (``-u -B -q -i -P -W``), and either the
+client's fds 0-2 or None to capture the output as protocol v1 does.  Each run
+gets a fresh ``__main__``; tracebacks, exit codes and ``SystemExit`` behave
+exactly as under ``python``, and so does what the options and the run's
+``PYTHON*`` variables change (see runoptions.py, interactive.py).  The one
+intended difference: with ``-c``, the value of a final bare expression is
+echoed as the interactive interpreter does, unless the job asks for python's
+exact ``-c`` (``echo`` false).
 """
 
 import _signal
-import ast
 import collections
 import linecache
 import os
@@ -18,11 +21,15 @@ import signal
 import sys
 
 from pyrust import protocol
-from pyrust.server import osutil
+from pyrust.server import interactive, osutil, runoptions
+from pyrust.server.program import (FILENAME, Program, compile_program, is_zip, load, path0,
+                                   python_abspath, unknown_option)
+from pyrust.server.report import (echo as _echo, free_frames as _free_frames,
+                                  print_exception, stack_depth as _stack_depth,
+                                  system_exit_code as _system_exit_code, utf8 as _utf8)
 from pyrust.server.runstate import (Borrowed, Capture, client_streams, enter_for_good,
                                     exit_sequence, fresh_main)
 
-FILENAME = "<string>"  # what python -c names the code in tracebacks
 #: Programs larger than this are compiled every time rather than cached, so
 #: the cache's memory stays bounded by ``entries × 1 MiB``.
 CACHE_MAX_SOURCE = 1 << 20
@@ -45,6 +52,8 @@ EXIT_SIGINT = -signal.SIGINT
 EXIT_REFUSED = 125
 #: After the first interrupt, how often it is raised again in code that catches it.
 REINTERRUPT_INTERVAL = 1.0
+#: The forms of a run: code, stdin, file, module, and the prompt without a program.
+FORMS = ("c", "-", "f", "m", "i")
 
 
 class RequestTimeout(BaseException):
@@ -61,11 +70,14 @@ class RequestTimeout(BaseException):
         super().__init__("timed out after %g s" % seconds)
 
 
-class Job(collections.namedtuple("Job", "form source argv cwd env time_limit fds umask targets",
-                                  defaults=(None, ()))):
-    """One run: ``form`` is "c", "-", "f" or "m"; ``fds`` the client's 0-2 (and more,
-    to go to the numbers ``targets`` lists) or None to capture the output; ``umask``
-    the client's, or None to keep the worker's."""
+class Job(collections.namedtuple(
+        "Job", "form source argv cwd env time_limit fds umask targets options echo",
+        defaults=(None, (), (), True))):
+    """One run: ``form`` one of FORMS ("i": python's prompt, no program; it needs
+    the client's fds); ``fds`` the client's 0-2 (and more, to go to the numbers
+    ``targets`` lists) or None to capture the output; ``umask`` the client's, or
+    None to keep the worker's; ``options`` python's per-run options as it spells
+    them ("-u", "-Werror"); ``echo`` whether a final ``-c`` expression is shown."""
 
 
 def v1_job(code: str, time_limit: float) -> Job:
@@ -75,20 +87,6 @@ def v1_job(code: str, time_limit: float) -> Job:
 
 class Result(collections.namedtuple("Result", "status output exit_code")):
     """What a run produced: wire status, captured output bytes, and python's exit code."""
-
-
-class Program(collections.namedtuple("Program", "body echo")):
-    """A compiled program: ``body`` (exec code) and ``echo`` (eval code of a
-    final bare expression, or None)."""
-
-
-def compile_program(source, filename: str = FILENAME, echo: bool = True) -> Program:
-    """Return ``source`` compiled for a run; raise SyntaxError (or ValueError) if it does not compile."""
-    tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
-    last = None
-    if echo and tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = compile(ast.Expression(tree.body.pop().value), filename, "eval", dont_inherit=True)
-    return Program(compile(tree, filename, "exec", dont_inherit=True), last)
 
 
 class Executor:
@@ -103,6 +101,10 @@ class Executor:
         self._capture = Capture(max_output)
         self._time_limit = 0.0  # of the run in progress; 0 when none runs
         self._hidden_depth = None  # recursion the interpreter counts beyond Python frames
+        # What the template's python built at start, for runs to build theirs from.
+        self._paths = runoptions.PathTemplate()
+        self._warnings = runoptions.WarningsTemplate()
+        self._own_env_options = {}  # per-run options (tuple) -> RunOptions, own environment
 
     def calibrate(self) -> None:
         """Measure the recursion the interpreter counts below the caller beyond its
@@ -141,15 +143,16 @@ class Executor:
         """Return the number of compiled programs cached."""
         return len(self._cache)
 
-    def _compiled(self, source: str) -> Program:
+    def _compiled(self, source: str, echo: bool) -> Program:
         """Return ``-c`` code ``source`` compiled, from the cache when it is there."""
-        program = self._cache.get(source)
+        key = (source, echo)
+        program = self._cache.get(key)
         if program is not None:
-            self._cache.move_to_end(source)
+            self._cache.move_to_end(key)
             return program
-        program = compile_program(source)
+        program = compile_program(source, echo=echo)
         if self.cache_size and len(source) <= CACHE_MAX_SOURCE:
-            self._cache[source] = program
+            self._cache[key] = program
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return program
@@ -174,7 +177,8 @@ class Executor:
             message = "pyrust: cannot enter %s: %s\n" % (job.cwd, exc.strerror)
             return Result(protocol.ERROR, message.encode(), 1)
         try:
-            exit_code = self._execute(job, sys.modules["__main__"].__dict__, streams[2])
+            exit_code = self._execute(job, self.options(job), sys.modules["__main__"].__dict__,
+                                      streams[2])
         except RequestTimeout:  # the alarm fired just as the program ended
             exit_code = _TIMED_OUT
         except KeyboardInterrupt:
@@ -183,23 +187,36 @@ class Executor:
             return Result(protocol.BAD_REQUEST, str(exc).encode(), 1)
         finally:
             self._borrowed.leave()
+            self._warnings.restore()
         return _result(exit_code, capture)
+
+    def options(self, job: Job) -> runoptions.RunOptions:
+        """Return the per-run options of ``job``: its python options under its
+        environment (the worker's own when it sends none, read once)."""
+        if job.env is not None:
+            return runoptions.run_options(job.options, job.env)
+        options = self._own_env_options.get(job.options)
+        if options is None:
+            options = runoptions.run_options(job.options, os.environ)
+            self._own_env_options[job.options] = options
+        return options
 
     def refuse_file(self, job: Job):
         """Return the refusal of a program file over ``max_program`` bytes, or None.
 
         Checked before a run takes the client's terminal, so the refusal can
-        still go back as a reply; a file that cannot be read is python's to report.
+        still go back as a reply; a file that cannot be read is python's to
+        report, and a zip file python runs as a package is not read whole.
         """
         if job.form != "f":
             return None
+        path = os.path.join(job.cwd or "", job.source)
         try:
-            size = os.stat(os.path.join(job.cwd or "", job.source)).st_size
+            size = os.stat(path).st_size
         except OSError:
             return None
-        return self._too_large(size) if size > self.max_program else None
-
-    def _too_large(self, size: int) -> str:
+        if size <= self.max_program or is_zip(path):
+            return None
         return protocol.too_large("request", size, self.max_program, "max_request_bytes")
 
     def run_to_exit(self, job: Job) -> None:
@@ -221,9 +238,10 @@ class Executor:
                 os.umask(job.umask)
             osutil.python_signals(keep=(signal.SIGALRM,) if job.time_limit else ())
             enter_for_good(job, fresh_main())
-            streams = client_streams(os.environ)
+            options = self.options(job)
+            streams = client_streams(os.environ, options.unbuffered)
             sys.stdin, sys.stdout, sys.stderr = streams
-            code = self._execute(job, sys.modules["__main__"].__dict__, streams[2])
+            code = self._execute(job, options, sys.modules["__main__"].__dict__, streams[2])
         except RequestTimeout:  # the alarm fired just as the program ended
             code = _TIMED_OUT
         except KeyboardInterrupt:
@@ -237,47 +255,75 @@ class Executor:
         finally:
             osutil.exit_as(exit_sequence(EXIT_TIMEOUT if code == _TIMED_OUT else code))
 
-    def _load(self, job: Job, namespace: dict) -> Program:
-        """Return the job's program compiled, setting what python sets for its form."""
-        # sys.path[0] is what python puts there for the form (the worker's own
-        # entry is put back after the run).
-        if job.form == "c":
-            sys.path[0] = ""
-            return self._compiled(job.source)
-        if job.form == "-":
-            sys.path[0] = ""
-            namespace["__file__"] = "<stdin>"
-            return compile_program(job.source, "<stdin>", echo=False)
-        # A file: python reads it as bytes (so its coding declaration applies)
-        # and, since 3.9, names it by its absolute path.
-        path = os.path.abspath(job.source)
-        sys.path[0] = os.path.dirname(os.path.realpath(job.source))
-        namespace["__file__"] = path
-        with open(job.source, "rb") as f:
-            source = f.read(self.max_program + 1)
-            if len(source) > self.max_program:
-                size = max(os.fstat(f.fileno()).st_size, len(source))
-                raise protocol.ProtocolError(self._too_large(size), fatal=False)
-        return compile_program(source, path, echo=False)
+    def _execute(self, job: Job, options, namespace: dict, err) -> int:
+        """Start as python starts with ``options``, run the job's program in
+        ``namespace`` (then python's prompt, where it would enter it); return
+        python's exit code."""
+        if options.unknown:
+            err.write(unknown_option(options.unknown[0]))
+            return 2
+        package = self._start(job, options)
+        code = self._guarded(job, options.inspect, err, self._main, job, options, package,
+                             namespace, err)
+        if job.form == "i" or code == _TIMED_OUT:
+            return code
+        if job.fds is None:
+            # python's prompt on a captured stdin (empty, not a terminal): a
+            # prompt, then end-of-file.
+            if options.interactive:
+                err.write("%s\n" % (getattr(sys, "ps1", ">>> "),))
+                return 0
+            return code
+        return self._guarded(job, 0, err, interactive.after_program, options, code)
 
-    def _execute(self, job: Job, namespace: dict, err) -> int:
-        """Compile and run the job's program in ``namespace``; return python's exit code."""
-        program = None
-        if job.form != "m":
-            try:
-                program = self._load(job, namespace)
-            except protocol.ProtocolError:
-                raise
-            except OSError as exc:  # python's own words for a script it cannot open
-                err.write("%s: can't open file %r: [Errno %d] %s\n" % (
-                    sys.executable, os.path.abspath(job.source), exc.errno, exc.strerror))
-                return 2
-            except Exception as exc:  # SyntaxError, ValueError (NUL bytes), RecursionError...
-                # Like python: no "Traceback" header, just the error and its caret.
-                _print_like_python(exc, None, err)
-                return 1
+    def _start(self, job: Job, options) -> bool:
+        """Set up what python's start-up sets up for ``options``: flags, sys.path
+        (PYTHONPATH, sys.path[0]), warnings; on the client's terminal the steps
+        around the prompt (readline, the banner).  Return whether the program
+        is a directory or zip file run by its ``__main__``."""
+        sys.flags = runoptions.run_flags(options)
+        sys.dont_write_bytecode = options.dont_write_bytecode
+        path = self._paths.run_path(sys.path, options.pythonpath)
+        if options.warnoptions != self._warnings.options:
+            sys.path[:] = path  # python imports -W categories before sys.path[0] exists
+            self._warnings.apply(options.warnoptions)
+        first = path0(job, options.safe_path)
+        if job.fds is None:
+            sys.path[:] = path if first is None else [first] + path
         else:
-            sys.path[0] = os.getcwd()
+            sys.path[:] = path
+            interactive.before_path0(options, job.form != "i")
+            if first is not None:
+                sys.path.insert(0, first)
+            interactive.after_path0(options, job.form != "i")
+        return job.form == "f" and first is not None and first == python_abspath(job.source)
+
+    def _main(self, job: Job, options, package: bool, namespace: dict, err) -> int:
+        """Run the job's program (or the prompt) in ``namespace``; return its exit
+        code.  Exceptions propagate, except those python reports before the
+        program starts (a file it cannot open, a syntax error)."""
+        if job.form == "i":
+            return interactive.main(options)
+        if job.form == "m" or package:
+            # Exactly what python -m does, down to its frames in tracebacks;
+            # a package runs as python runs it: "__main__", argv left alone.
+            runpy._run_module_as_main(*((job.source,) if job.form == "m" else ("__main__", False)))
+            return 0
+        program = load(job, namespace, err, self._compiled, self.max_program)
+        if not isinstance(program, Program):
+            return program
+        if _SHOW_SOURCE and job.form == "c":
+            linecache.cache[FILENAME] = (len(job.source), None,
+                                         job.source.splitlines(True), FILENAME)
+        exec(program.body, namespace)
+        if program.echo is not None:
+            _echo(eval(program.echo, namespace))
+        return 0
+
+    def _guarded(self, job: Job, inspect: int, err, call, *args) -> int:
+        """Return ``call(*args)``'s exit code with the job's recursion and time
+        limits in force, turning what it raises into python's exit code (a
+        SystemExit under -i is reported as an error, as python does)."""
         limit = _get_recursion_limit()
         # python runs the program's frame at depth 1; here pyrust's frames lie
         # below it, so the limit grows by their number and a program may
@@ -285,26 +331,22 @@ class Executor:
         # the limit as python would show it.
         if self._hidden_depth is None:
             self.calibrate()
-        offset = _stack_depth() + self._hidden_depth + _EXTRA_DEPTH
+        offset = _stack_depth() + 1 + self._hidden_depth + _EXTRA_DEPTH
         _set_recursion_limit(limit + offset)
         sys.getrecursionlimit = lambda: _get_recursion_limit() - offset
         sys.setrecursionlimit = lambda n: _set_recursion_limit(n + offset)
-        if _SHOW_SOURCE and job.form == "c":
-            linecache.cache[FILENAME] = (len(job.source), None,
-                                         job.source.splitlines(True), FILENAME)
         if job.time_limit:
             self._time_limit = job.time_limit
             signal.setitimer(signal.ITIMER_REAL, job.time_limit, REINTERRUPT_INTERVAL)
         try:
-            if program is None:
-                # Exactly what python -m does, down to its frames in tracebacks.
-                runpy._run_module_as_main(job.source)
-            else:
-                exec(program.body, namespace)
-                if program.echo is not None:
-                    _echo(eval(program.echo, namespace))
+            return call(*args)
+        except protocol.ProtocolError:
+            raise
         except SystemExit as exc:
-            return _system_exit_code(exc, err)
+            if not inspect:
+                return _system_exit_code(exc, err)
+            _print_exception(exc, err)
+            return 1
         except RequestTimeout as exc:
             _print_exception(exc, err)
             return _TIMED_OUT
@@ -323,10 +365,11 @@ class Executor:
             _set_recursion_limit(limit)
             if _SHOW_SOURCE:
                 linecache.cache.pop(FILENAME, None)
-        return 0
 
 
 _HANDLER_CODES = (Executor._on_alarm.__code__,)
+#: pyrust's frames between the catching frame and the program's: not in python's tracebacks.
+_OWN_CODES = (Executor._guarded.__code__, Executor._main.__code__)
 
 
 def _result(exit_code: int, capture) -> Result:
@@ -342,75 +385,8 @@ def _result(exit_code: int, capture) -> Result:
     return Result(protocol.OK if exit_code == 0 else protocol.ERROR, output, exit_code)
 
 
-def _free_frames() -> int:
-    """Return how many more Python frames fit below the recursion limit under the caller."""
-    def dive(n: int) -> int:
-        try:
-            return dive(n + 1)
-        except RecursionError:
-            return n
-    return dive(1)
-
-
-def _stack_depth() -> int:
-    """Return the number of Python frames on the stack, the caller's included."""
-    depth, frame = 0, sys._getframe(1)
-    while frame is not None:
-        depth, frame = depth + 1, frame.f_back
-    return depth
-
-
-def _echo(value) -> None:
-    """Write ``value`` as ``sys.displayhook`` does, without touching ``builtins._``."""
-    if value is not None:
-        sys.stdout.write(repr(value) + "\n")
-
-
 def _print_exception(exc: BaseException, err) -> None:
-    """Print ``exc`` with its traceback as python does, without pyrust's own frames."""
-    tb = exc.__traceback__
-    # The first entry is Executor._execute, which called exec(); python's
-    # traceback starts at the program's own frame.
-    tb = tb.tb_next if tb is not None else None
-    # An interrupt raised by pyrust's signal handlers ends in the handler's
-    # frame; python's own handlers are C and leave none.
-    entries = []
-    while tb is not None:
-        entries.append(tb)
-        tb = tb.tb_next
-    if entries and entries[-1].tb_frame.f_code in _HANDLER_CODES:
-        entries.pop()
-        if entries:
-            entries[-1].tb_next = None
-    _print_like_python(exc, entries[0] if entries else None, err)
-
-
-def _print_like_python(exc: BaseException, tb, err) -> None:
-    """Print ``exc`` with python's own C printer (not the traceback module, whose
-    carets differ), to ``err`` whatever the program did to ``sys.stderr``."""
-    saved = sys.stderr
-    sys.stderr = err
-    try:
-        sys.__excepthook__(type(exc), exc.with_traceback(tb), tb)
-    finally:
-        sys.stderr = saved
-
-
-def _system_exit_code(exc: SystemExit, err) -> int:
-    """Return the exit code python gives for ``exc``, printing a message as it does."""
-    code = exc.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF  # as the OS truncates it: exit(-1) and exit(255) give 255
-    err.write("%s\n" % (code,))
-    return 1
-
-
-def _utf8(data: bytes) -> bytes:
-    """Return ``data`` unchanged if valid UTF-8, else with bad bytes replaced by U+FFFD."""
-    try:
-        data.decode("utf-8")
-        return data
-    except UnicodeDecodeError:
-        return data.decode("utf-8", "replace").encode("utf-8")
+    """Print ``exc`` as python does: without pyrust's frames (Executor._guarded,
+    which caught it, and _main, which called the program; the time limit's
+    handler where an interrupt was raised)."""
+    print_exception(exc, err, _OWN_CODES, _HANDLER_CODES)

@@ -4,7 +4,9 @@ A program runs inside a long-lived worker, so everything python would give it
 fresh, and everything it may change that the next program would see, is set
 up here before the run and put back after it: the standard streams (captured,
 or the client's own fds 0-2), ``sys.argv``, ``sys.path``, ``__main__``, the
-working directory and the environment.
+working directory and the environment; and pyrust's own
+modules are out of ``sys.modules`` while a program runs, so it imports pyrust
+only if its own environment has it, as under python.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import atexit
 import builtins
 import codecs
 import io
+import operator
 import os
 import sys
 import types
@@ -20,8 +23,11 @@ from importlib.machinery import BuiltinImporter
 
 from pyrust.server.osutil import StandardFds
 
-#: ``sys`` attributes a program may rebind and the next one must not see.
-SYS_ATTRS = ("stdin", "stdout", "stderr", "argv", "displayhook", "excepthook")
+#: ``sys`` attributes a program may rebind (or a run's options set) and the next
+#: one must not see.
+SYS_ATTRS = ("stdin", "stdout", "stderr", "argv", "displayhook", "excepthook", "flags",
+             "dont_write_bytecode")
+_sys_attrs = operator.attrgetter(*SYS_ATTRS)
 
 
 class Capture(io.BytesIO):
@@ -77,12 +83,13 @@ class Capture(io.BytesIO):
             return False
 
 
-def client_streams(env):
+def client_streams(env, unbuffered: bool = False):
     """Return (stdin, stdout, stderr) on fds 0-2 as python makes them at start-up
     under the environment ``env``: stdout line-buffered only on a terminal,
-    stderr line-buffered; unbuffered (write-through) under PYTHONUNBUFFERED;
-    the encoding PYTHONIOENCODING names, else UTF-8."""
-    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    stderr line-buffered; ``unbuffered`` (-u, PYTHONUNBUFFERED) write-through;
+    the encoding PYTHONIOENCODING names (ignored under -E/-I), else UTF-8."""
+    if sys.flags.ignore_environment:
+        env = {name: value for name, value in env.items() if not name.startswith("PYTHON")}
     encoding, _, errors = env.get("PYTHONIOENCODING", "").partition(":")
     text_errors = "surrogateescape" if _lenient_locale(env) else "strict"
     if encoding:
@@ -93,6 +100,7 @@ def client_streams(env):
 
     def text(fd, mode, default_errors):
         raw = io.FileIO(fd, mode, closefd=False)
+        raw.name = _STREAM_NAMES[fd]
         if mode == "r":
             return io.TextIOWrapper(io.BufferedReader(raw), encoding or "utf-8",
                                     errors or default_errors)
@@ -107,6 +115,7 @@ def client_streams(env):
         text(2, "w", "backslashreplace")
 
 
+_STREAM_NAMES = ("<stdin>", "<stdout>", "<stderr>")
 #: Locales in which python gives stdin and stdout the "surrogateescape" error
 #: handler: the legacy C locale and the targets of its coercion (PEP 538).
 _LENIENT_LOCALES = {"C", "POSIX", "C.UTF-8", "C.utf8", "UTF-8"}
@@ -115,7 +124,7 @@ _LENIENT_LOCALES = {"C", "POSIX", "C.UTF-8", "C.utf8", "UTF-8"}
 def _lenient_locale(env) -> bool:
     """Return whether python, started with ``env``, would read and write its
     standard streams with "surrogateescape" (UTF-8 mode, or a C locale)."""
-    if env.get("PYTHONUTF8") == "1":
+    if sys.flags.utf8_mode or env.get("PYTHONUTF8") == "1":
         return True
     for name in ("LC_ALL", "LC_CTYPE", "LANG"):
         value = env.get(name)
@@ -139,6 +148,7 @@ def enter_for_good(job, main: types.ModuleType) -> None:
     """
     sys.argv = list(job.argv)
     sys.modules["__main__"] = main
+    OwnModules().hide()  # pyrust's code keeps its references; the program sees none
     if job.cwd is not None:
         os.chdir(job.cwd)
     if job.env is not None:
@@ -191,6 +201,55 @@ def _unraisable(message: str, exc: BaseException) -> None:
         pass
 
 
+class OwnModules:
+    """pyrust's own modules (``pyrust``, ``pyrust.*``) in ``sys.modules``, taken out
+    while a program runs and put back after it."""
+
+    def __init__(self) -> None:
+        self._names = ()
+        self._get = None
+        self._seen = -1  # len(sys.modules) when _names was right
+
+    def hide(self):
+        """Take pyrust's modules out of ``sys.modules``; return them for :meth:`show`."""
+        modules = sys.modules
+        if len(modules) != self._seen:
+            self._rescan()
+        try:
+            hidden = self._names, self._get(modules)
+        except KeyError:  # one went away since
+            self._rescan()
+            hidden = self._names, self._get(modules)
+        for name in self._names:
+            del modules[name]
+        return hidden
+
+    def _rescan(self) -> None:
+        self._names = _own_names(sys.modules)
+        self._get = _getter(self._names)
+
+    def show(self, hidden, size: int) -> None:
+        """Put back ``hidden``, replacing any pyrust the program imported from its
+        own environment (``size``: len(sys.modules) after hide)."""
+        modules = sys.modules
+        if len(modules) > size:  # the program imported something: pyrust, perhaps
+            for name in _own_names(modules):
+                del modules[name]
+        modules.update(zip(*hidden))
+        self._seen = len(modules)
+
+
+def _getter(names: tuple):
+    """Return a function of a dict giving the values of ``names``, as a tuple."""
+    if len(names) == 1:
+        return lambda modules: (modules[names[0]],)
+    return operator.itemgetter(*names) if names else (lambda modules: ())
+
+
+def _own_names(modules) -> tuple:
+    return tuple(name for name in modules if name == "pyrust" or name.startswith("pyrust."))
+
+
 class Borrowed:
     """Set up the process for one run (:meth:`enter`) and restore it (:meth:`leave`)."""
 
@@ -200,6 +259,7 @@ class Borrowed:
         self._home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._std_fds = StandardFds()
         self._saved = None
+        self._own = OwnModules()
         # pyrust's own code runs on after a session's program: a builtin the
         # program replaced (len, isinstance) is put back (0.5 us; names it
         # added may stay, within the session).
@@ -216,9 +276,11 @@ class Borrowed:
         Raise OSError if the job's working directory cannot be entered (the
         process is then restored already).
         """
-        self._saved = ([getattr(sys, name) for name in SYS_ATTRS], sys.path[:],
+        hidden = self._own.hide()
+        self._saved = (_sys_attrs(sys), sys.path, sys.path[:],
                        sys.modules.get("__main__"),
-                       dict(os.environ) if job.env is not None else None, streams)
+                       dict(os.environ) if job.env is not None else None, streams,
+                       hidden, len(sys.modules), len(sys.path_importer_cache))
         if job.fds is not None:
             for target, fd in enumerate(job.fds):
                 os.dup2(fd, target)
@@ -237,7 +299,8 @@ class Borrowed:
 
     def leave(self) -> None:
         """Put back everything :meth:`enter` changed, and what the program broke."""
-        attrs, path, main, environ, streams = self._saved
+        (attrs, path, saved_path, main, environ, streams, hidden, modules,
+         importers) = self._saved
         # What the program wrote reaches the client before the reply, as at exit.
         for stream in (sys.stdout, sys.stderr) + tuple(streams[1:]):
             try:
@@ -245,13 +308,25 @@ class Borrowed:
             except (AttributeError, ValueError, OSError):
                 pass
         builtins.__dict__.update(self._builtins)
-        for name, value in zip(SYS_ATTRS, attrs):
-            setattr(sys, name, value)
-        if sys.path != path:
-            sys.path[:] = path
+        sys.__dict__.update(zip(SYS_ATTRS, attrs))  # setattr(sys, ...) for each, in C
+        sys.path = path
+        if path != saved_path:
+            path[:] = saved_path
         sys.modules["__main__"] = main
+        self._own.show(hidden, modules)
+        if len(sys.path_importer_cache) > importers:
+            _forget_relative_importers()
         if environ is not None:
             os.environ.clear()
             os.environ.update(environ)
         os.fchdir(self._home_fd)
         self._std_fds.restore()
+
+
+def _forget_relative_importers() -> None:
+    """Drop the importers cached for relative sys.path entries (a directory run
+    as a program, PYTHONPATH without site): they name a place in the run's
+    working directory, which the next run does not share."""
+    cache = sys.path_importer_cache
+    for key in [key for key in cache if not os.path.isabs(key)]:
+        del cache[key]
