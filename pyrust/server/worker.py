@@ -30,7 +30,8 @@ from pyrust import protocol
 from pyrust.environment import key_of
 from pyrust.server.template import fingerprint
 from pyrust.server import logs, osutil
-from pyrust.server.executor import Executor, Job, v1_job
+from pyrust.server.executor import FORMS, Executor, Job, v1_job
+from pyrust.server.runoptions import check_options
 from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
 from pyrust.trust import peer_credentials
 
@@ -409,18 +410,21 @@ class Worker:
             return op
         form = fields.get(protocol.FORM, b"c").decode("ascii", "replace")
         stdio = fields.get(protocol.STDIO, b"c")
-        if form not in ("c", "-", "f", "m") or stdio not in (b"c", b"f") or \
-                protocol.SOURCE not in fields:
-            raise protocol.ProtocolError("malformed extended request: needs a form (c, -, f, m), "
-                                         "a source, and stdio c or f", False)
+        if form not in FORMS or stdio not in (b"c", b"f") or \
+                (protocol.SOURCE not in fields and form != "i"):
+            raise protocol.ProtocolError("malformed extended request: needs a form (c, -, f, m, "
+                                         "i), a source (but for i), and stdio c or f", False)
         targets = _fd_targets(fields.get(protocol.FD_NUMBERS, b""))
         if stdio == b"f" and len(fds) != 3 + len(targets):
             raise protocol.ProtocolError("malformed extended request: stdio f needs the "
                                          "client's fds 0, 1 and 2 attached, then one fd for "
                                          "each number in the fd-numbers field", False)
-        source = protocol.decode_code(fields[protocol.SOURCE])
+        if form == "i" and stdio != b"f":
+            raise protocol.ProtocolError("malformed extended request: form i (python's "
+                                         "prompt) needs stdio f", False)
+        source = protocol.decode_code(fields.get(protocol.SOURCE, b""))
         argv = [os.fsdecode(a) for a in fields[protocol.ARG]] or \
-            [{"c": "-c", "-": "-", "f": source, "m": "-m"}[form]]
+            [{"c": "-c", "-": "-", "f": source, "m": "-m", "i": ""}[form]]
         env = None
         if fields[protocol.ENV]:
             env = dict(os.fsdecode(e).partition("=")[::2] for e in fields[protocol.ENV])
@@ -432,8 +436,9 @@ class Worker:
             limit = struct.unpack(">I", fields[protocol.TIMEOUT_MS])[0] / 1000.0
         umask = struct.unpack(">I", fields[protocol.UMASK])[0] & 0o777 \
             if protocol.UMASK in fields else None
+        options, echo = _run_options(fields)
         return Job(form, source, argv, cwd, env, limit, fds if stdio == b"f" else None,
-                   umask, targets)
+                   umask, targets, options, echo)
 
     def _after_run(self) -> None:
         """Take back the signals a program may have taken."""
@@ -451,6 +456,19 @@ def new_executor(config) -> Executor:
                         config.max_request_bytes)
     executor.calibrate()
     return executor
+
+
+def _run_options(fields: dict) -> "tuple[tuple, bool]":
+    """Return the per-run python options (str) and the echo setting of a run's
+    fields; raise ProtocolError (not fatal) if they are malformed."""
+    try:
+        options = check_options([os.fsdecode(value) for value in fields[protocol.PYOPT]])
+    except ValueError as exc:
+        raise protocol.ProtocolError("malformed extended request: %s" % exc, False) from None
+    echo = fields.get(protocol.ECHO, b"1")
+    if echo not in (b"0", b"1"):
+        raise protocol.ProtocolError("malformed extended request: echo is 0 or 1", False)
+    return options, echo == b"1"
 
 
 def _fd_targets(value: bytes) -> tuple:
