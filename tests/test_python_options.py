@@ -1,0 +1,402 @@
+"""Python's per-run options and program forms, through a live server, against python.
+
+Every case sends an extended run request built from the protocol's fields
+(PYOPT, ECHO, form "i", the client's fds), the way the client sends one,
+and runs the same command with the interpreter the server's runs use (a run
+tells its ``sys.executable``), with the same environment, working directory
+and stdin.  stdout, stderr and the exit status must be identical:
+
+1. Options and variables on pipes: -u, -B, -q, -P, -W, PYTHONPATH,
+   PYTHONWARNINGS, PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE, PYTHONINSPECT,
+   -i without a terminal, python's exact -c (echo off).
+2. Program forms: a directory or zip file with ``__main__.py``, one without,
+   a program read from stdin by the interpreter itself (form "i").
+3. pyrust's own package is not importable unless the environment has it, and
+   a captured session gives the next request the template's state back.
+4. python's prompt on a terminal (a pty as fds 0-2): banner, PYTHONSTARTUP,
+   -q, -i after a program, exit statuses.
+"""
+
+import os
+import pty
+import select
+import signal
+import socket
+import struct
+import subprocess
+import zipfile
+
+import pytest
+
+from conftest import ROOT, TIMEOUT, Server, connect, request
+
+from pyrust import protocol
+
+#: The variables both interpreters start with; a case adds its own.
+BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "xterm"}
+#: Prints what the options change; ends without a bare expression (no echo).
+STATE = ("import sys, warnings\n"
+         "print(sys.path[:4])\nprint(sys.flags)\nprint(sys.warnoptions, sys.dont_write_bytecode)\n"
+         "print(*warnings.filters[:3], sep='\\n')\nwarnings.warn('careful')\n"
+         "print(sys.stdout.write_through, sys.stdout.line_buffering, flush=True)\n"
+         "import os\n_ = os.write(1, b'raw\\n')\nprint('after raw')")
+
+#: Imports a module from the working directory; tells whether its .pyc was written.
+PYC = ("import os, shutil\nshutil.rmtree('__pycache__', ignore_errors=True)\nimport mod\n"
+       "print(os.listdir('__pycache__') if os.path.isdir('__pycache__') else 'no cache')")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("options") / "server", workers=2)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def python(server):
+    """The interpreter the server's runs use: the reference."""
+    status, output = request(server.path, "import sys\nsys.executable")
+    assert status == 0
+    return eval(output)
+
+
+@pytest.fixture
+def work(tmp_path):
+    """A working directory with a package directory, zip files and a module."""
+    work = tmp_path / "work"
+    (work / "app").mkdir(parents=True)
+    (work / "app" / "__main__.py").write_text(
+        "import sys\nprint('app', __name__, __file__, sys.argv, sys.path[0])\n")
+    (work / "empty").mkdir()
+    (work / "rel").mkdir()
+    (work / "mod.py").write_text("X = 1\n")
+    with zipfile.ZipFile(str(work / "app.zip"), "w") as z:
+        z.writestr("__main__.py", "import sys\nprint('zip', __file__, sys.argv, sys.path[0])\n")
+    with zipfile.ZipFile(str(work / "nomain.zip"), "w") as z:
+        z.writestr("other.py", "")
+    (work / "app.pyz").write_bytes(b"#!/usr/bin/env python3\n" + (work / "app.zip").read_bytes())
+    (work / "startup.py").write_text("print('startup', __name__)\nSTARTED = 1\n")
+    return work
+
+
+# --- driving both ---------------------------------------------------------------------
+
+
+def run_fields(form, source, argv, options=(), env=None, cwd=None, echo=b"0"):
+    """Return the fields of a run on the client's fds, as the client sends them."""
+    fields = [(protocol.OP, protocol.OP_RUN), (protocol.FORM, form.encode()),
+              (protocol.STDIO, b"f")]
+    if source is not None:
+        fields.append((protocol.SOURCE, source.encode()))
+    fields += [(protocol.ARG, os.fsencode(arg)) for arg in argv]
+    if cwd is not None:
+        fields.append((protocol.CWD, os.fsencode(str(cwd))))
+    fields += [(protocol.ENV, os.fsencode("%s=%s" % item)) for item in (env or {}).items()]
+    fields += [(protocol.PYOPT, option.encode()) for option in options]
+    if echo is not None:
+        fields.append((protocol.ECHO, echo))
+    return fields
+
+
+def send_run(path, fields, fds):
+    """Send a run with ``fds`` as its 0-2; return the connection (the reply comes
+    when the program's process ends)."""
+    sock = connect(path)
+    header, payload = protocol.encode_extended(fields)
+    sock.sendall(header)
+    assert socket.send_fds(sock, [payload], list(fds)) == len(payload)
+    return sock
+
+
+def exit_of(sock) -> int:
+    """Return the exit code of the run's reply on ``sock`` (-N: died by signal N)."""
+    status, payload = protocol.read_response(sock)
+    assert status in (protocol.OK, protocol.ERROR), payload
+    (code,) = struct.unpack(">i", payload[:4])
+    sock.close()
+    return code
+
+
+def _default_signals():
+    """python starts from default dispositions, whatever the test runner ignores."""
+    for sig in signal.valid_signals():
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+
+
+def both_on_files(server, python, tmp_path, pyargs, form, source, argv, options=(),
+                  env=None, stdin=b"", echo=b"0", cwd=None):
+    """Run python and pyrust with stdin, stdout and stderr on files; return their
+    (stdout, stderr, exit status) triples."""
+    env = dict(BASE_ENV, HOME=str(tmp_path), **(env or {}))
+    cwd = str(cwd or tmp_path / "work")
+    results = []
+    for who in ("python", "pyrust"):
+        paths = [tmp_path / ("%s.%s" % (who, name)) for name in ("in", "out", "err")]
+        paths[0].write_bytes(stdin)
+        files = [open(str(paths[0]), "rb"), open(str(paths[1]), "wb"),
+                 open(str(paths[2]), "wb")]
+        try:
+            if who == "python":
+                code = subprocess.run([python] + pyargs, stdin=files[0], stdout=files[1],
+                                      stderr=files[2], env=env, cwd=cwd, timeout=TIMEOUT,
+                                      preexec_fn=_default_signals).returncode
+            else:
+                fields = run_fields(form, source, argv, options, env, cwd, echo)
+                sock = send_run(server.path, fields, [f.fileno() for f in files])
+                code = exit_of(sock)
+        finally:
+            for f in files:
+                f.close()
+        results.append((paths[1].read_bytes(), paths[2].read_bytes(), code))
+    return results
+
+
+def c_case(options, env=None, code=STATE, **extra):
+    """A -c case: python gets the options, then -c CODE."""
+    return dict(pyargs=list(options) + ["-c", code], form="c", source=code, argv=["-c"],
+                options=options, env=env, **extra)
+
+
+def f_case(options, path, args=(), **extra):
+    """A program-file case (a file, a directory, a zip file)."""
+    return dict(pyargs=list(options) + [path] + list(args), form="f", source=path,
+                argv=[path] + list(args), options=options, **extra)
+
+
+def i_case(options, **extra):
+    """No program: the interpreter reads stdin (a prompt only when it is interactive)."""
+    return dict(pyargs=list(options), form="i", source=None, argv=[""], options=options,
+                **extra)
+
+
+# --- 1 and 2. options, variables and forms, on files ---------------------------------
+
+CASES = {
+    "no option": c_case(()),
+    "-u": c_case(("-u",)),
+    "PYTHONUNBUFFERED=1": c_case((), {"PYTHONUNBUFFERED": "1"}),
+    "PYTHONUNBUFFERED=0 is off": c_case((), {"PYTHONUNBUFFERED": "0"}),
+    "-B": c_case(("-B",)),
+    "PYTHONDONTWRITEBYTECODE": c_case((), {"PYTHONDONTWRITEBYTECODE": "x"}),
+    "-B writes no .pyc": c_case(("-B",), code=PYC),
+    "bytecode written without -B": c_case((), code=PYC),
+    "-q": c_case(("-q",)),
+    "-W error": c_case(("-Werror",)),
+    "-W ignore::DeprecationWarning": c_case(("-Wignore::DeprecationWarning",)),
+    "-W several, some invalid": c_case(("-Wonce", "-Wbogus", "-Werror::UserWarning",
+                                        "-Wignore::no_such_module.Warn")),
+    "PYTHONWARNINGS then -W": c_case(("-Werror",), {"PYTHONWARNINGS": "default,,ignore, once "}),
+    "PYTHONWARNINGS=error": c_case((), {"PYTHONWARNINGS": "error"}),
+    "PYTHONPATH": c_case((), {"PYTHONPATH": "rel::/no/such/dir/:~/x:rel:./rel/../rel"}),
+    "PYTHONPATH of the standard library": c_case((), {"PYTHONPATH": os.path.dirname(os.__file__)}),
+    "PYTHONPATH imports": c_case((), {"PYTHONPATH": "rel"}, "import inrel\nprint(inrel.__file__)"),
+    "-P": c_case(("-P",), {"PYTHONPATH": "rel"}),
+    "-P does not find the cwd": c_case(("-P",), code="import mod"),
+    "-i without a terminal": c_case(("-i",), code="x = 1\nprint('ran')"),
+    "-i and SystemExit": c_case(("-i",), code="raise SystemExit(4)"),
+    "-i reads the prompt from stdin": c_case(("-i",), code="x = 6", stdin=b"x * 7\nexit(5)\n"),
+    "PYTHONINSPECT without a terminal": c_case((), {"PYTHONINSPECT": "1"},
+                                               "print('ran')\nraise SystemExit(3)"),
+    "PYTHONINSPECT set by the program": c_case((), code="import os\n"
+                                               "os.environ['PYTHONINSPECT'] = '1'"),
+    "-c exactly as python (echo off)": c_case((), code="x = 2\nx + 3"),
+    "a directory": f_case((), "app", ("a", "b")),
+    "a directory under -P": f_case(("-P",), "app"),
+    "a directory without __main__": f_case((), "empty"),
+    "a zip file": f_case((), "app.zip"),
+    "a zip file with a shebang": f_case((), "app.pyz"),
+    "a zip file without __main__": f_case((), "nomain.zip"),
+    "a path not normalized": f_case((), "rel/../app"),
+    "a missing file": f_case((), "nosuch.py"),
+    "-i after a directory without __main__": f_case(("-i",), "empty", stdin=b"print(2)\n"),
+    "stdin read by the interpreter": i_case((), stdin=b"import sys\nprint(sys.argv, __file__)\n"
+                                            b"raise SystemExit(7)\n"),
+    "stdin with an error": i_case((), stdin=b"print(1)\n1/0\nprint(2)\n"),
+    "-i on stdin": i_case(("-i",), stdin=b"1 + 1\nimport sys; sys.flags.interactive\n"),
+    "-i -q and PYTHONSTARTUP on stdin": i_case(("-i", "-q"), stdin=b"STARTED\n",
+                                               env={"PYTHONSTARTUP": "startup.py"}),
+    "-i and a missing PYTHONSTARTUP": i_case(("-i",), stdin=b"",
+                                             env={"PYTHONSTARTUP": "/no/such/file"}),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_same_as_python(server, python, tmp_path, work, name):
+    case = dict(CASES[name])
+    (work / "rel" / "inrel.py").write_text("")
+    python_result, pyrust_result = both_on_files(server, python, tmp_path, **case)
+    assert pyrust_result == python_result
+
+
+def test_the_echo_stays_the_default(server, python, tmp_path, work):
+    python_result, pyrust_result = both_on_files(
+        server, python, tmp_path, ["-c", "x = 2\nx + 3"], "c", "x = 2\nx + 3", ["-c"], echo=None)
+    assert pyrust_result == (python_result[0] + b"5\n",) + python_result[1:]
+
+
+def test_a_per_run_option_python_lacks_is_refused_as_python_refuses_it(server, python, tmp_path,
+                                                                        work):
+    # -P is new in 3.11; before, python's usage error (exit 2).  Either way: as python.
+    python_result, pyrust_result = both_on_files(server, python, tmp_path, **c_case(("-P",)))
+    assert pyrust_result == python_result
+
+
+# --- 3. pyrust out of sight, sessions given back ---------------------------------------
+
+
+def test_the_server_runs_this_checkout(server):
+    # A run sees the executor's recursion-limit wrapper: its file tells where it is.
+    status, output = request(server.path, "import sys\nsys.getrecursionlimit.__code__.co_filename")
+    assert (status, eval(output)) == (0, os.path.join(ROOT, "pyrust", "server", "executor.py"))
+
+
+def test_pyrust_is_importable_only_as_the_environment_has_it(server, python, tmp_path, work):
+    code = ("import sys\nprint([m for m in sys.modules if m.split('.')[0] == 'pyrust'])\n"
+            "try:\n    import pyrust\nexcept ImportError as exc:\n    print(exc)\n"
+            "else:\n    print(pyrust.__file__)")
+    fake = tmp_path / "fake"
+    (fake / "pyrust").mkdir(parents=True)
+    (fake / "pyrust" / "__init__.py").write_text("")
+    for env in ({}, {"PYTHONPATH": str(fake)}):
+        python_result, pyrust_result = both_on_files(server, python, tmp_path,
+                                                     **c_case((), env, code))
+        assert pyrust_result == python_result
+
+
+CHECK = ("import sys, warnings\n"
+         "print(sys.flags, sys.warnoptions, sys.dont_write_bytecode, warnings.filters, sys.path,"
+         " [m for m in sys.modules if m.split('.')[0] == 'pyrust'])")
+
+
+def captured(sock, code, options=(), env=None):
+    """Send a captured run on session ``sock``; return (status, exit code, output)."""
+    fields = [(protocol.FORM, b"c"), (protocol.SOURCE, code.encode()), (protocol.ECHO, b"0")]
+    fields += [(protocol.PYOPT, option.encode()) for option in options]
+    fields += [(protocol.ENV, ("%s=%s" % item).encode()) for item in (env or {}).items()]
+    header, payload = protocol.encode_extended(fields)
+    sock.sendall(header + payload)
+    status, reply = protocol.read_response(sock)
+    return status, struct.unpack(">i", reply[:4])[0], reply[4:].decode()
+
+
+def test_a_captured_session_gives_the_next_request_the_templates_state(server):
+    with connect(server.path) as sock:
+        before = request(sock, CHECK)
+        # pyrust is importable here as this venv has it: the run's own copy
+        # must give way to the service's after the run.
+        status, code, output = captured(
+            sock, "import sys, warnings, pyrust\nprint(sys.flags.inspect, sys.warnoptions)\n"
+            "warnings.simplefilter('ignore')\nraise SystemExit(3)",
+            ("-i", "-B", "-q", "-Werror", "-P"),
+            {"PYTHONPATH": "/elsewhere", "PYTHONWARNINGS": "ignore"})
+        # -i: SystemExit is reported, then the prompt meets the end of stdin.
+        assert (status, code) == (protocol.OK, 0)
+        assert output.startswith("1 ['ignore', 'error']\nTraceback")
+        assert output.endswith("SystemExit: 3\n>>> \n")
+        assert request(sock, CHECK) == before
+        # The template's filters: a warning is shown once, and again in the next request.
+        shown = "import warnings\nwarnings.warn('again')"
+        assert "UserWarning: again" in request(sock, shown)[1]
+        assert "UserWarning: again" in request(sock, shown)[1]
+
+
+def test_a_malformed_option_or_echo_is_refused(server):
+    with connect(server.path) as sock:
+        for field in ((protocol.PYOPT, b"-X"), (protocol.ECHO, b"2")):
+            header, payload = protocol.encode_extended([(protocol.SOURCE, b"1"), field])
+            sock.sendall(header + payload)
+            status, output = protocol.read_response(sock)
+            assert status == protocol.BAD_REQUEST
+            assert output.startswith(b"malformed extended request: ")
+        header, payload = protocol.encode_extended([(protocol.FORM, b"i")])
+        sock.sendall(header + payload)  # the prompt needs the client's fds
+        assert protocol.read_response(sock)[0] == protocol.BAD_REQUEST
+        assert request(sock, "2+3") == (0, "5\n")
+
+
+# --- 4. python's prompt on a terminal ----------------------------------------------------
+
+PROMPTS = (b">>> ", b"... ")
+
+
+def converse(master, lines):
+    """Type ``lines`` into the terminal ``master``, each once the interpreter shows
+    its next prompt; return everything it wrote until it closed the terminal."""
+    output, sent = b"", 0
+    while True:
+        ready, _, _ = select.select([master], [], [], TIMEOUT)
+        assert ready, "the interpreter neither prompted nor ended: %r" % output
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: every process holding the terminal is gone
+            return output
+        if not chunk:
+            return output
+        output += chunk
+        if sent < len(lines) and sum(map(output.count, PROMPTS)) > sent:
+            os.write(master, lines[sent])
+            sent += 1
+
+
+def both_on_a_terminal(server, python, tmp_path, pyargs, form, source, argv, options=(),
+                       env=None, lines=(), echo=b"0"):
+    """Run python and pyrust with a pty as fds 0-2, typing ``lines``; return their
+    (output, exit status) pairs."""
+    cwd = str(tmp_path / "work")
+    results = []
+    for who in ("python", "pyrust"):
+        home = tmp_path / ("home-" + who)  # each its own ~/.python_history
+        home.mkdir()
+        run_env = dict(BASE_ENV, HOME=str(home), **(env or {}))
+        master, slave = pty.openpty()
+        try:
+            if who == "python":
+                proc = subprocess.Popen([python] + pyargs, stdin=slave, stdout=slave,
+                                        stderr=slave, env=run_env, cwd=cwd,
+                                        preexec_fn=_default_signals)
+            else:
+                sock = send_run(server.path, run_fields(form, source, argv, options, run_env,
+                                                        cwd, echo), [slave] * 3)
+            os.close(slave)
+            output = converse(master, [line.encode() for line in lines])
+            code = proc.wait(TIMEOUT) if who == "python" else exit_of(sock)
+        finally:
+            os.close(master)
+        results.append((output, code))
+    return results
+
+
+TERMINAL = {
+    # (No line prints a prompt's text: the typing waits for prompts.)
+    "the prompt, then end-of-file": i_case((), lines=[
+        "1 + 1\n", "import sys; sys.argv, sys.ps1 == '>' * 3 + ' ', sys.path[0], "
+        "sys.flags.inspect\n", "\x04"]),
+    "exit(3)": i_case((), lines=["print('bye')\n", "exit(3)\n"]),
+    "a block, an error, SystemExit with a message": i_case((), lines=[
+        "def f():\n", "    return 1 / 0\n", "\n", "f()\n", "raise SystemExit('gone')\n"]),
+    "-q and PYTHONSTARTUP": i_case(("-q",), env={"PYTHONSTARTUP": "startup.py"},
+                                   lines=["STARTED, __name__\n", "\x04"]),
+    "readline and the hook": i_case(("-q",), lines=[
+        "import sys; 'readline' in sys.modules, 'rlcompleter' in sys.modules\n", "\x04"]),
+    "-i after a program": c_case(("-i",), code="x = 5\nprint('program')",
+                                 lines=["x\n", "\x04"]),
+    "-i after an error": c_case(("-i",), code="1 / 0", lines=["\x04"]),
+    "-i after SystemExit": c_case(("-i",), code="raise SystemExit(9)", lines=["exit(2)\n"]),
+    "PYTHONINSPECT on a terminal": c_case((), {"PYTHONINSPECT": "1"}, "y = 1",
+                                          lines=["y + 1\n", "\x04"]),
+    "no prompt without -i": c_case((), code="import sys\nprint(sys.stdin.isatty(), "
+                                   "'readline' in sys.modules)"),
+}
+
+
+@pytest.mark.parametrize("name", TERMINAL)
+def test_the_prompt_on_a_terminal_is_pythons(server, python, tmp_path, work, name):
+    case = dict(TERMINAL[name])
+    case.pop("stdin", None)
+    python_result, pyrust_result = both_on_a_terminal(server, python, tmp_path, **case)
+    assert pyrust_result == python_result
