@@ -2,9 +2,11 @@
 
 Every case sends an extended run request built from the protocol's fields
 (PYOPT, ECHO, form "i", the client's fds), the way the client sends one,
-and runs the same command with the interpreter the server's runs use (a run
-tells its ``sys.executable``), with the same environment, working directory
-and stdin.  stdout, stderr and the exit status must be identical:
+and runs the same command with the interpreter the run uses (a run tells
+its ``sys.executable``), with the same environment, working directory and
+stdin.  stdout, stderr and the exit status must be identical.  Each case
+runs in the default environment and in the template of every other CPython
+3.9-3.13 found here (asked of the service with OP_ENSURE, as the client does):
 
 1. Options and variables on pipes: -u, -B, -q, -P, -W, PYTHONPATH,
    PYTHONWARNINGS, PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE, PYTHONINSPECT,
@@ -17,6 +19,7 @@ and stdin.  stdout, stderr and the exit status must be identical:
    -q, -i after a program, exit statuses.
 """
 
+import glob
 import os
 import pty
 import re
@@ -32,6 +35,7 @@ import pytest
 from conftest import ROOT, TIMEOUT, Server, connect, request
 
 from pyrust import protocol
+from pyrust.environment import Environment
 
 #: The variables both interpreters start with; a case adds its own.
 BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "xterm"}
@@ -47,16 +51,53 @@ PYC = ("import os, shutil\nshutil.rmtree('__pycache__', ignore_errors=True)\nimp
        "print(os.listdir('__pycache__') if os.path.isdir('__pycache__') else 'no cache')")
 
 
+def _interpreters() -> list:
+    """Return the real interpreters (never a shim) of CPython 3.9-3.13 found here."""
+    found = {}
+    for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3.*"))):
+        name = os.path.basename(path)
+        if name.count(".") == 1 and name[8:].isdigit() and 9 <= int(name[8:]) <= 13:
+            found.setdefault(name, path)
+    return list(found.values())
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def service(tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("options") / "server", workers=2)
     yield server
     server.close()
 
 
+class Target:
+    """Where runs of one environment go: its template's socket (``path``) and
+    the fields naming the environment (none for the default one)."""
+
+    def __init__(self, path: str, fields=()) -> None:
+        self.path, self.fields = path, list(fields)
+
+
+@pytest.fixture(scope="module", params=[None] + _interpreters(),
+                ids=lambda python: os.path.basename(python) if python else "default")
+def server(service, request):
+    """The template runs go to: the default environment's, or one per interpreter."""
+    if request.param is None:
+        return Target(service.path)
+    env = Environment(request.param)
+    with connect(service.path) as sock:
+        header, payload = protocol.encode_extended([(protocol.OP, protocol.OP_ENSURE)]
+                                                   + env.fields())
+        sock.sendall(header + payload)
+        status, reply = protocol.read_response(sock)
+    assert status == protocol.OK, reply
+    target = Target(os.fsdecode(reply), env.fields())
+    if target.path == service.path:
+        pytest.skip("the default environment's interpreter")
+    return target
+
+
 @pytest.fixture(scope="module")
 def python(server):
-    """The interpreter the server's runs use: the reference."""
+    """The interpreter the template's runs use: the reference."""
     status, output = request(server.path, "import sys\nsys.executable")
     assert status == 0
     return eval(output)
@@ -84,10 +125,10 @@ def work(tmp_path):
 # --- driving both ---------------------------------------------------------------------
 
 
-def run_fields(form, source, argv, options=(), env=None, cwd=None, echo=b"0"):
+def run_fields(target, form, source, argv, options=(), env=None, cwd=None, echo=b"0"):
     """Return the fields of a run on the client's fds, as the client sends them."""
-    fields = [(protocol.OP, protocol.OP_RUN), (protocol.FORM, form.encode()),
-              (protocol.STDIO, b"f")]
+    fields = [(protocol.OP, protocol.OP_RUN)] + target.fields + [
+        (protocol.FORM, form.encode()), (protocol.STDIO, b"f")]
     if source is not None:
         fields.append((protocol.SOURCE, source.encode()))
     fields += [(protocol.ARG, os.fsencode(arg)) for arg in argv]
@@ -147,7 +188,7 @@ def both_on_files(server, python, tmp_path, pyargs, form, source, argv, options=
                                       stderr=files[2], env=env, cwd=cwd, timeout=TIMEOUT,
                                       preexec_fn=_default_signals).returncode
             else:
-                fields = run_fields(form, source, argv, options, env, cwd, echo)
+                fields = run_fields(server, form, source, argv, options, env, cwd, echo)
                 sock = send_run(server.path, fields, [f.fileno() for f in files])
                 code = exit_of(sock)
         finally:
@@ -194,7 +235,7 @@ CASES = {
     "PYTHONWARNINGS then -W": c_case(("-Werror",), {"PYTHONWARNINGS": "default,,ignore, once "}),
     "PYTHONWARNINGS=error": c_case((), {"PYTHONWARNINGS": "error"}),
     "PYTHONPATH": c_case((), {"PYTHONPATH": "rel::/no/such/dir/:~/x:rel:./rel/../rel"}),
-    "PYTHONPATH of the standard library": c_case((), {"PYTHONPATH": os.path.dirname(os.__file__)}),
+    "PYTHONPATH of the standard library": c_case((), {"PYTHONPATH": "{stdlib}"}),
     "PYTHONPATH imports": c_case((), {"PYTHONPATH": "rel"}, "import inrel\nprint(inrel.__file__)"),
     "-P": c_case(("-P",), {"PYTHONPATH": "rel"}),
     "-P does not find the cwd": c_case(("-P",), code="import mod"),
@@ -229,6 +270,10 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_same_as_python(server, python, tmp_path, work, name):
     case = dict(CASES[name])
+    if (case.get("env") or {}).get("PYTHONPATH") == "{stdlib}":  # the interpreter's own
+        stdlib = subprocess.run([python, "-c", "import os; print(os.path.dirname(os.__file__))"],
+                                capture_output=True, check=True, timeout=TIMEOUT).stdout
+        case["env"] = {"PYTHONPATH": stdlib.decode().strip()}
     (work / "rel" / "inrel.py").write_text("")
     python_result, pyrust_result = both_on_files(server, python, tmp_path, **case)
     assert pyrust_result == python_result
@@ -274,9 +319,10 @@ CHECK = ("import sys, warnings\n"
          " [m for m in sys.modules if m.split('.')[0] == 'pyrust'])")
 
 
-def captured(sock, code, options=(), env=None):
+def captured(target, sock, code, options=(), env=None):
     """Send a captured run on session ``sock``; return (status, exit code, output)."""
-    fields = [(protocol.FORM, b"c"), (protocol.SOURCE, code.encode()), (protocol.ECHO, b"0")]
+    fields = target.fields + [(protocol.FORM, b"c"), (protocol.SOURCE, code.encode()),
+                              (protocol.ECHO, b"0")]
     fields += [(protocol.PYOPT, option.encode()) for option in options]
     fields += [(protocol.ENV, ("%s=%s" % item).encode()) for item in (env or {}).items()]
     header, payload = protocol.encode_extended(fields)
@@ -293,7 +339,7 @@ def test_a_captured_session_gives_the_next_request_the_templates_state(server):
         # Where the environment has pyrust (an editable install), the run's own
         # copy must give way to the service's after the run.
         status, code, output = captured(
-            sock, "import sys, warnings\ntry:\n    import pyrust\nexcept ImportError:\n"
+            server, sock, "import sys, warnings\ntry:\n    import pyrust\nexcept ImportError:\n"
             "    pass\nprint(sys.flags.inspect, sys.warnoptions)\n"
             "warnings.simplefilter('ignore')\nraise SystemExit(3)",
             ("-i", "-B", "-q", "-Werror") + safe_path,
@@ -369,8 +415,8 @@ def both_on_a_terminal(server, python, tmp_path, pyargs, form, source, argv, opt
                                         stderr=slave, env=run_env, cwd=cwd,
                                         preexec_fn=_default_signals)
             else:
-                sock = send_run(server.path, run_fields(form, source, argv, options, run_env,
-                                                        cwd, echo), [slave] * 3)
+                sock = send_run(server.path, run_fields(server, form, source, argv, options,
+                                                        run_env, cwd, echo), [slave] * 3)
             os.close(slave)
             output = converse(master, [line.encode() for line in lines])
             code = proc.wait(TIMEOUT) if who == "python" else exit_of(sock)
