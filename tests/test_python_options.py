@@ -63,7 +63,9 @@ def _interpreters() -> list:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("options") / "server", workers=2)
+    # A template per interpreter and per set of start-up options: none ends early.
+    server = Server(tmp_path_factory.mktemp("options") / "server", "max_templates = 32\n",
+                    workers=2)
     yield server
     server.close()
 
@@ -76,20 +78,24 @@ class Target:
         self.path, self.fields = path, list(fields)
 
 
-@pytest.fixture(scope="module", params=[None] + _interpreters(),
-                ids=lambda python: os.path.basename(python) if python else "default")
-def server(service, request):
-    """The template runs go to: the default environment's, or one per interpreter."""
-    if request.param is None:
-        return Target(service.path)
-    env = Environment(request.param)
+def ensure(service, env: Environment) -> Target:
+    """Return the Target of ``env``'s template, which the service starts if need be."""
     with connect(service.path) as sock:
         header, payload = protocol.encode_extended([(protocol.OP, protocol.OP_ENSURE)]
                                                    + env.fields())
         sock.sendall(header + payload)
         status, reply = protocol.read_response(sock)
     assert status == protocol.OK, reply
-    target = Target(os.fsdecode(reply), env.fields())
+    return Target(os.fsdecode(reply), env.fields())
+
+
+@pytest.fixture(scope="module", params=[None] + _interpreters(),
+                ids=lambda python: os.path.basename(python) if python else "default")
+def server(service, request):
+    """The template runs go to: the default environment's, or one per interpreter."""
+    if request.param is None:
+        return Target(service.path)
+    target = ensure(service, Environment(request.param))
     if target.path == service.path:
         pytest.skip("the default environment's interpreter")
     return target
@@ -445,6 +451,10 @@ TERMINAL = {
                                           lines=["y + 1\n", "\x04"]),
     "no prompt without -i": c_case((), code="import sys\nprint(sys.stdin.isatty(), "
                                    "'readline' in sys.modules)"),
+    "PYTHON_BASIC_REPL": i_case(("-q",), env={"PYTHON_BASIC_REPL": "1"},
+                                lines=["2 * 3\n", "\x04"]),
+    "a terminal the new REPL cannot use": i_case(("-q",), env={"TERM": "dumb"},
+                                                 lines=["2 * 3\n", "\x04"]),
 }
 
 
@@ -454,3 +464,55 @@ def test_the_prompt_on_a_terminal_is_pythons(server, python, tmp_path, work, nam
     case.pop("stdin", None)
     python_result, pyrust_result = both_on_a_terminal(server, python, tmp_path, **case)
     assert pyrust_result == python_result
+
+
+# --- 5. start-up options (the template's) and the per-run ones ---------------------------
+
+#: Start-up options of an environment's template (part of its key, not per run).
+STARTUP = [("-E",), ("-I",), ("-S",), ("-s",), ("-Xdev",), ("-b",), ("-bb",), ("-E", "-S")]
+#: Per-run options and variables that the start-up options change the meaning of.
+PER_RUN = {"PYTHONPATH": "rel::/no/such/dir", "PYTHONWARNINGS": "once",
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "latin-1"}
+UNDER_STARTUP = {
+    "state": c_case(("-Werror::DeprecationWarning", "-q"), PER_RUN,
+                    STATE + "\nprint('\\xe9', sys.stdout.encoding)"),
+    "bytes": c_case((), PER_RUN, "print(str(b'x'), b'x' == 'x')"),
+    "a directory": f_case(("-P",), "app", env=PER_RUN),
+    "stdin": i_case(("-i",), env=dict(PER_RUN, PYTHONSTARTUP="startup.py"), stdin=b"1 + 1\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def default_python(service):
+    status, output = request(service.path, "import sys\nsys.executable")
+    assert status == 0
+    return eval(output)
+
+
+@pytest.mark.parametrize("startup", STARTUP, ids=" ".join)
+@pytest.mark.parametrize("name", UNDER_STARTUP)
+def test_start_up_options_shape_the_per_run_ones(service, default_python, tmp_path, work,
+                                                 startup, name):
+    target = ensure(service, Environment(default_python, startup=startup))
+    case = dict(UNDER_STARTUP[name])
+    if "-P" in case["options"] and not _knows_safe_path(default_python):
+        case["options"], case["pyargs"] = (), case["pyargs"][1:]
+    case["pyargs"] = list(startup) + case["pyargs"]
+    python_result, pyrust_result = both_on_files(target, default_python, tmp_path, **case)
+    assert pyrust_result == python_result
+
+
+@pytest.mark.parametrize("startup", [("-S",), ("-I",), ()], ids=["-S", "-I", "none"])
+def test_the_banner_follows_the_start_up_options(service, default_python, tmp_path, work,
+                                                 startup):
+    target = ensure(service, Environment(default_python, startup=startup))
+    case = i_case((), env={"PYTHON_BASIC_REPL": "1"}, lines=["import sys; 'readline' in "
+                                                             "sys.modules\n", "\x04"])
+    case["pyargs"] = list(startup) + case["pyargs"]
+    python_result, pyrust_result = both_on_a_terminal(target, default_python, tmp_path, **case)
+    assert pyrust_result == python_result
+
+
+def _knows_safe_path(python: str) -> bool:
+    return subprocess.run([python, "-P", "-c", ""], capture_output=True,
+                          timeout=TIMEOUT).returncode == 0
