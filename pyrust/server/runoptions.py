@@ -215,13 +215,21 @@ class WarningsTemplate:
         sys.warnoptions = list(options)
         warnings.filters[:] = self.defaults if self.defaults is not None else self.filters
         warnings._filters_mutated()
-        warnings._processoptions(list(options))
+        try:
+            exec(_processing(warnings), {"_processoptions": warnings._processoptions, "sys": sys})
+        except Exception as exc:  # a -W category whose module fails to import
+            # What python says when its start-up import of warnings fails; the
+            # module is then not imported, and the program's import tries again.
+            sys.stderr.write("'import warnings' failed; traceback:\n")
+            tb = exc.__traceback__.tb_next
+            sys.__excepthook__(type(exc), exc.with_traceback(tb), tb)
+            del sys.modules["warnings"]
 
     def restore(self) -> None:
         """Put back the template's sys.warnoptions, filters and an empty "once"
         registry, whatever the run did to them."""
         warnoptions, filters = self._lists
-        warnings = self.module
+        warnings = sys.modules["warnings"] = self.module
         sys.warnoptions = warnoptions
         if len(warnoptions) != len(self.options) or tuple(warnoptions) != self.options:
             warnoptions[:] = self.options
@@ -231,6 +239,19 @@ class WarningsTemplate:
             warnings._filters_mutated()
         if warnings.onceregistry:
             warnings.onceregistry.clear()
+
+
+@functools.lru_cache(maxsize=1)
+def _processing(warnings):
+    """Return code that processes sys.warnoptions as warnings.py does when python
+    imports it at start: a traceback through it shows the module's own line."""
+    call = "_processoptions(sys.warnoptions)"
+    try:
+        with open(warnings.__file__, encoding="utf-8") as f:
+            lineno = [line.rstrip() for line in f].index(call) + 1
+    except (OSError, ValueError, TypeError, AttributeError):
+        return compile(call, "<warnings>", "exec")
+    return compile("\n" * (lineno - 1) + call, warnings.__file__, "exec")
 
 
 def _built(defaults: list, options: tuple) -> list:
