@@ -226,8 +226,8 @@ class WarningsTemplate:
             del sys.modules["warnings"]
 
     def restore(self) -> None:
-        """Put back the template's sys.warnoptions, filters and an empty "once"
-        registry, whatever the run did to them."""
+        """Put back the template's sys.warnoptions, filters and empty registries
+        of warnings shown, whatever the run did to them."""
         warnoptions, filters = self._lists
         warnings = sys.modules["warnings"] = self.module
         sys.warnoptions = warnoptions
@@ -236,7 +236,9 @@ class WarningsTemplate:
         warnings.filters = filters
         if filters != self.filters:
             filters[:] = self.filters
-            warnings._filters_mutated()
+        # Every module's registry of warnings already shown is stale now, as
+        # in a new process: "default" shows each warning again, once.
+        warnings._filters_mutated()
         if warnings.onceregistry:
             warnings.onceregistry.clear()
 
