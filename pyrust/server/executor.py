@@ -105,6 +105,7 @@ class Executor:
         self._paths = runoptions.PathTemplate()
         self._warnings = runoptions.WarningsTemplate()
         self._own_env_options = {}  # per-run options (tuple) -> RunOptions, own environment
+        self._plan = (None, None, None, None, None)  # see _start
 
     def calibrate(self) -> None:
         """Measure the recursion the interpreter counts below the caller beyond its
@@ -281,6 +282,11 @@ class Executor:
         (PYTHONPATH, sys.path[0]), warnings; on the client's terminal the steps
         around the prompt (readline, the banner).  Return whether the program
         is a directory or zip file run by its ``__main__``."""
+        plan = self._plan  # the last v1-like start, kept: the hot path repeats it
+        if plan[0] is options and job.form == "c" and job.fds is None and sys.path == plan[1]:
+            sys.flags, sys.dont_write_bytecode, sys.path[:] = plan[2:]
+            return False
+        before = sys.path[:]
         sys.flags = runoptions.run_flags(options)
         sys.dont_write_bytecode = options.dont_write_bytecode
         path = self._paths.run_path(sys.path, options.pythonpath)
@@ -290,6 +296,9 @@ class Executor:
         first = path0(job, options.safe_path)
         if job.fds is None:
             sys.path[:] = path if first is None else [first] + path
+            if job.form == "c" and job.env is None and options.warnoptions == \
+                    self._warnings.options:
+                self._plan = (options, before, sys.flags, sys.dont_write_bytecode, sys.path[:])
         else:
             sys.path[:] = path
             interactive.before_path0(options, job.form != "i")
