@@ -57,6 +57,10 @@ def main_importer(path: str):
                 importer = hook(path)
             except ImportError:
                 continue
+            except Exception as exc:  # python reports it, then runs the path as a file
+                sys.stderr.write("Failed checking if argv[0] is an import path entry\n")
+                sys.excepthook(type(exc), exc, exc.__traceback__.tb_next)
+                return None
             cache[path] = importer
             break
     return path if importer is not None else None
