@@ -48,12 +48,6 @@ print(json.dumps({'executable': sys.executable, 'prefix': sys.prefix,
 """
 
 
-def pending_exec(what: str):
-    """Mark a test of what branch issue11-exec (the executor's part of issue 11) brings,
-    not merged when these tests were written: strict, so the merge shows each mark to drop."""
-    return pytest.mark.xfail(strict=True, reason="%s: branch issue11-exec, not merged yet" % what)
-
-
 # -- interpreters and venvs ------------------------------------------------------------
 
 
@@ -298,7 +292,6 @@ def test_each_program_form_sees_its_venv(make_server, venvs, home, work):
             assert probe(pyrust(args, env, work, **given)) == probe(expected), (venv, args)
 
 
-@pending_exec("python -I's sys.path (no path[0], the stdlib zip kept)")
 def test_isolated_mode_sees_its_venv(make_server, venvs, home, work):
     server = make_server()
     env = client_env(server, home, VIRTUAL_ENV=venvs[1].dir)
@@ -325,8 +318,6 @@ def test_runs_arriving_together_share_one_cold_start(make_server, venvs, home, w
     assert outputs == [(b"beta in beta:%d\n" % template, b"", 0)] * 6
 
 
-@pending_exec("bug on main: the template's pyrust modules stay in sys.modules, so every "
-              "run imports the service's pyrust")
 def test_pyrusts_own_package_is_the_environments(make_server, venvs, home, work):
     server = make_server()
     alpha, beta = venvs
@@ -339,8 +330,6 @@ def test_pyrusts_own_package_is_the_environments(make_server, venvs, home, work)
         assert (result.stdout, result.returncode) == (expected.stdout, expected.returncode), venv
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a warm template keeps the sys.path site made at "
-                   "its start; a .pth added since (pip install -e) is not seen")
 def test_a_pth_file_added_to_a_warm_venv_is_seen(make_server, own_venv, home, work):
     server = make_server()
     env = client_env(server, home, VIRTUAL_ENV=own_venv.dir)
@@ -355,8 +344,6 @@ def test_a_pth_file_added_to_a_warm_venv_is_seen(make_server, own_venv, home, wo
     assert probe(pyrust(["-c", PROBE], env, work)) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a venv made anew at the same path (another "
-                   "python -m venv --clear) is still served by the old interpreter's template")
 def test_a_venv_made_anew_with_another_version_is_seen(make_server, venvs, own_venv, home,
                                                       work):
     server = make_server()
@@ -373,7 +360,6 @@ def test_a_venv_made_anew_with_another_version_is_seen(make_server, venvs, own_v
 # -- 2. PYTHONPATH ---------------------------------------------------------------------
 
 
-@pending_exec("a run's own PYTHONPATH (today runs get the template's sys.path)")
 def test_pythonpath_entries_are_where_python_places_them(make_server, venvs, home, work):
     server = make_server()
     first, second = work / "first", work / "second"
@@ -451,15 +437,11 @@ def test_a_projects_preloads_are_warm_in_its_own_interpreter(make_server, venvs,
     assert (active["prefix"], active["alpha"]) == (alpha.dir, "alpha in alpha")
 
 
-#: Until the executor reads the run's ECHO field, every final expression is echoed.
-ECHO_PENDING = pending_exec("echo = false")
-
-
 @pytest.mark.parametrize("code", [
-    pytest.param("import sys; sys.stdout.write('no newline, no echo')", marks=ECHO_PENDING),
-    pytest.param("import os; os.system('echo from a shell')", marks=ECHO_PENDING),
-    pytest.param("1 + 1", marks=ECHO_PENDING),
-    pytest.param("print(1)\n2", marks=ECHO_PENDING),
+    "import sys; sys.stdout.write('no newline, no echo')",
+    "import os; os.system('echo from a shell')",
+    "1 + 1",
+    "print(1)\n2",
     "1/0",
     "raise SystemExit(3)",
 ])
