@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from conftest import TIMEOUT, pyrust_env
-from pyrust import environment, protocol
+from pyrust import client, environment, protocol
 
 
 class FakeService:
@@ -165,7 +165,8 @@ def test_no_retry_storm_when_the_named_socket_is_wrong_too(service, tmp_path):
     assert result.returncode == 125
     assert result.stderr == b"pyrust: wrong environment: this socket serves another " \
                             b"environment\n"
-    assert len(service.requests) == 3
+    # The run, then ENSURE_ATTEMPTS rounds of (ensure, run): then it gives up.
+    assert len(service.requests) == 1 + 2 * client.ENSURE_ATTEMPTS
 
 
 def test_an_environment_that_cannot_start_is_a_clear_error(service, tmp_path):

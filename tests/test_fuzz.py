@@ -96,11 +96,16 @@ def extended_reply(payload: bytes, known: dict) -> Reply:
     if op not in protocol.OPS:
         return Reply(protocol.BAD_REQUEST,
                      ("malformed extended request: unknown op %r" % op).encode())
-    if op == protocol.OP_RUN and (fields.get(protocol.FORM, b"c") not in (b"c", b"-", b"f", b"m")
-                                  or fields.get(protocol.STDIO, b"c") != b"c"
-                                  or protocol.SOURCE not in fields):
+    if op != protocol.OP_RUN:
+        return RAN
+    form = fields.get(protocol.FORM, b"c")
+    if form not in (b"c", b"-", b"f", b"m", b"i") or fields.get(protocol.STDIO, b"c") != b"c" \
+            or (protocol.SOURCE not in fields and form != b"i"):
         return Reply(protocol.BAD_REQUEST, b"malformed extended request: needs a form (c, -, "
-                     b"f, m), a source, and stdio c or f")
+                     b"f, m, i), a source (but for i), and stdio c or f")
+    if form == b"i":  # the prompt needs the client's terminal
+        return Reply(protocol.BAD_REQUEST, b"malformed extended request: form i (python's "
+                     b"prompt) needs stdio f")
     return RAN
 
 
