@@ -17,7 +17,11 @@ and ``echo``; each overrides the user configuration's key of the same name::
     preload = ["numpy", "myproject.models"]
 
 The file is parsed only if its bytes contain ``[tool.pyrust]``, so a project
-that does not use pyrust costs a file read, not a TOML parser.
+that does not use pyrust costs a file read, not a TOML parser.  Even then the
+table is read by pyrust.minitoml, which imports nothing: ``tomllib`` costs
+more start-up than the rest of a warm run.  Only a file that reader does not
+read (a number, an escape, a subtable, ...) goes to the full parser, which
+also gives the errors.
 """
 
 import os
@@ -80,7 +84,12 @@ def load_project(path: str):
         raise ConfigError("%s: cannot read: %s" % (path, exc.strerror)) from None
     if MARKER not in data:
         return None
-    table = _parse(path, data).get("tool", {}).get("pyrust")
+    from pyrust import minitoml  # here: a file without the marker needs no reader
+
+    try:
+        table = minitoml.read(data.decode("utf-8"))
+    except (UnicodeDecodeError, minitoml.Unsupported):
+        table = _parse(path, data).get("tool", {}).get("pyrust")
     if table is None:  # the marker was in a string or a comment
         return None
     return _project(path, table)
