@@ -69,7 +69,13 @@ def _spawn(path: str, config: str | None):
             socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, \
             open(log_path, "ab") as log:
         notify.bind(os.path.join(tmp, "notify"))
-        env = dict(os.environ, NOTIFY_SOCKET=notify.getsockname())
+        # The service is not the run that started it: the PYTHON* variables
+        # that shape an interpreter (PYTHONWARNINGS=error, ...) belong to that
+        # run's environment, not to the service.  PYTHONPATH stays: it is
+        # where the service finds pyrust and the configuration's preloads.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("PYTHON") or k == "PYTHONPATH"}
+        env["NOTIFY_SOCKET"] = notify.getsockname()
         start = log.tell()
         proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=log, start_new_session=True, cwd="/")
