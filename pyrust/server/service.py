@@ -118,13 +118,19 @@ class Service:
         saying ``why`` in the log; return the successor, or ``template`` if it
         cannot start."""
         env = self.default_environment() if template.default else template.env
+        other = self.templates.get(env.key())
+        if other is not None and other is not template:
+            # The default environment became one that already runs (a reload
+            # named its venv): that template gives way, socket and all.
+            self._end(other, forget=True)
         try:
             successor = self.launcher.start(env, self.config, default=template.default)
         except OSError as exc:
             log.error("%s", cannot_start(env, exc.strerror or str(exc)))
             return template
         log.info("starting the template of %s anew: %s", describe(env), why)
-        del self.templates[template.key]
+        if self.templates.get(template.key) is template:
+            del self.templates[template.key]
         successor.predecessor = template
         self.templates[successor.key] = successor
         return successor
@@ -349,7 +355,8 @@ class Service:
             except PyrustError as exc:
                 log.error("reload: keeping the running configuration: %s", exc)
         for template in list(self.templates.values()):
-            self._replace(template)
+            if self.templates.get(template.key) is template:  # not ended by an earlier one
+                self._replace(template)
         self._wait_for_default()
         log.info("reloaded: %d templates replaced", len(self.templates))
         self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())

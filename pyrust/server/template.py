@@ -153,7 +153,10 @@ def main(args: list) -> int:
         except OSError:
             pass
         return EXIT_STARTUP
-    channel.send(b"I" + json.dumps(describe(supervisor.info.watched)).encode())
+    try:
+        channel.send(b"I" + json.dumps(describe(supervisor.info.watched)).encode())
+    except OSError:  # the service ended (or dropped) this template before it was ready
+        return 0
     return supervisor.run()
 
 
