@@ -20,6 +20,29 @@ TIMEOUT = 30.0  # upper bound on any single blocking call in the tests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cpython_interpreters() -> list:
+    """Return the real interpreters (never a pyenv shim) of CPython 3.9-3.13 found here."""
+    import glob
+
+    found = {}
+    for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3.*"))):
+        name = os.path.basename(path)
+        if name.count(".") == 1 and name[8:].isdigit() and 9 <= int(name[8:]) <= 13:
+            found.setdefault(name, path)
+    return list(found.values())
+
+
+def default_signals() -> None:
+    """In a child before exec: python's dispositions, whatever the test runner
+    ignores (nohup, CI), so that python and pyrust start from the same place."""
+    for sig in signal.valid_signals():
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+
+
 def pyrust_env(**extra) -> dict:
     """Return an environment that runs this checkout's pyrust with this interpreter."""
     env = {k: v for k, v in os.environ.items()

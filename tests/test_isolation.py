@@ -28,7 +28,7 @@ import pytest
 
 from pyrust.environment import default_python
 
-from conftest import ROOT, TIMEOUT, pyrust_env, request
+from conftest import ROOT, TIMEOUT, default_signals, pyrust_env, request
 
 PYTHON = [default_python()]  # the interpreter runs get by default
 PYRUST = [sys.executable, "-m", "pyrust"]
@@ -63,16 +63,6 @@ def no_process_left_behind(tmp_path):
                 pass
 
 
-def _default_signals():
-    """In the child before exec: python's dispositions, whatever the test runner
-    ignores (nohup, CI), so that python and pyrust start from the same place."""
-    for sig in signal.valid_signals():
-        try:
-            if signal.getsignal(sig) == signal.SIG_IGN:
-                signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-
 
 def _env(server_path, overrides=None) -> dict:
     """Return the environment both interpreters get; a None value removes the key.
@@ -96,7 +86,7 @@ def _env(server_path, overrides=None) -> dict:
 def run(prefix, args, cwd, env, stdin=b"", timeout=TIMEOUT) -> Outcome:
     """Run ``prefix + args``; return its Outcome (text, undecodable bytes escaped)."""
     proc = subprocess.run(prefix + list(args), input=stdin, capture_output=True, cwd=str(cwd),
-                          env=env, timeout=timeout, preexec_fn=_default_signals)
+                          env=env, timeout=timeout, preexec_fn=default_signals)
     return Outcome(proc.stdout.decode("utf-8", "backslashreplace"),
                    proc.stderr.decode("utf-8", "backslashreplace"), proc.returncode)
 
@@ -425,7 +415,7 @@ def run_merged(prefix, args, cwd, env) -> Outcome:
     proc = subprocess.run(prefix + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, cwd=str(cwd),
                           env=dict(env, PYTHONUNBUFFERED="1"), timeout=TIMEOUT,
-                          preexec_fn=_default_signals)
+                          preexec_fn=default_signals)
     return Outcome(proc.stdout.decode("utf-8", "backslashreplace"), "", proc.returncode)
 
 
@@ -727,7 +717,7 @@ def run_shell(command, cwd, env) -> Outcome:
     proc = subprocess.Popen(["/bin/bash", "-c", command], cwd=str(cwd), env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=_default_signals)
+                            preexec_fn=default_signals)
     try:
         out, err = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -793,7 +783,7 @@ def test_ctrl_c_reaches_the_whole_group_as_in_a_terminal(make_server, tmp_path):
         proc = subprocess.Popen(prefix + ["-c", GROUP_PROGRAM], cwd=str(work), env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=_default_signals)
+                                preexec_fn=default_signals)
         try:
             assert _readline(proc.stdout) == b"ready\n"
             os.killpg(proc.pid, signal.SIGINT)
@@ -817,7 +807,7 @@ def test_the_group_gets_sighup_when_the_client_goes_away(make_server, tmp_path):
     proc = subprocess.Popen(PYRUST + ["-c", GROUP_PROGRAM], cwd=str(tmp_path),
                             env=_env(server.path), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=_default_signals)
+                            preexec_fn=default_signals)
     try:
         assert _readline(proc.stdout) == b"ready\n"
         program, sleeper = map(int, (tmp_path / "group.pid").read_text().split())

@@ -2,14 +2,13 @@
 every CPython 3.9-3.13 this machine has; where a run's interpreter comes from
 (pyrust/project.py); which PYTHON* variables join an environment's key."""
 
-import glob
 import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import TIMEOUT, pyrust_env
+from conftest import TIMEOUT, cpython_interpreters, pyrust_env
 from pyrust import environment, project, pyoptions
 from pyrust.errors import ConfigError
 
@@ -17,19 +16,8 @@ OWN = ("--socket", "--config", "--python")
 FLAGS = ("--daemon", "--stop-daemon")
 
 
-def _interpreters() -> list:
-    """Return the real interpreters (never a shim) of CPython 3.9-3.13 found here."""
-    found = {}
-    for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3.*"))):
-        name = os.path.basename(path)
-        if name.count(".") == 1 and name[8:].isdigit() and 9 <= int(name[8:]) <= 13:
-            found.setdefault(name, path)
-    if not found:  # no pyenv: at least the interpreter running the tests
-        found["self"] = os.path.realpath(sys.executable)
-    return list(found.values())
-
-
-INTERPRETERS = _interpreters()
+# No pyenv: at least the interpreter running the tests.
+INTERPRETERS = cpython_interpreters() or [os.path.realpath(sys.executable)]
 
 
 def version_of(python: str) -> tuple:

@@ -19,12 +19,10 @@ runs in the default environment and in the template of every other CPython
    -q, -i after a program, exit statuses.
 """
 
-import glob
 import os
 import pty
 import re
 import select
-import signal
 import socket
 import struct
 import subprocess
@@ -32,7 +30,8 @@ import zipfile
 
 import pytest
 
-from conftest import ROOT, TIMEOUT, Server, connect, request
+from conftest import (ROOT, TIMEOUT, Server, connect, cpython_interpreters, default_signals,
+                      request)
 
 from pyrust import protocol
 from pyrust.environment import Environment
@@ -49,16 +48,6 @@ STATE = ("import sys, warnings\n"
 #: Imports a module from the working directory; tells whether its .pyc was written.
 PYC = ("import os, shutil\nshutil.rmtree('__pycache__', ignore_errors=True)\nimport mod\n"
        "print(os.listdir('__pycache__') if os.path.isdir('__pycache__') else 'no cache')")
-
-
-def _interpreters() -> list:
-    """Return the real interpreters (never a shim) of CPython 3.9-3.13 found here."""
-    found = {}
-    for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3.*"))):
-        name = os.path.basename(path)
-        if name.count(".") == 1 and name[8:].isdigit() and 9 <= int(name[8:]) <= 13:
-            found.setdefault(name, path)
-    return list(found.values())
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +78,7 @@ def ensure(service, env: Environment) -> Target:
     return Target(os.fsdecode(reply), env.fields())
 
 
-@pytest.fixture(scope="module", params=[None] + _interpreters(),
+@pytest.fixture(scope="module", params=[None] + cpython_interpreters(),
                 ids=lambda python: os.path.basename(python) if python else "default")
 def server(service, request):
     """The template runs go to: the default environment's, or one per interpreter."""
@@ -166,15 +155,6 @@ def exit_of(sock) -> int:
     return code
 
 
-def _default_signals():
-    """python starts from default dispositions, whatever the test runner ignores."""
-    for sig in signal.valid_signals():
-        try:
-            if signal.getsignal(sig) == signal.SIG_IGN:
-                signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-
 
 def both_on_files(server, python, tmp_path, pyargs, form, source, argv, options=(),
                   env=None, stdin=b"", echo=b"0", cwd=None):
@@ -192,7 +172,7 @@ def both_on_files(server, python, tmp_path, pyargs, form, source, argv, options=
             if who == "python":
                 code = subprocess.run([python] + pyargs, stdin=files[0], stdout=files[1],
                                       stderr=files[2], env=env, cwd=cwd, timeout=TIMEOUT,
-                                      preexec_fn=_default_signals).returncode
+                                      preexec_fn=default_signals).returncode
             else:
                 fields = run_fields(server, form, source, argv, options, env, cwd, echo)
                 sock = send_run(server.path, fields, [f.fileno() for f in files])
@@ -419,7 +399,7 @@ def both_on_a_terminal(server, python, tmp_path, pyargs, form, source, argv, opt
             if who == "python":
                 proc = subprocess.Popen([python] + pyargs, stdin=slave, stdout=slave,
                                         stderr=slave, env=run_env, cwd=cwd,
-                                        preexec_fn=_default_signals)
+                                        preexec_fn=default_signals)
             else:
                 sock = send_run(server.path, run_fields(server, form, source, argv, options,
                                                         run_env, cwd, echo), [slave] * 3)
