@@ -38,7 +38,7 @@ HANDLED_SIGNALS = STOP_SIGNALS + (signal.SIGCHLD, signal.SIGHUP)
 WORKER_CRASHED = 70  # EX_SOFTWARE
 #: Scoreboard slots: room for every worker of two generations during a reload.
 MAX_SLOTS = 2 * MAX_WORKERS
-STATUS_INTERVAL = 5.0  # seconds between STATUS= updates to the service manager
+RSS_CHECK_INTERVAL = 5.0  # seconds between checks of the workers' resident memory
 #: Seconds between checks for stuck and oversized workers.
 HOUSEKEEPING_INTERVAL = 1.0
 
@@ -56,30 +56,27 @@ class WorkerInfo:
 class Supervisor:
     """Keeps ``config.workers`` spares ready on ``listener`` until told to stop.
 
-    ``reload_config`` is called on SIGHUP and returns the new configuration
-    (raising PyrustError keeps the old one); ``preload(names)`` imports the
-    preload list (raising PyrustError if one fails).
+    ``notifier`` tells the service READY=1 and the like; ``preload(names)``
+    imports the preload list (raising PyrustError if one fails).  The
+    watchdog, the status line, the idle exit and re-reading the
+    configuration are the service's, which reads the scoreboard.
     """
 
-    def __init__(self, config, listener, notifier, reload_config=None,
-                 preload=lambda names: None, scoreboard=None) -> None:
+    def __init__(self, config, listener, notifier, preload=lambda names: None,
+                 scoreboard=None) -> None:
         self.config = config
         self.listener = listener
         self.notifier = notifier
-        self.reload_config = reload_config
         self._preload = preload
         self.workers: dict = {}  # pid -> WorkerInfo
         self.generation = 0
         self.scoreboard = scoreboard or Scoreboard(MAX_SLOTS)
         self.terminals = Terminals()
-        self.started = time.monotonic()
         self.freshness = Freshness(self.scoreboard)
         self.info = ServiceInfo(listener.source, listener.path, time.time(), self.scoreboard,
                                 self.freshness)
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._watchdog = notifier.watchdog_interval()
-        self._next_status = 0.0
         self._next_rss_check = 0.0
         self._timed_out: set = set()  # pids killed for ignoring their time limit
         self.boot = BootBackoff()
@@ -97,7 +94,7 @@ class Supervisor:
         self._install_signals()
         gc.freeze()  # keep the preloaded heap out of the workers' collections: less copy-on-write
         self._spawn_missing()
-        self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())
+        self.notifier.notify("READY=1")
         log.debug("serving on %s (%s) with %d spare workers, pid %d", self.listener.path,
                  self.listener.source, self.config.workers, os.getpid())
         while not self.stopping:
@@ -106,7 +103,7 @@ class Supervisor:
             self._reap()
             if not self.stopping:
                 self._spawn_missing()
-                self._timed_duties()
+                self._housekeeping(time.monotonic())
         return self._shutdown()
 
     # -- waiting: signals, workers' messages, clients of runs -------------------
@@ -268,7 +265,7 @@ class Supervisor:
                 self._timed_out.add(pid)
                 self._kill(pid, signal.SIGKILL)
         if self.config.max_worker_rss and now >= self._next_rss_check:
-            self._next_rss_check = now + STATUS_INTERVAL
+            self._next_rss_check = now + RSS_CHECK_INTERVAL
             self._retire_oversized()
 
     def _retire(self, pid: int, info: WorkerInfo) -> None:
@@ -304,19 +301,13 @@ class Supervisor:
             pass
 
     def reload(self) -> None:
-        """Re-read the configuration, start a new generation of spares, retire the old one.
+        """SIGHUP: start a new generation of spares, retire the old one.
 
         Old workers finish their requests in flight; new connections go to the
-        new spares, so clients see no failure.
+        new spares, so clients see no failure.  (A reload of the configuration
+        is the service's: it replaces whole templates.)
         """
         self.notifier.notify("RELOADING=1\nMONOTONIC_USEC=%d" % (time.monotonic_ns() // 1000))
-        if self.reload_config is not None:
-            try:
-                config = self.reload_config()
-                self.freshness.preload(lambda: self._preload(config.preload))
-                self.config = config
-            except PyrustError as exc:
-                log.error("reload: keeping the running configuration: %s", exc)
         self._new_generation()
 
     def _rebuild_if_stale(self) -> None:
@@ -345,50 +336,14 @@ class Supervisor:
             self._retire(pid, info)
         self._spawn_missing()
         log.info("reloaded: %d new spares, %d workers retiring", self.config.workers, len(old))
-        self.notifier.notify("READY=1\nSTATUS=%s" % self.status_line())
+        self.notifier.notify("READY=1")
 
-    # -- timed duties: watchdog, status, idle exit -------------------------------
+    # -- timed duties: stuck and oversized workers, start-up backoff ----------------
 
-    def _next_duty(self) -> float | None:
-        """Return seconds until the next timed duty, or None if there is none."""
-        waits = [self._watchdog, STATUS_INTERVAL if self.notifier.active else None,
-                 HOUSEKEEPING_INTERVAL, self.boot.wait(time.monotonic()) or None]
-        if self.config.idle_exit:
-            waits.append(max(0.0, self.config.idle_exit - self._idle_for(time.monotonic())))
-        waits = [w for w in waits if w is not None]
-        return min(waits) if waits else None
-
-    def _timed_duties(self) -> None:
-        now = time.monotonic()
-        self._housekeeping(now)
-        if self._watchdog:
-            self.notifier.notify("WATCHDOG=1")
-            if not self.notifier.active:  # its socket is gone: nobody waits for pings
-                self._watchdog = None
-        if self.notifier.active and now >= self._next_status:
-            self._next_status = now + STATUS_INTERVAL
-            self.notifier.notify("STATUS=%s" % self.status_line())
-        if self.config.idle_exit and self._idle_for(now) >= self.config.idle_exit:
-            log.info("no request for %g s, exiting", self.config.idle_exit)
-            self.stopping = True
-
-    def _idle_for(self, now: float) -> float:
-        """Return seconds since a request last ended, or since the start if none
-        did (0 while one runs or a client is connected)."""
-        if any(not self.scoreboard.read(w.slot).spare for w in self.workers.values()):
-            return 0.0
-        return now - max(self.scoreboard.last_activity(), self.started)
-
-    def status_line(self) -> str:
-        """Return the one-line status shown by ``systemctl status``."""
-        totals = self.scoreboard.totals(recent=0)
-        spares = sum(1 for w in self.workers.values() if self.scoreboard.read(w.slot).spare)
-        line = ("%d spares, %d busy, %d runs served, %d failed, up %ds"
-                % (spares, len(self.workers) - spares, totals.served, totals.failed,
-                   time.monotonic() - self.started))
-        if self.boot.failures:
-            line += "; workers fail at start (%d in a row, see the log)" % self.boot.failures
-        return line
+    def _next_duty(self) -> float:
+        """Return seconds until the next timed duty."""
+        backoff = self.boot.wait(time.monotonic())
+        return min(HOUSEKEEPING_INTERVAL, backoff) if backoff else HOUSEKEEPING_INTERVAL
 
     # -- stop --------------------------------------------------------------------
 
@@ -406,11 +361,7 @@ class Supervisor:
                 for pid in list(self.workers):
                     self._kill(pid, signal.SIGKILL)
                 deadline = float("inf")
-            timeout = None if deadline == float("inf") else deadline - now
-            if self._watchdog:  # a long graceful stop must not look like a hang
-                self.notifier.notify("WATCHDOG=1")
-                timeout = self._watchdog if timeout is None else min(timeout, self._watchdog)
-            self._wait(timeout)
+            self._wait(None if deadline == float("inf") else deadline - now)
             self._reap()
         self.listener.close()
         log.info("stopped")

@@ -47,16 +47,10 @@ log = logging.getLogger("pyrust.template")
 
 class ChannelNotifier:
     """The Supervisor's notifier inside a template: READY=1 and the like go to
-    the service (``N`` + text) instead of a service manager.  No watchdog and
-    no periodic STATUS= lines: the service reads the scoreboard itself."""
-
-    active = False  # what the Supervisor checks before the periodic duties
+    the service (``N`` + text) instead of a service manager."""
 
     def __init__(self, channel: socket.socket) -> None:
         self.channel = channel
-
-    def watchdog_interval(self) -> None:
-        return None
 
     def notify(self, message: str) -> bool:
         """Send ``message`` to the service; return whether it went."""
@@ -104,13 +98,14 @@ def preloader(root: str, extra_path=()):
     return preload
 
 
-def describe(watched) -> dict:
+def describe(info) -> dict:
     """Return what the service shows of this interpreter in ``pyrust status``, and
-    the fingerprint of its environment's ``watched`` files (see fingerprint)."""
+    the environment's watched files with the fingerprint taken at start
+    (``info``: the supervisor's ServiceInfo)."""
     return {"pid": os.getpid(), "version": sys.version.split()[0],
             "executable": sys.executable, "prefix": sys.prefix,
             "venv": sys.prefix if sys.prefix != sys.base_prefix else None,
-            "watched": watched, "fingerprint": fingerprint(watched)}
+            "watched": info.watched, "fingerprint": info.born}
 
 
 def environment_files() -> list:
@@ -154,7 +149,7 @@ def main(args: list) -> int:
             pass
         return EXIT_STARTUP
     try:
-        channel.send(b"I" + json.dumps(describe(supervisor.info.watched)).encode())
+        channel.send(b"I" + json.dumps(describe(supervisor.info)).encode())
     except OSError:  # the service ended (or dropped) this template before it was ready
         return 0
     return supervisor.run()
@@ -178,7 +173,7 @@ def _supervisor(spec: dict, channel: socket.socket):
                         spec["path"], owned=False)
     board = Scoreboard(MAX_SLOTS, spec["scoreboard"])
     os.close(spec["scoreboard"])  # the mapping stays; runs must not inherit the fd
-    supervisor = Supervisor(config, listener, ChannelNotifier(channel), None,
+    supervisor = Supervisor(config, listener, ChannelNotifier(channel),
                             preloader(spec["root"], spec["preload_path"]), scoreboard=board)
     supervisor.info.env_key = env.key()
     supervisor.info.watched = environment_files()

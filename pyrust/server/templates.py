@@ -131,7 +131,7 @@ class Launcher:
 
     def _spec(self, env, config, template, fd, board_fd, default) -> dict:
         """Return what a template needs to know, as its bootstrap reads it."""
-        config = dataclasses.replace(config, preload=list(env.preload), idle_exit=0.0)
+        config = dataclasses.replace(config, preload=list(env.preload))
         return {"config": dataclasses.asdict(config), "python": env.python, "root": env.root,
                 "startup": list(env.startup), "listener": fd, "scoreboard": board_fd,
                 "path": self.listener.path if default else template.path,
