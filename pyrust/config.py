@@ -52,11 +52,19 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class _Check:
     """What a setting accepts: ``expected`` says it in words ("a whole number
     from 1 to 512"); calling the check with a TOML value returns the value to
-    store, or raises ValueError whose text (possibly empty) adds why not."""
+    store, or raises ValueError whose text (possibly empty) adds why not.
 
-    def __init__(self, expected: str, convert) -> None:
+    ``kind`` names the check ("seconds", "count", "bytes", "socket",
+    "modules", "boolean", "python", "log_level"), with ``low``, ``high`` and
+    ``zero`` (0 is accepted below ``low``) for the numeric ones: what the
+    native client's copy of the checks is built from (pyrust/native.py).
+    """
+
+    def __init__(self, expected: str, convert, kind: str, low=0, high=0,
+                 zero: bool = False) -> None:
         self.expected = expected
         self._convert = convert
+        self.kind, self.low, self.high, self.zero = kind, low, high, zero
 
     def __call__(self, value):
         return self._convert(value)
@@ -85,14 +93,14 @@ def _seconds(zero_means: str | None = None) -> _Check:
         if not _in_range(value, low, MAX_SECONDS, integral=False):
             raise ValueError("")
         return float(value)
-    return _Check(expected, convert)
+    return _Check(expected, convert, "seconds", low, MAX_SECONDS)
 
 
 def _count(low: int, high: int, zero_means: str | None = None) -> _Check:
     """Accept a whole number from ``low`` to ``high``."""
     note = " (0: %s)" % zero_means if zero_means else ""
     return _Check("a whole number from %d to %d%s" % (low, high, note),
-                  lambda value: _whole(value, low, high))
+                  lambda value: _whole(value, low, high), "count", low, high)
 
 
 def _whole(value, low, high):
@@ -120,7 +128,7 @@ def _bytes(low: int, high: int, zero_means: str | None = None) -> _Check:
         if _is_int(value) and value == 0 and zero_means:
             return value
         return _whole(value, low, high)
-    return _Check(expected, convert)
+    return _Check(expected, convert, "bytes", low, high, bool(zero_means))
 
 
 def _socket_path(value):
@@ -175,15 +183,16 @@ def _log_level(value):
 
 
 _SOCKET = _Check("an absolute path (~/ allowed) of at most %d bytes" % MAX_SOCKET_PATH,
-                 _socket_path)
-_MODULES = _Check('a list of module names, e.g. ["json", "numpy.linalg"]', _module_names)
-_BOOLEAN = _Check("true or false", _boolean)
+                 _socket_path, "socket", high=MAX_SOCKET_PATH)
+_MODULES = _Check('a list of module names, e.g. ["json", "numpy.linalg"]', _module_names,
+                  "modules")
+_BOOLEAN = _Check("true or false", _boolean, "boolean")
 _PYTHON = _Check("the absolute path (~/ allowed) of a python executable or of a venv",
-                 _interpreter)
+                 _interpreter, "python")
 #: Upper bound on ``max_templates``: each template is a warm interpreter and its spares.
 MAX_TEMPLATES = 64
 _LOG_LEVEL = _Check(" or ".join(", ".join('"%s"' % v for v in LOG_LEVELS).rsplit(", ", 1)),
-                    _log_level)
+                    _log_level, "log_level")
 
 
 def _setting(default=None, check=None, factory=None, doc=""):
