@@ -1,11 +1,18 @@
-/* The native pyrust client (placeholder). */
+/* The native pyrust client (placeholder: hands everything to the Python client). */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdio.h>
+#include <string.h>
+#include <unistd.h>
 #include "pyrust_build.h"
 #include "settings.c"
 
-int main(void)
+int main(int argc, char **argv)
 {
-    puts(PYRUST_VERSION);
-    return 0;
+    (void)argc;
+    argv[0] = (char *)PYRUST_PYTHON_CLIENT;
+    execv(PYRUST_PYTHON_CLIENT, argv);
+    fprintf(stderr, "pyrust: cannot run the Python client %s (%s)\n", PYRUST_PYTHON_CLIENT,
+            strerror(errno));
+    return 125;
 }
