@@ -726,7 +726,8 @@ static void startup_items(struct run *r, struct strlist *items)
     for (size_t i = 0; environ[i]; i++)
         if (start_up_variable(environ[i]) && first_of_name(i))
             strlist_add(items, environ[i]);
-    qsort(items->items + first, items->count - first, sizeof *items->items, by_name);
+    if (items->count > first)
+        qsort(items->items + first, items->count - first, sizeof *items->items, by_name);
 }
 
 /* cli.choose_environment: the interpreter, preloads, root, echo and the key's fields. */
@@ -1292,7 +1293,8 @@ static int open_fds(int **fds)
         (*fds)[n++] = (int)fd;
     }
     closedir(dir);
-    qsort(*fds, (size_t)n, sizeof **fds, by_number);
+    if (n)
+        qsort(*fds, (size_t)n, sizeof **fds, by_number);
     return n < MAX_EXTRA_FDS ? n : MAX_EXTRA_FDS;
 }
 
