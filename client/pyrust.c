@@ -942,7 +942,9 @@ static int connect_to(const char *path, int *fd)
     else
         *slash = 0;
     problem = directory_problem(path, dir);
+    int saved = errno;
     free(dir);
+    errno = saved;
     if (problem < 0)
         return UNTRUSTED;
     memset(&addr, 0, sizeof addr);
@@ -961,7 +963,7 @@ static int connect_to(const char *path, int *fd)
 #endif
         if (connect(*fd, (struct sockaddr *)&addr, sizeof addr) == 0)
             return server_problem(path, *fd) ? (close(*fd), UNTRUSTED) : DONE;
-        int saved = errno;
+        saved = errno;
         close(*fd);
         errno = saved;
     }
