@@ -175,7 +175,8 @@ def test_the_echo_is_the_one_difference(pyrust_command, parity_server, tmp_path,
 
 
 def test_a_missing_file_is_reported_as_python_does(pyrust_command, parity_server, tmp_path):
-    python, pyrust = run_both(pyrust_command, parity_server, tmp_path, "c", "", {})  # warm up the workdir
+    # Warm up the workdir.
+    python, pyrust = run_both(pyrust_command, parity_server, tmp_path, "c", "", {})
     workdir = tmp_path / "work"
     results = [subprocess.run(prefix + ["no_such_file.py"], capture_output=True, cwd=workdir,
                               env=pyrust_env(PYRUST_SOCKET=parity_server.path), timeout=TIMEOUT)
