@@ -69,10 +69,29 @@ install_venv() {
     quiet_pip --force-reinstall --no-deps "$here"
 }
 
-# The `pyrust` command: a launcher that skips site and pip's script's `import re`.
-write_launcher() {
-    "$venv/bin/python" -I -m pyrust.units launcher --out "$data" \
-        --python "$venv/bin/python" >/dev/null
+# The `pyrust` command ($data/pyrust): the native client (client/pyrust.c, built
+# with the system's C compiler into the venv) where it builds, else the Python
+# client's launcher, which the native client hands off to what it does not do
+# itself. Sets `client` to what the command is.
+build_client() {
+    local status=0
+    "$venv/bin/python" -I -m pyrust.native --source "$here/client" \
+        --out "$venv/bin/pyrust-native" --launcher "$data/pyrust-python" \
+        --python "$venv/bin/python" >/dev/null 2>"$data/native-build.log" || status=$?
+    [ -s "$data/native-build.log" ] || rm -f "$data/native-build.log"  # kept: warnings, errors
+    if [ $status = 0 ]; then
+        client="native ($venv/bin/pyrust-native)"
+        ln -sfn "$venv/bin/pyrust-native" "$data/pyrust"
+        return
+    fi
+    client="Python ($data/pyrust-python)"
+    rm -f "$venv/bin/pyrust-native"  # an earlier build: not left beside the new code
+    ln -sfn "$data/pyrust-python" "$data/pyrust"
+    if [ $status = 3 ]; then
+        say "no C compiler (cc, or \$CC): the pyrust command is the Python client"
+    else
+        say "building the native client failed ($data/native-build.log): the pyrust command is the Python client"
+    fi
 }
 
 start_systemd() {
@@ -120,7 +139,7 @@ uninstall() {
 }
 
 main() {
-    local manager bin_dir result
+    local manager bin_dir result client
     manager=$(pick_manager)
     bin_dir=$(pick_bin_dir)
     if [ "${1:-}" = "--uninstall" ]; then
@@ -128,7 +147,7 @@ main() {
         return
     fi
     install_venv
-    write_launcher
+    build_client
     mkdir -p "$bin_dir"
     ln -sf "$data/pyrust" "$bin_dir/pyrust"
     case $manager in
@@ -146,6 +165,7 @@ main() {
     fi
     say "installed; self-check 'pyrust -c \"2+3\"' printed 5"
     echo "  command:  $bin_dir/pyrust"
+    echo "  client:   $client"
     echo "  venv:     $venv"
     case $manager in
         systemd) echo "  units:    $unit_dir/pyrust.socket, $unit_dir/pyrust.service"

@@ -3,13 +3,14 @@
 # Extra arguments go to pytest, e.g. ./test.sh -k server -x
 #
 # The suite runs a real systemd user manager and builds systemd-python, so it
-# needs Debian's systemd, libsystemd-dev and pkg-config: installed here when
+# needs Debian's systemd, libsystemd-dev and pkg-config, and it builds the
+# native client (client/pyrust.c), so gcc and libc6-dev: installed here when
 # missing and running as root (as in CI); otherwise those tests skip, or fail
 # under CI=true.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-debs="systemd libsystemd-dev pkg-config"
+debs="systemd libsystemd-dev pkg-config gcc libc6-dev"
 missing=$(for deb in $debs; do dpkg -s "$deb" >/dev/null 2>&1 || echo "$deb"; done)
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test.sh: installing $(echo $missing)"
@@ -26,4 +27,29 @@ pip_install() {
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 pip_install '.[test,systemd]' || pip_install '.[test]'
+
+# The native client, warnings as errors, and a sanitized build of it (address
+# and undefined behaviour) for the differential table; both hand off to the
+# launcher .venv/bin/pyrust-python.  Without a compiler the native tests skip.
+build_native() {  # OUT [native.py flags...]: 0 built, 3 no compiler, 1 failed
+    local out=$1 status=0
+    shift
+    .venv/bin/python -m pyrust.native --out "$out" --launcher "$PWD/.venv/bin/pyrust-python" \
+        --python "$PWD/.venv/bin/python" --strict "$@" >/dev/null 2>.venv/native-build.log || status=$?
+    return $status
+}
+status=0
+build_native "$PWD/.venv/bin/pyrust-native" || status=$?
+if [ $status = 0 ]; then
+    export PYRUST_TEST_NATIVE=$PWD/.venv/bin/pyrust-native
+    if build_native "$PWD/.venv/bin/pyrust-native-sanitized" --sanitize; then
+        export PYRUST_TEST_NATIVE_SANITIZED=$PWD/.venv/bin/pyrust-native-sanitized
+    else  # the tests build it again and fail with the compiler's output
+        echo "test.sh: building the sanitized native client failed (.venv/native-build.log)"
+    fi
+elif [ $status = 3 ]; then
+    echo "test.sh: no C compiler (cc, or \$CC): the native client's tests skip"
+else
+    echo "test.sh: building the native client failed (.venv/native-build.log)"
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -18,12 +18,13 @@ import time
 import traceback
 
 from bench import (alternative, coldstart, environments, hotpath, machine, memory, plot, report,
-                   servers, targets, throughput, userinstall, warm)
+                   servers, startup, targets, throughput, userinstall, warm)
 
-SECTIONS = ("warm", "throughput", "cold", "alternative", "memory", "hotpath", "environments")
+SECTIONS = ("warm", "throughput", "cold", "alternative", "memory", "hotpath", "environments",
+            "startup")
 QUICK = dict(requests=100, warmup=10, connections=20, duration=0.2, repeats=1, cold_runs=2,
              hyperfine_runs=3, memory_requests=1000, memory_connections=20,
-             hotpath_requests=500, env_runs=2)
+             hotpath_requests=500, env_runs=2, startup_runs=3)
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 DOCS = ("docs/benchmarks.json", "docs/benchmarks-cdf.png", "docs/benchmarks.md")
 
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--env-runs", type=int, default=10,
         help="processes per environments case: new environments' first runs, warm runs "
              "(its request path uses --requests, --warmup and --connections)")
+    add("--startup-runs", type=int, default=60,
+        help="timed processes per start-up command (native client, Python client, python)")
     add("--quick", action="store_true",
         help="tiny counts: checks that the bench works, measures nothing")
     add("--keep", action="store_true", help="keep the work directory (servers' logs)")
@@ -117,7 +120,7 @@ def run_sections(args, workdir: str, progress: Progress) -> "tuple[dict, dict]":
     if "throughput" in only:
         section("throughput", "throughput",
                 lambda: throughput.run(workdir, args.duration, args.repeats, progress))
-    if only & {"cold", "alternative"}:
+    if only & {"cold", "alternative", "startup"}:
         progress("building a non-editable install of this checkout (offline)")
         try:
             install = userinstall.build(workdir)
@@ -137,6 +140,9 @@ def run_sections(args, workdir: str, progress: Progress) -> "tuple[dict, dict]":
     if "environments" in only:
         section("environments", "environments", lambda: environments.run(
             workdir, args.env_runs, args.requests, args.warmup, args.connections, progress))
+    if "startup" in only:
+        section("startup", "startup",
+                lambda: startup.run(workdir, install, args.startup_runs, progress))
     return results, samples
 
 
@@ -153,7 +159,8 @@ def all_verified(results: dict) -> bool:
     cold_ok = all(cold[k]["verified"] == cold[k]["runs"] for k in ("no preload", "preload numpy")
                   if k in cold)
     environments_ok = environments.verified(results.get("environments", {}))
-    return warm_ok and throughput_ok and memory_ok and cold_ok and environments_ok
+    startup_ok = startup.verified(results.get("startup", {}))
+    return warm_ok and throughput_ok and memory_ok and cold_ok and environments_ok and startup_ok
 
 
 def write_markdown(path: str, text: str) -> None:

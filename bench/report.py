@@ -308,6 +308,51 @@ def _wrong_outputs(e: dict) -> list:
             + "\n".join("    %s" % w for w in wrong[:5])] if wrong else []
 
 
+def _startup_rows(rows: list, by: dict) -> list:
+    python, floor = by.get('python -c "print(2+3)"'), by.get("/bin/true")
+    return [[r["command"], r["runs"], _ms(r["median"]) if r["median"] >= 10 else
+             "%.2f" % r["median"], "%.2f ± %.2f" % (r["mean"], r["stddev"]), "%.2f" % r["min"],
+             "%.2f" % r["max"], "%.2fx" % (r["median"] / python["median"]) if python else "-",
+             "%.1fx" % (r["median"] / floor["median"]) if floor else "-",
+             "%d/%d" % (r["verified"], r["runs"]) + ("" if r["verified"] == r["runs"]
+                                                     else " WRONG")] for r in rows]
+
+
+def startup_section(s: dict) -> str:
+    head = "## Start-up: one whole `pyrust` process against `python` (ms)\n\n"
+    if "skipped" in s:
+        return head + "Skipped: %s." % s["skipped"]
+    text = head + (
+        "The non-editable install of this checkout with the native client built into it as "
+        "install.sh builds it (`cc -O2`), a standalone server of that install, and every "
+        "process (the server's tree, the bench, the commands) pinned to CPU %d. Hyperfine's "
+        "way: %d untimed runs of each command, then %d timed runs, interleaved; each a whole "
+        "process from spawn to exit with its output read and checked. `python` is the "
+        "install's venv interpreter (`%s`). No configuration file for the clients, as after "
+        "install.sh. x python -c and x /bin/true: median over "
+        "that command's median.\n\n" % (s["cpu"], s["warm_up"], s["runs"], s["python"]))
+    if s.get("native_skipped"):
+        text += "Native client: %s.\n\n" % s["native_skipped"]
+    by = {r["command"]: r for r in s["rows"]}
+    headers = ["command", "runs", "median", "mean ± σ", "min", "max", "x python -c",
+               "x /bin/true", "output verified"]
+    text += table(headers, _startup_rows(s["rows"], by), align="l" + "r" * 7 + "l")
+    if "numpy_rows" in s:
+        pyrust_row, python_row = s["numpy_rows"]
+        text += ("\n\n### With numpy preloaded\n\nA server whose configuration (read by the "
+                 "clients too: the Python client then also imports its TOML reader) has "
+                 "`preload = [\"numpy\"]`; the run imports numpy and prints "
+                 "`numpy.zeros(3).sum()`. %s is %.1fx faster than python (median over median)."
+                 "\n\n" % ("pyrust" if s.get("numpy_native") else "The Python client",
+                            python_row["median"] / pyrust_row["median"]))
+        text += table(headers[:6] + ["output verified"],
+                      [r[:6] + r[8:] for r in _startup_rows(s["numpy_rows"], {})],
+                      align="l" + "r" * 5 + "l")
+    elif "numpy_skipped" in s:
+        text += "\n\nWith numpy preloaded: skipped, %s." % s["numpy_skipped"]
+    return text
+
+
 def targets_section(rows: list) -> str:
     if not rows:
         return "## Targets\n\nNo target concerns the sections that ran."
@@ -320,7 +365,7 @@ SECTIONS = (("machine", machine_section), ("warm", warm_section),
             ("throughput", throughput_section), ("cold_start", cold_section),
             ("alternative", alternative_section), ("memory", memory_section),
             ("hot_path", hotpath_section), ("environments", environments_section),
-            ("targets", targets_section))
+            ("startup", startup_section), ("targets", targets_section))
 
 
 def render(results: dict) -> str:

@@ -138,12 +138,50 @@ def environments_targets(env: dict) -> list:
             if r["environment"] == "default, v1" and r["mode"] == "persistent"]
 
 
+def startup_targets(s: dict) -> list:
+    """Return the native client's start-up targets: its median against ``python -c``'s
+    and ``/bin/true``'s, and the numpy run against python's."""
+    from bench import startup
+
+    if "skipped" in s:
+        return [_row("native pyrust -c start-up", s["skipped"], None)]
+    native = startup.row(s, startup.NATIVE)
+    python, floor = startup.row(s, startup.PYTHON), startup.row(s, startup.TRUE)
+    if native is None:
+        return [_row("native pyrust -c <= %.1fx python -c" % startup.PYTHON_RATIO_LIMIT,
+                     s["native_skipped"], None)]
+    ratio, floor_ratio = native["median"] / python["median"], native["median"] / floor["median"]
+    rows = [_row("native pyrust -c \"2+3\" <= %.1fx python -c \"print(2+3)\" (median, pinned)"
+                 % startup.PYTHON_RATIO_LIMIT,
+                 "%.2fx (%.2f vs %.2f ms)" % (ratio, native["median"], python["median"]),
+                 ratio <= startup.PYTHON_RATIO_LIMIT,
+                 _missed_by(ratio, startup.PYTHON_RATIO_LIMIT)),
+            _row("native pyrust -c \"2+3\" within %.0fx of /bin/true (median, pinned)"
+                 % startup.TRUE_RATIO_LIMIT,
+                 "%.2fx (%.2f vs %.2f ms)" % (floor_ratio, native["median"], floor["median"]),
+                 floor_ratio <= startup.TRUE_RATIO_LIMIT,
+                 _missed_by(floor_ratio, startup.TRUE_RATIO_LIMIT))]
+    name = "numpy preloaded: native pyrust >= %.0fx faster than python" % (
+        startup.NUMPY_SPEEDUP_LIMIT)
+    if "numpy_rows" in s and s.get("numpy_native"):
+        pyrust_row, python_row = s["numpy_rows"]
+        speedup = python_row["median"] / pyrust_row["median"]
+        rows.append(_row(name, "%.1fx (%.2f vs %.2f ms)" % (speedup, pyrust_row["median"],
+                                                            python_row["median"]),
+                         speedup >= startup.NUMPY_SPEEDUP_LIMIT,
+                         _missed_by(speedup, startup.NUMPY_SPEEDUP_LIMIT, True)))
+    else:
+        rows.append(_row(name, s.get("numpy_skipped", "numpy not measured"), None))
+    return rows
+
+
 def judge(results: dict) -> list:
     """Return the target rows for every section present in ``results``."""
     rows = []
     for key, judge_section in (("warm", warm_targets), ("throughput", throughput_targets),
                                ("cold_start", cold_targets), ("alternative", alternative_targets),
-                               ("environments", environments_targets)):
+                               ("environments", environments_targets),
+                               ("startup", startup_targets)):
         section = results.get(key)
         if isinstance(section, dict) and "failed" in section:
             rows.append(_row("targets of section %s" % key, section["skipped"], None))

@@ -38,8 +38,11 @@ class Unavailable(Exception):
 
 def _pip(*args: str) -> None:
     """Run this interpreter's pip quietly; raise Unavailable with its output on failure."""
+    # Without PYTHONPATH: a checkout on it (its pyrust.egg-info) makes pip believe the
+    # new venv has pyrust already, and install nothing.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check",
-                           "--quiet", *args], capture_output=True, text=True)
+                           "--quiet", *args], capture_output=True, text=True, env=env)
     if done.returncode:
         raise Unavailable("pip %s failed:\n%s" % (args[0], done.stderr.strip()[-2000:]))
 

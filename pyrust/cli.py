@@ -236,7 +236,12 @@ def run_program(opts: dict) -> int:
         fields.append((protocol.FD_NUMBERS, b"".join(fd.to_bytes(4, "big") for fd in extra)))
     message = client.extended_request(fields, (0, 1, 2) + extra)
     status, payload = client.run(load_settings(opts)[0], env, message, lambda: connect(opts))
-    if status in (protocol.OK, protocol.ERROR, protocol.TIMEOUT) and len(payload) >= 4:
+    if status in (protocol.OK, protocol.ERROR, protocol.TIMEOUT):
+        if len(payload) < 4:  # not from a pyrust service: no exit code to give
+            sys.stderr.write("pyrust: the service's reply (%s) has no exit code (%d bytes), "
+                             "so the code may have run part way\n"
+                             % (protocol.STATUS_NAMES[status], len(payload)))
+            return EXIT_SERVICE
         (code,) = protocol.EXIT_CODE.unpack(payload[:4])
         return _die_by_signal(-code) if code < 0 else code
     return _failed(status, payload)

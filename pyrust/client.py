@@ -87,7 +87,7 @@ def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, byte
             raise _not_delivered(exc) from None
         if interrupts is not None:
             interrupts.request_sent()
-        return protocol.read_response(sock)
+        return read_reply(sock)
     except ConnectionResetError as exc:
         # A Unix socket resets only when closed with unread data in it: the
         # request was not read whole, so it did not run.
@@ -100,6 +100,23 @@ def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, byte
     finally:
         if interrupts is not None:
             _signal.signal(_signal.SIGINT, previous)
+
+
+#: The longest reply a pyrust service sends: config.MAX_MESSAGE_BYTES (not imported
+#: here: the client stays lean; a test checks they agree).
+MAX_REPLY_BYTES = 1024 ** 3
+
+
+def read_reply(sock) -> "tuple[int, bytes]":
+    """Read one reply, as protocol.read_response does, but refuse (ServiceUnavailable)
+    a length no pyrust service sends before allocating room for it."""
+    status, length = protocol.RESPONSE_HEADER.unpack(
+        protocol.recv_exact(sock, protocol.RESPONSE_HEADER.size))
+    if length > MAX_REPLY_BYTES:
+        raise ServiceUnavailable("the service's reply announced %d bytes, more than a pyrust "
+                                 "service ever sends (%d), so the code may have run part way"
+                                 % (length, MAX_REPLY_BYTES))
+    return status, protocol.recv_exact(sock, length, started=True)
 
 
 class _Interrupts:
@@ -146,7 +163,7 @@ def _refusal(sock):
     or None if it sent none.  Whatever it sent is already queued here, so nothing waits."""
     sock.setblocking(False)
     try:
-        return protocol.read_response(sock)
+        return read_reply(sock)
     except (protocol.ConnectionClosed, OSError):
         return None
 

@@ -20,6 +20,73 @@ TIMEOUT = 30.0  # upper bound on any single blocking call in the tests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: The clients a test can run "the pyrust command" through: the Python client,
+#: the native one (client/pyrust.c), and the native one built with the address
+#: and undefined-behaviour sanitizers (the main differential table only).
+CLIENTS = ("python", "native")
+CLIENTS_SANITIZED = CLIENTS + ("native-sanitized",)
+#: Where ./test.sh leaves the builds it made (else they are built once per session).
+NATIVE_ENV = {"native": "PYRUST_TEST_NATIVE", "native-sanitized": "PYRUST_TEST_NATIVE_SANITIZED"}
+_native_builds = {}
+
+
+def native_client(name: str, tmp_path_factory) -> str:
+    """Return the path of the native client ``name`` ("native" or "native-sanitized"):
+    the one ./test.sh built, else one built (strict) once per session into the
+    session's base temp directory.  Skip the test where no C compiler exists; fail
+    it where the client does not build."""
+    if name not in _native_builds:
+        given = os.environ.get(NATIVE_ENV[name])
+        if given:
+            _native_builds[name] = (given, None, None) if os.access(given, os.X_OK) else (
+                None, None, "%s=%s is not an executable" % (NATIVE_ENV[name], given))
+        else:
+            _native_builds[name] = _build_native(name, tmp_path_factory.getbasetemp())
+    path, skip, failure = _native_builds[name]
+    if skip:
+        pytest.skip(skip)
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    return path
+
+
+def _build_native(name, base):
+    """Build client ``name`` under ``base``; return (path, skip reason, failure)."""
+    from pyrust import native
+
+    directory = base / "native-client"
+    directory.mkdir(exist_ok=True)
+    out, launcher = directory / ("pyrust-" + name), directory / "pyrust-python"
+    args = ["--out", str(out), "--launcher", str(launcher), "--python", sys.executable,
+            "--strict"] + (["--sanitize"] if name == "native-sanitized" else [])
+    proc = subprocess.run([sys.executable, "-m", "pyrust.native", *args], capture_output=True,
+                          text=True, env=pyrust_env())
+    if proc.returncode == native.NO_COMPILER:
+        return None, "no C compiler: the native client was not built", None
+    if proc.returncode != 0:
+        return None, None, "building the %s client failed:\n%s" % (name, proc.stderr)
+    return str(out), None, None
+
+
+def client_command(name: str, tmp_path_factory) -> list:
+    """Return the argv prefix that runs the pyrust command through client ``name``."""
+    if name == "python":
+        return [sys.executable, "-m", "pyrust"]
+    return [native_client(name, tmp_path_factory)]
+
+
+@pytest.fixture(params=CLIENTS)
+def pyrust_command(request, tmp_path_factory) -> list:
+    """The pyrust command (an argv prefix), once through each client."""
+    return client_command(request.param, tmp_path_factory)
+
+
+@pytest.fixture(params=CLIENTS_SANITIZED)
+def pyrust_command_sanitized(request, tmp_path_factory) -> list:
+    """The pyrust command through each client, the sanitized native build too."""
+    return client_command(request.param, tmp_path_factory)
+
+
 def cpython_interpreters() -> list:
     """Return the real interpreters (never a pyenv shim) of CPython 3.9-3.13 found here."""
     import glob

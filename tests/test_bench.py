@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bench import client, coldstart, environments, servers, stats, throughput
+from bench import client, coldstart, environments, servers, startup, stats, throughput
 from bench.programs import PROGRAMS, Program
 from conftest import ROOT, TIMEOUT, pyrust_env
 
@@ -98,6 +98,31 @@ def test_the_bench_command_writes_every_figure(tmp_path):
     for heading in ("## Warm path", "## New connections", "## Memory and forks",
                     "## Targets"):
         assert heading in done.stdout
+
+
+def test_the_startup_section_times_and_checks_every_process(tmp_path):
+    """The start-up section: the native client (where it builds), the Python client,
+    python -c, python -I -S -c and /bin/true, each process's output checked; the numpy
+    case where numpy is installed; the targets judged."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "startup", "--json", str(out)],
+        cwd=ROOT, env=pyrust_env(), capture_output=True, text=True, timeout=TIMEOUT * 4)
+    assert done.returncode == 0, done.stderr
+    section = json.loads(out.read_text())["startup"]
+    assert "skipped" not in section, section
+    commands = [r["command"] for r in section["rows"]]
+    assert commands[-4:] == [startup.PYTHON_CLIENT, startup.PYTHON, startup.PYTHON_IS,
+                             startup.TRUE]
+    assert commands[:-4] == ([startup.NATIVE] if section["native"] else [])
+    for row in section["rows"] + section.get("numpy_rows", []):
+        assert (row["runs"], row["verified"]) == (3, 3), row
+        assert 0 < row["min"] <= row["median"] <= row["max"] and row["stddev"] >= 0
+    assert ("numpy_rows" in section) == ("numpy_skipped" not in section)
+    targets = [t for t in json.loads(out.read_text())["targets"]
+               if t["target"].startswith(("native pyrust", "numpy preloaded"))]
+    assert len(targets) == (3 if section["native"] else 1)
+    assert "## Start-up" in done.stdout
 
 
 def _check_new_connections(section):

@@ -55,21 +55,23 @@ TRANSCRIPTS = [
 ]
 
 
-def pyrust(args, env=None, **kwargs):
-    """Run the pyrust command with this checkout; return the CompletedProcess (text)."""
+def pyrust(args, env=None, command=None, **kwargs):
+    """Run the pyrust command with this checkout (through the client ``command``, an
+    argv prefix; the Python client by default); return the CompletedProcess."""
     kwargs.setdefault("stdin", subprocess.DEVNULL)
-    return subprocess.run([sys.executable, "-m", "pyrust", *args], capture_output=True,
+    command = command or [sys.executable, "-m", "pyrust"]
+    return subprocess.run([*command, *args], capture_output=True,
                           timeout=TIMEOUT, env=pyrust_env(**(env or {})), **kwargs)
 
 
 @pytest.mark.parametrize("args, stdout, stderr, code", TRANSCRIPTS,
                          ids=lambda v: repr(v) if isinstance(v, list) else "")
-def test_transcript(server, tmp_path, args, stdout, stderr, code):
+def test_transcript(pyrust_command, server, tmp_path, args, stdout, stderr, code):
     noautostart = tmp_path / "noautostart.toml"
     noautostart.write_text("autostart = false\n")
     args = [a.replace("{socket}", server.path).replace("{noautostart}", str(noautostart))
             for a in args]
-    result = pyrust(args, env={"PYRUST_SOCKET": server.path,
+    result = pyrust(args, command=pyrust_command, env={"PYRUST_SOCKET": server.path,
                                "XDG_STATE_HOME": str(tmp_path / "state")})
     # Usage errors print the usage after the message.
     assert result.stderr.decode().startswith(stderr) if code == 2 else \
@@ -77,23 +79,24 @@ def test_transcript(server, tmp_path, args, stdout, stderr, code):
     assert (result.stdout.decode(), result.returncode) == (stdout, code)
 
 
-def test_help(server):
-    result = pyrust(["--help"])
+def test_help(pyrust_command, server):
+    result = pyrust(["--help"], command=pyrust_command)
     assert result.returncode == 0 and "usage: pyrust" in result.stdout.decode()
 
 
-def test_socket_from_the_configuration_file(server, tmp_path):
+def test_socket_from_the_configuration_file(pyrust_command, server, tmp_path):
     config = tmp_path / "pyrust" / "config.toml"
     config.parent.mkdir()
     config.write_text("socket = %r\n" % server.path)
-    assert pyrust(["-c", "2+3"], env={"XDG_CONFIG_HOME": str(tmp_path)}).stdout == b"5\n"
-    assert pyrust(["--config", str(config), "-c", "2+3"]).stdout == b"5\n"
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    assert pyrust(["-c", "2+3"], command=pyrust_command, env=env).stdout == b"5\n"
+    assert pyrust(["--config", str(config), "-c", "2+3"], command=pyrust_command).stdout == b"5\n"
 
 
-def test_a_bad_configuration_is_reported_by_the_client(tmp_path):
+def test_a_bad_configuration_is_reported_by_the_client(pyrust_command, tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("socket = 3\n")
-    result = pyrust(["--config", str(config), "-c", "2+3"])
+    result = pyrust(["--config", str(config), "-c", "2+3"], command=pyrust_command)
     assert result.returncode == 125
     assert result.stderr.decode().startswith("pyrust: %s: key 'socket'" % config)
 
@@ -148,11 +151,11 @@ def test_daemon_starts_a_background_server_once(tmp_path):
         stop_background_server(socket_path)
 
 
-def test_concurrent_first_calls_start_one_server(tmp_path):
+def test_concurrent_first_calls_start_one_server(pyrust_command, tmp_path):
     env = isolated_env(tmp_path)
     socket_path = str(tmp_path / "run" / "pyrust" / "pyrust.sock")
     try:
-        calls = [subprocess.Popen([sys.executable, "-m", "pyrust", "-c", "import os; os.getppid()"],
+        calls = [subprocess.Popen([*pyrust_command, "-c", "import os; os.getppid()"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   env=pyrust_env(**env)) for _ in range(4)]
         results = [(c.communicate(timeout=TIMEOUT), c.returncode) for c in calls]
@@ -164,12 +167,12 @@ def test_concurrent_first_calls_start_one_server(tmp_path):
         stop_background_server(socket_path)
 
 
-def test_no_autostart_where_a_socket_unit_owns_the_path(tmp_path):
+def test_no_autostart_where_a_socket_unit_owns_the_path(pyrust_command, tmp_path):
     env = isolated_env(tmp_path)
     unit = tmp_path / "config" / "systemd" / "user" / "pyrust.socket"
     unit.parent.mkdir(parents=True)
     unit.write_text("[Socket]\n")
-    result = pyrust(["-c", "2+3"], env=env)
+    result = pyrust(["-c", "2+3"], command=pyrust_command, env=env)
     assert result.returncode == 125
     assert result.stderr.decode() == (
         "pyrust: %s owns %s but nothing answers there; start it with the service manager "
@@ -285,24 +288,26 @@ def test_old_flags_ask_the_service(make_server, tmp_path):
 
 
 @pytest.mark.parametrize("form", ["stdin", "file", "-c"])
-def test_an_oversized_program_is_refused_with_the_true_reason(make_server, tmp_path, form):
+def test_an_oversized_program_is_refused_with_the_true_reason(pyrust_command, make_server,
+                                                              tmp_path, form):
     server = make_server("max_request_bytes = 60000\n", workers=1)
     env = {"PYRUST_SOCKET": server.path}
     program = "x = 1\n" * (12_000_000 // 6 if form == "stdin" else 12_000)
     if form == "stdin":  # 12 MB: the server refuses long before the client has sent it
-        result = pyrust(["-"], env=env, stdin=None, input=program.encode())
+        result = pyrust(["-"], command=pyrust_command, env=env, stdin=None,
+                        input=program.encode())
     elif form == "file":
         (tmp_path / "big.py").write_text(program)
-        result = pyrust([str(tmp_path / "big.py")], env=env)
+        result = pyrust([str(tmp_path / "big.py")], command=pyrust_command, env=env)
     else:
-        result = pyrust(["-c", program], env=env)
+        result = pyrust(["-c", program], command=pyrust_command, env=env)
     assert result.returncode == 125
     match = re.fullmatch(r"pyrust: bad request: request too large \((\d+) bytes; the limit is "
                          r"60000, setting max_request_bytes\)\n", result.stderr.decode())
     assert match, result.stderr
     assert int(match.group(1)) >= len(program)
     assert result.stdout == b""
-    assert pyrust(["-c", "2+3"], env=env).stdout == b"5\n"
+    assert pyrust(["-c", "2+3"], command=pyrust_command, env=env).stdout == b"5\n"
 
 
 # --- relative paths on the command line -------------------------------------
@@ -345,9 +350,10 @@ def test_a_relative_config_reaches_an_autostarted_server(tmp_path):
         stop_background_server(socket_path)  # waits until it is gone
 
 
-def test_a_relative_bad_config_is_named_in_full(tmp_path):
+def test_a_relative_bad_config_is_named_in_full(pyrust_command, tmp_path):
     (tmp_path / "bad.toml").write_text("idle_timeout = inf\n")
-    result = pyrust(["--config", "bad.toml", "--socket", "s.sock", "-c", "1"], cwd=str(tmp_path))
+    result = pyrust(["--config", "bad.toml", "--socket", "s.sock", "-c", "1"],
+                    command=pyrust_command, cwd=str(tmp_path))
     assert result.returncode == 125
     assert result.stderr.decode() == (
         "pyrust: %s: key 'idle_timeout': expected a number of seconds from 0.001 to 31536000 "

@@ -112,17 +112,18 @@ def client_env(tmp_path, **extra) -> dict:
     return env
 
 
-def pyrust(service, tmp_path, args, env=None, **kwargs):
+def pyrust(command, service, tmp_path, args, env=None, **kwargs):
+    """Run the pyrust command through client ``command`` (an argv prefix) on ``service``."""
     kwargs.setdefault("stdin", subprocess.DEVNULL)
-    return subprocess.run([sys.executable, "-m", "pyrust", "--socket", service.path,
+    return subprocess.run([*command, "--socket", service.path,
                            "--python", PYTHON, *args], capture_output=True, timeout=TIMEOUT,
                           cwd=str(tmp_path), env=env or client_env(tmp_path), **kwargs)
 
 
-def test_a_new_environment_is_ensured_then_run_in_its_template(service, tmp_path):
+def test_a_new_environment_is_ensured_then_run_in_its_template(pyrust_command, service, tmp_path):
     env = client_env(tmp_path, PYTHONHASHSEED="3", PYTHONWARNINGS="error")
-    result = pyrust(service, tmp_path, ["-u", "-O", "-X", "dev", "-W", "error", "-c", "2+3",
-                                        "a"], env=env)
+    result = pyrust(pyrust_command, service, tmp_path,
+                    ["-u", "-O", "-X", "dev", "-W", "error", "-c", "2+3", "a"], env=env)
     assert (result.returncode, result.stderr) == (7, b"")
     expected = environment.Environment(PYTHON, startup=["-O", "-Xdev", "PYTHONHASHSEED=3"])
     template = environment.template_socket(service.path, expected.key())
@@ -136,18 +137,19 @@ def test_a_new_environment_is_ensured_then_run_in_its_template(service, tmp_path
     assert (run[protocol.PYOPT], run[protocol.ECHO]) == ([b"-u", b"-Werror"], b"1")
     assert b"PYTHONWARNINGS=error" in run[protocol.ENV]  # per run: the run applies it
     # The next run goes straight to the template.
-    assert pyrust(service, tmp_path, ["-O", "-Xdev", "-c", "1"], env=env).returncode == 7
+    assert pyrust(pyrust_command, service, tmp_path, ["-O", "-Xdev", "-c", "1"],
+                  env=env).returncode == 7
     assert [path for path, _ in service.requests[2:]] == [template]
 
 
 def test_a_template_that_serves_another_environment_sends_the_client_to_the_service(
-        service, tmp_path):
+        pyrust_command, service, tmp_path):
     env = environment.Environment(PYTHON)
     stale = environment.template_socket(service.path, env.key())
     service.listen(stale)
     service.run_replies[stale] = protocol.WRONG_TEMPLATE
     service.ensure_reply = (protocol.OK, os.fsencode(service.path))  # "use the main socket"
-    result = pyrust(service, tmp_path, ["-c", "1"])
+    result = pyrust(pyrust_command, service, tmp_path, ["-c", "1"])
     assert (result.returncode, result.stderr) == (7, b"")
     assert [(path, f[protocol.OP]) for path, f in service.requests] == [
         (stale, protocol.OP_RUN), (service.path, protocol.OP_ENSURE),
@@ -155,13 +157,13 @@ def test_a_template_that_serves_another_environment_sends_the_client_to_the_serv
     assert service.requests[0][1] == service.requests[2][1]  # the same request, sent again
 
 
-def test_no_retry_storm_when_the_named_socket_is_wrong_too(service, tmp_path):
+def test_no_retry_storm_when_the_named_socket_is_wrong_too(pyrust_command, service, tmp_path):
     env = environment.Environment(PYTHON)
     stale = environment.template_socket(service.path, env.key())
     service.listen(stale)
     service.run_replies[stale] = protocol.WRONG_TEMPLATE
     service.ensure_reply = (protocol.OK, os.fsencode(stale))
-    result = pyrust(service, tmp_path, ["-c", "1"])
+    result = pyrust(pyrust_command, service, tmp_path, ["-c", "1"])
     assert result.returncode == 125
     assert result.stderr == b"pyrust: wrong environment: this socket serves another " \
                             b"environment\n"
@@ -169,20 +171,20 @@ def test_no_retry_storm_when_the_named_socket_is_wrong_too(service, tmp_path):
     assert len(service.requests) == 1 + 2 * client.ENSURE_ATTEMPTS
 
 
-def test_an_environment_that_cannot_start_is_a_clear_error(service, tmp_path):
+def test_an_environment_that_cannot_start_is_a_clear_error(pyrust_command, service, tmp_path):
     service.ensure_reply = (protocol.SERVICE_ERROR,
                             b"%s: no such file or directory\n" % PYTHON.encode())
-    result = pyrust(service, tmp_path, ["-c", "1"])
+    result = pyrust(pyrust_command, service, tmp_path, ["-c", "1"])
     assert (result.returncode, result.stdout) == (125, b"")
     assert result.stderr == b"pyrust: /opt/py/bin/python: no such file or directory\n"
     assert not service.runs()
 
 
-def test_the_project_names_preloads_root_and_echo(service, tmp_path):
+def test_the_project_names_preloads_root_and_echo(pyrust_command, service, tmp_path):
     (tmp_path / "pyproject.toml").write_text(
         '[tool.pyrust]\npreload = ["json", "csv"]\necho = false\n')
     (tmp_path / "sub").mkdir()
-    result = subprocess.run([sys.executable, "-m", "pyrust", "--socket", service.path,
+    result = subprocess.run([*pyrust_command, "--socket", service.path,
                              "--python", PYTHON, "-c", "1"], capture_output=True,
                             timeout=TIMEOUT, cwd=str(tmp_path / "sub"),
                             stdin=subprocess.DEVNULL, env=client_env(tmp_path))
@@ -201,17 +203,17 @@ def test_the_project_names_preloads_root_and_echo(service, tmp_path):
     (["script.py", "b"], b"", b"f", b"script.py", [b"script.py", b"b"]),
     (["-m", "json.tool", "-h"], b"", b"m", b"json.tool", [b"-m", b"-h"]),
 ])
-def test_each_program_form(service, tmp_path, args, stdin, form, source, argv):
-    result = pyrust(service, tmp_path, args, stdin=None, input=stdin)
+def test_each_program_form(pyrust_command, service, tmp_path, args, stdin, form, source, argv):
+    result = pyrust(pyrust_command, service, tmp_path, args, stdin=None, input=stdin)
     assert result.returncode == 7, result.stderr
     (_, run), = service.runs()
     assert (run[protocol.FORM], run[protocol.SOURCE], run[protocol.ARG]) == (form, source, argv)
 
 
-def test_a_terminal_on_stdin_gets_pythons_prompt(service, tmp_path):
+def test_a_terminal_on_stdin_gets_pythons_prompt(pyrust_command, service, tmp_path):
     leader, follower = os.openpty()
     try:
-        result = pyrust(service, tmp_path, ["-q"], stdin=follower)
+        result = pyrust(pyrust_command, service, tmp_path, ["-q"], stdin=follower)
     finally:
         os.close(leader)
         os.close(follower)
@@ -236,11 +238,11 @@ def test_the_run_path_stays_lean(service, tmp_path):
     assert not any(name.startswith("pyrust.server") for name in imported)
 
 
-def test_an_untrusted_directory_is_refused_by_the_main_sockets_name(tmp_path):
+def test_an_untrusted_directory_is_refused_by_the_main_sockets_name(pyrust_command, tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
-    result = subprocess.run([sys.executable, "-m", "pyrust", "--socket",
+    result = subprocess.run([*pyrust_command, "--socket",
                              str(shared / "pyrust.sock"), "-c", "1"], capture_output=True,
                             timeout=TIMEOUT, env=client_env(tmp_path), stdin=subprocess.DEVNULL)
     assert result.returncode == 125
@@ -254,7 +256,7 @@ def fake_venv(directory, python) -> str:
     return str(directory)
 
 
-def test_version_is_the_chosen_interpreters(tmp_path):
+def test_version_is_the_chosen_interpreters(pyrust_command, tmp_path):
     from test_pyoptions import INTERPRETERS
 
     first, last = INTERPRETERS[0], INTERPRETERS[-1]
@@ -267,7 +269,7 @@ def test_version_is_the_chosen_interpreters(tmp_path):
     other = fake_venv(tmp_path / "active", last)
 
     def pyrust_version(**extra):
-        return subprocess.run([sys.executable, "-m", "pyrust", "-V"], capture_output=True,
+        return subprocess.run([*pyrust_command, "-V"], capture_output=True,
                               timeout=TIMEOUT, cwd=str(project / "src"),
                               env=client_env(tmp_path, **extra)).stdout
 
@@ -276,8 +278,8 @@ def test_version_is_the_chosen_interpreters(tmp_path):
     assert pyrust_version(PYRUST_PYTHON=first, VIRTUAL_ENV=other) == version[first]
 
 
-def test_an_interpreter_that_does_not_exist_is_named(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pyrust", "--python", str(tmp_path / "no"),
+def test_an_interpreter_that_does_not_exist_is_named(pyrust_command, tmp_path):
+    result = subprocess.run([*pyrust_command, "--python", str(tmp_path / "no"),
                              "-V"], capture_output=True, timeout=TIMEOUT,
                             env=client_env(tmp_path))
     assert (result.returncode, result.stdout) == (125, b"")

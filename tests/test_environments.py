@@ -137,9 +137,16 @@ def client_env(server, home, **extra) -> dict:
     return env
 
 
-def pyrust(args, env, cwd, **kwargs) -> subprocess.CompletedProcess:
+@pytest.fixture
+def client(pyrust_command) -> list:
+    """The pyrust command through each client (the Python one as the launcher runs it)."""
+    return CLIENT if pyrust_command[1:] == ["-m", "pyrust"] else pyrust_command
+
+
+def pyrust(args, env, cwd, client=CLIENT, **kwargs) -> subprocess.CompletedProcess:
+    """Run the pyrust command through ``client`` (an argv prefix)."""
     kwargs.setdefault("stdin", subprocess.DEVNULL)
-    return subprocess.run(CLIENT + list(args), capture_output=True, text=True,
+    return subprocess.run(client + list(args), capture_output=True, text=True,
                           timeout=TIMEOUT, env=env, cwd=str(cwd), **kwargs)
 
 
@@ -235,7 +242,7 @@ def selections(venv, mode) -> "tuple[list, dict]":
             "PYRUST_PYTHON": ([], {"PYRUST_PYTHON": venv.python})}[mode]
 
 
-def test_runs_alternating_between_venvs_each_see_their_own(make_server, venvs, home, work):
+def test_runs_alternating_between_venvs_each_see_their_own(client, make_server, venvs, home, work):
     server = make_server()
     alpha, beta = venvs
     base = client_env(server, home)
@@ -253,7 +260,7 @@ def test_runs_alternating_between_venvs_each_see_their_own(make_server, venvs, h
     for mode in ("VIRTUAL_ENV", "--python DIR", "--python PYTHON", "PYRUST_PYTHON"):
         for venv in (alpha, beta, None, beta, alpha):
             options, variables = selections(venv, mode)
-            result = pyrust(options + ["-c", PROBE], dict(base, **variables), work)
+            result = pyrust(options + ["-c", PROBE], dict(base, **variables), work, client=client)
             assert probe(result) == expected[venv], (mode, venv)
             parents[venv].add(parent(result))
     listed = templates(base, work)
@@ -264,7 +271,7 @@ def test_runs_alternating_between_venvs_each_see_their_own(make_server, venvs, h
         None: [listed[(default, ())]["pid"]]}
     assert [t["venv"] for t in status(base, work)["templates"] if t["default"]] == [None]
     assert {listed[(v.python, ())]["venv"] for v in venvs} == {alpha.dir, beta.dir}
-    text = pyrust(["status"], base, work).stdout
+    text = pyrust(["status"], base, work, client=client).stdout
     assert all(p in text for p in (alpha.python, beta.python, default)), text
     # Each template is its environment's interpreter running this checkout's server
     # code (PYTHON -c BOOTSTRAP ROOT ...), whatever checkout the test's venv maps.
@@ -276,7 +283,7 @@ def test_runs_alternating_between_venvs_each_see_their_own(make_server, venvs, h
         assert command[command.index("-c") + 2] == ROOT, command
 
 
-def test_each_program_form_sees_its_venv(make_server, venvs, home, work):
+def test_each_program_form_sees_its_venv(client, make_server, venvs, home, work):
     """sys.path[0] and the rest for a script, -m, stdin, and start-up options."""
     server = make_server()
     (work / "sub").mkdir()
@@ -289,14 +296,15 @@ def test_each_program_form_sees_its_venv(make_server, venvs, home, work):
             given = {"input": PROBE, "stdin": None} if args == ["-"] else {}
             expected = subprocess.run([venv.python] + args, capture_output=True, text=True,
                                       timeout=TIMEOUT, env=env, cwd=str(work), **given)
-            assert probe(pyrust(args, env, work, **given)) == probe(expected), (venv, args)
+            got = probe(pyrust(args, env, work, client=client, **given))
+            assert got == probe(expected), (venv, args)
 
 
-def test_isolated_mode_sees_its_venv(make_server, venvs, home, work):
+def test_isolated_mode_sees_its_venv(client, make_server, venvs, home, work):
     server = make_server()
     env = client_env(server, home, VIRTUAL_ENV=venvs[1].dir)
     expected = probe(python(venvs[1].python, ["-I", "-c", PROBE], env, work))
-    assert probe(pyrust(["-I", "-c", PROBE], env, work)) == expected
+    assert probe(pyrust(["-I", "-c", PROBE], env, work, client=client)) == expected
 
 
 def test_runs_arriving_together_share_one_cold_start(make_server, venvs, home, work):
@@ -360,7 +368,7 @@ def test_a_venv_made_anew_with_another_version_is_seen(make_server, venvs, own_v
 # -- 2. PYTHONPATH ---------------------------------------------------------------------
 
 
-def test_pythonpath_entries_are_where_python_places_them(make_server, venvs, home, work):
+def test_pythonpath_entries_are_where_python_places_them(client, make_server, venvs, home, work):
     server = make_server()
     first, second = work / "first", work / "second"
     for directory, where in ((first, "first"), (second, "second")):
@@ -377,9 +385,11 @@ def test_pythonpath_entries_are_where_python_places_them(make_server, venvs, hom
         expected = probe(python(interpreter, ["-c", PROBE], dict(env, **variables), work))
         assert expected["frompath"] == "first" and expected["alpha"] == "alpha on PYTHONPATH"
         assert str(first) in expected["path"]
-        assert probe(pyrust(["-c", PROBE], dict(env, **variables), work)) == expected, venv
+        got = probe(pyrust(["-c", PROBE], dict(env, **variables), work, client=client))
+        assert got == expected, venv
     # The same templates serve runs without PYTHONPATH: it is per run, not in the key.
-    clean = probe(pyrust(["-c", PROBE], client_env(server, home, VIRTUAL_ENV=alpha.dir), work))
+    clean = probe(pyrust(["-c", PROBE], client_env(server, home, VIRTUAL_ENV=alpha.dir), work,
+                         client=client))
     assert clean["frompath"] is None and clean["alpha"] == "alpha in alpha"
     assert len(status(env, work)["templates"]) == 3
 
@@ -407,7 +417,8 @@ def make_project(directory, venv, preload, echo=None) -> str:
     return str(directory)
 
 
-def test_a_projects_preloads_are_warm_in_its_own_interpreter(make_server, venvs, home, tmp_path):
+def test_a_projects_preloads_are_warm_in_its_own_interpreter(client, make_server, venvs, home,
+                                                             tmp_path):
     server = make_server()
     alpha, beta = venvs
     project = tmp_path / "project"
@@ -416,11 +427,11 @@ def test_a_projects_preloads_are_warm_in_its_own_interpreter(make_server, venvs,
     env = client_env(server, home)
     # The project's interpreter (by its relative path), its sys.path, as python -c shows.
     expected = probe(python(beta.python, ["-c", PROBE], env, project))
-    assert probe(pyrust(["-c", PROBE], env, project)) == expected
+    assert probe(pyrust(["-c", PROBE], env, project, client=client)) == expected
     imported = "import counted, os, sys\nprint(counted.PID, os.getpid(), counted.__file__)"
     pids = []
     for _ in range(3):
-        result = pyrust(["-c", imported], env, project)
+        result = pyrust(["-c", imported], env, project, client=client)
         assert result.returncode == 0, result.stderr
         module_pid, run_pid, path = result.stdout.split()
         assert path == str(project / "counted.py")
@@ -433,7 +444,7 @@ def test_a_projects_preloads_are_warm_in_its_own_interpreter(make_server, venvs,
     assert (entry["pid"], entry["python"], entry["preload"], entry["venv"]) == (
         pids[0][0], beta.python, ["counted"], beta.dir)
     # A venv that is active wins over the project's interpreter.
-    active = probe(pyrust(["-c", PROBE], dict(env, VIRTUAL_ENV=alpha.dir), project))
+    active = probe(pyrust(["-c", PROBE], dict(env, VIRTUAL_ENV=alpha.dir), project, client=client))
     assert (active["prefix"], active["alpha"]) == (alpha.dir, "alpha in alpha")
 
 
@@ -445,17 +456,18 @@ def test_a_projects_preloads_are_warm_in_its_own_interpreter(make_server, venvs,
     "1/0",
     "raise SystemExit(3)",
 ])
-def test_a_projects_echo_false_gives_pythons_exact_c(make_server, venvs, home, tmp_path, code):
+def test_a_projects_echo_false_gives_pythons_exact_c(client, make_server, venvs, home, tmp_path,
+                                                     code):
     server = make_server()
     project = tmp_path / "project"
     make_project(project, venvs[0], [], echo=False)
     env = client_env(server, home)
     expected = python(venvs[0].python, ["-c", code], env, project)
-    result = pyrust(["-c", code], env, project)
+    result = pyrust(["-c", code], env, project, client=client)
     assert (result.stdout, result.stderr, result.returncode) == (
         expected.stdout, expected.stderr, expected.returncode)
     # Outside the project the echo is back: pyrust's -c "2+3" prints 5.
-    assert pyrust(["-c", "2+3"], env, tmp_path).stdout == "5\n"
+    assert pyrust(["-c", "2+3"], env, tmp_path, client=client).stdout == "5\n"
 
 
 # -- 4. environments that cannot start ----------------------------------------------------
@@ -480,14 +492,15 @@ def assert_still_serving(server, env, cwd, venv) -> None:
     assert server.request("2+3") == (0, "5\n")  # a protocol-v1 client too
 
 
-def test_an_interpreter_that_does_not_exist(make_server, venvs, home, work):
+def test_an_interpreter_that_does_not_exist(client, make_server, venvs, home, work):
     server = make_server()
     env = client_env(server, home)
     missing = str(work / "nowhere" / "bin" / "python")
     for options, variables in (
             (["--python", missing], {}), ([], {"PYRUST_PYTHON": missing}),
             ([], {"VIRTUAL_ENV": str(work / "nowhere")})):
-        result = pyrust(options + ["-c", "print('ran')"], dict(env, **variables), work)
+        result = pyrust(options + ["-c", "print('ran')"], dict(env, **variables), work,
+                        client=client)
         assert_refused(result, missing, "No such file or directory")
         assert_still_serving(server, env, work, venvs[0])
     # No socket is left for the interpreter that does not exist: only the listed ones.
@@ -500,12 +513,12 @@ OLD = [INTERPRETERS[v] for v in ((2, 7), (3, 8)) if v in INTERPRETERS]
 
 @pytest.mark.skipif(not OLD, reason="no CPython 2.7 or 3.8 here (pyenv under %s)" % pyenv_root())
 @pytest.mark.parametrize("old", OLD)
-def test_an_interpreter_older_than_3_9(make_server, venvs, home, work, old):
+def test_an_interpreter_older_than_3_9(client, make_server, venvs, home, work, old):
     server = make_server()
     env = client_env(server, home)
     version = subprocess.run([old, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
                              capture_output=True, text=True, timeout=TIMEOUT).stdout.strip()
-    result = pyrust(["--python", old, "-c", "print('ran')"], env, work)
+    result = pyrust(["--python", old, "-c", "print('ran')"], env, work, client=client)
     assert_refused(result, old, version, "CPython 3.9")
     assert_still_serving(server, env, work, venvs[0])
 
@@ -518,7 +531,8 @@ raise RuntimeError('broken on purpose')
 """
 
 
-def test_a_failing_preload_is_refused_without_a_retry_storm(make_server, venvs, home, tmp_path):
+def test_a_failing_preload_is_refused_without_a_retry_storm(client, make_server, venvs, home,
+                                                            tmp_path):
     server = make_server()
     alpha = venvs[0]
     project = tmp_path / "project"
@@ -527,7 +541,7 @@ def test_a_failing_preload_is_refused_without_a_retry_storm(make_server, venvs, 
     env = client_env(server, home)
     started = time.monotonic()
     for _ in range(20):
-        result = pyrust(["-c", "print('ran')"], env, project)
+        result = pyrust(["-c", "print('ran')"], env, project, client=client)
         assert_refused(result, alpha.python, "broken", "RuntimeError: broken on purpose")
     elapsed = time.monotonic() - started
     # Each start of the environment's template imported broken.py once.

@@ -31,6 +31,8 @@ from pyrust.environment import default_python
 from conftest import ROOT, TIMEOUT, default_signals, pyrust_env, request
 
 PYTHON = [default_python()]  # the interpreter runs get by default
+#: The pyrust command through the Python client; the tables that exercise the
+#: client itself run through each client (the ``pyrust_command`` fixture).
 PYRUST = [sys.executable, "-m", "pyrust"]
 #: A server with one spare; the pool may grow so that it can refill.
 ONE_SPARE = dict(config_text="max_workers = 4\n", workers=1)
@@ -385,16 +387,16 @@ def _check_b(opts, got_a, got_b, want_b, cwd, env) -> None:
 
 
 @pytest.mark.parametrize("a, b, opts", [pytest.param(a, b, o, id=n) for n, a, b, o in ISOLATION])
-def test_nothing_of_a_run_reaches_the_next(make_server, tmp_path, a, b, opts):
+def test_nothing_of_a_run_reaches_the_next(pyrust_command, make_server, tmp_path, a, b, opts):
     server = make_server(**ONE_SPARE)
     work = tmp_path / "work"
     work.mkdir()
     env = _env(server.path)
     write_files(work, opts.get("files"))
     want_a = run(PYTHON, ["-c", a], work, env) if opts.get("check_a") else None
-    got_a = run(PYRUST, ["-c", a], work, env)
+    got_a = run(pyrust_command, ["-c", a], work, env)
     write_files(work, opts.get("between"))
-    got_b = run(PYRUST, ["-c", b], work, env)
+    got_b = run(pyrust_command, ["-c", b], work, env)
     want_b = run(PYTHON, ["-c", b], work, env)
     if want_a is not None:
         assert {"A": got_a, "B": got_b} == {"A": want_a, "B": want_b}
@@ -647,7 +649,7 @@ def _kill(pid: int) -> None:
 
 @pytest.mark.parametrize("form", ["c", "f"])
 @pytest.mark.parametrize("code, opts", [pytest.param(c, o, id=n) for n, c, o in EXITS])
-def test_a_run_ends_as_python_ends(make_server, tmp_path, code, opts, form):
+def test_a_run_ends_as_python_ends(pyrust_command, make_server, tmp_path, code, opts, form):
     server = make_server(**ONE_SPARE)
     work = tmp_path / "work"
     work.mkdir()
@@ -657,7 +659,7 @@ def test_a_run_ends_as_python_ends(make_server, tmp_path, code, opts, form):
     args = ["-c", code] if form == "c" else ["prog.py"]
     outcomes = {}
     try:
-        for name, prefix in (("python", PYTHON), ("pyrust", PYRUST)):
+        for name, prefix in (("python", PYTHON), ("pyrust", pyrust_command)):
             outcomes[name] = run(prefix, args, work, env)
             for pidfile in opts.get("gone", []):
                 _assert_gone(_pid(work / pidfile), "%s under %s" % (pidfile, name))
@@ -733,11 +735,11 @@ def run_shell(command, cwd, env) -> Outcome:
 
 
 @pytest.mark.parametrize("command, opts", [pytest.param(c, o, id=n) for n, c, o in SHELL])
-def test_shell_pipelines_and_redirections_as_python(make_server, tmp_path, command, opts):
+def test_shell_pipelines_and_redirections_as_python(pyrust_command, make_server, tmp_path, command, opts):
     server = make_server(**ONE_SPARE)
     env = _env(server.path)
     outcomes = {}
-    for name, prefix in (("python", PYTHON), ("pyrust", PYRUST)):
+    for name, prefix in (("python", PYTHON), ("pyrust", pyrust_command)):
         work = tmp_path / name  # each its own directory: the commands write files
         work.mkdir()
         write_files(work, opts.get("files"))
@@ -745,12 +747,12 @@ def test_shell_pipelines_and_redirections_as_python(make_server, tmp_path, comma
     assert outcomes["pyrust"] == outcomes["python"]
 
 
-def test_a_run_has_no_time_limit_as_under_python(make_server, tmp_path):
+def test_a_run_has_no_time_limit_as_under_python(pyrust_command, make_server, tmp_path):
     """request_timeout bounds v1 requests; a `pyrust` run, like python, has none."""
     server = make_server("max_workers = 4\nrequest_timeout = 0.2\n", workers=1)
     env = _env(server.path)
     code = "import time\ntime.sleep(0.6)\nprint('slept')"
-    assert run(PYRUST, ["-c", code], tmp_path, env) == run(PYTHON, ["-c", code], tmp_path, env)
+    assert run(pyrust_command, ["-c", code], tmp_path, env) == run(PYTHON, ["-c", code], tmp_path, env)
 
 
 def _readline(stream, timeout=TIMEOUT) -> bytes:
@@ -771,13 +773,13 @@ print('sleep ended')
 """
 
 
-def test_ctrl_c_reaches_the_whole_group_as_in_a_terminal(make_server, tmp_path):
+def test_ctrl_c_reaches_the_whole_group_as_in_a_terminal(pyrust_command, make_server, tmp_path):
     """A terminal's Ctrl-C goes to the foreground process group: python and the
     subprocess it waits for.  Here the client stands for that group."""
     server = make_server(**ONE_SPARE)
     env = _env(server.path)
     codes = {}
-    for name, prefix in (("python", PYTHON), ("pyrust", PYRUST)):
+    for name, prefix in (("python", PYTHON), ("pyrust", pyrust_command)):
         work = tmp_path / name
         work.mkdir()
         proc = subprocess.Popen(prefix + ["-c", GROUP_PROGRAM], cwd=str(work), env=env,
@@ -801,10 +803,10 @@ def test_ctrl_c_reaches_the_whole_group_as_in_a_terminal(make_server, tmp_path):
     assert codes["python"][0] == -signal.SIGINT
 
 
-def test_the_group_gets_sighup_when_the_client_goes_away(make_server, tmp_path):
+def test_the_group_gets_sighup_when_the_client_goes_away(pyrust_command, make_server, tmp_path):
     """As when a terminal closes: the run and what it started are hung up."""
     server = make_server(**ONE_SPARE)
-    proc = subprocess.Popen(PYRUST + ["-c", GROUP_PROGRAM], cwd=str(tmp_path),
+    proc = subprocess.Popen(pyrust_command + ["-c", GROUP_PROGRAM], cwd=str(tmp_path),
                             env=_env(server.path), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=default_signals)

@@ -265,6 +265,58 @@ def test_same_as_python(server, python, tmp_path, work, name):
     assert pyrust_result == python_result
 
 
+def command_on_files(pyrust_command, service, python, tmp_path, pyargs, env=None, stdin=b"",
+                     config="echo = false\n"):
+    """Run ``python PYARGS`` and ``pyrust PYARGS`` (the command, through a client)
+    with stdin, stdout and stderr on files and the same environment (which names
+    the service's socket and a configuration: echo off, as python's -c); return
+    their (stdout, stderr, exit status) triples."""
+    config_home = tmp_path / "config"
+    (config_home / "pyrust").mkdir(parents=True, exist_ok=True)
+    (config_home / "pyrust" / "config.toml").write_text("autostart = false\n" + config)
+    env = dict(BASE_ENV, HOME=str(tmp_path), PYRUST_SOCKET=service.path,
+               XDG_CONFIG_HOME=str(config_home), **(env or {}))
+    if pyrust_command[1:] == ["-m", "pyrust"]:
+        # The Python client as installed (-I: the case's PYTHONPATH is the run's,
+        # not the client's), this checkout on its path.
+        pyrust_command = [pyrust_command[0], "-IS", "-c", "import sys; sys.path.append(%r); "
+                          "from pyrust.cli import main; sys.exit(main())" % ROOT]
+    results = []
+    for who, prefix in (("python", [python]), ("pyrust", pyrust_command)):
+        paths = [tmp_path / ("%s.%s" % (who, name)) for name in ("in", "out", "err")]
+        paths[0].write_bytes(stdin)
+        with open(str(paths[0]), "rb") as i, open(str(paths[1]), "wb") as o, \
+                open(str(paths[2]), "wb") as e:
+            code = subprocess.run(prefix + pyargs, stdin=i, stdout=o, stderr=e, env=env,
+                                  cwd=str(tmp_path / "work"), timeout=TIMEOUT,
+                                  preexec_fn=default_signals).returncode
+        results.append((paths[1].read_bytes(), paths[2].read_bytes(), code))
+    return results
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_command_is_python(pyrust_command, service, default_python, tmp_path, work, name):
+    """The same table through the pyrust command (each client), in the default
+    environment: the command line becomes the fields above as python reads it."""
+    case = CASES[name]
+    env = dict(case.get("env") or {})
+    if env.get("PYTHONPATH") == "{stdlib}":
+        env["PYTHONPATH"] = os.path.dirname(subprocess.run(
+            [default_python, "-c", "import os; print(os.__file__)"], capture_output=True,
+            text=True, check=True, timeout=TIMEOUT).stdout.strip())
+    (work / "rel" / "inrel.py").write_text("")
+    python_result, pyrust_result = command_on_files(
+        pyrust_command, service, default_python, tmp_path, case["pyargs"], env,
+        case.get("stdin", b""))
+    assert pyrust_result == python_result
+
+
+def test_the_command_echoes_by_default(pyrust_command, service, default_python, tmp_path, work):
+    python_result, pyrust_result = command_on_files(
+        pyrust_command, service, default_python, tmp_path, ["-c", "x = 2\nx + 3"], config="")
+    assert pyrust_result == (python_result[0] + b"5\n",) + python_result[1:]
+
+
 def test_the_echo_stays_the_default(server, python, tmp_path, work):
     python_result, pyrust_result = both_on_files(
         server, python, tmp_path, ["-c", "x = 2\nx + 3"], "c", "x = 2\nx + 3", ["-c"], echo=None)

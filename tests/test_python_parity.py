@@ -2,7 +2,10 @@
 
 Every program runs as `python ...` and as `pyrust ...` in each form (-c, a
 file, a program on stdin, -m), with the same argv, cwd, environment and stdin;
-stdout, stderr and the exit status must be identical.  The one intended
+stdout, stderr and the exit status must be identical.  Each test runs once per
+client: the Python client (``[python]``), the native one (``[native]``) and the
+native one built with the address and undefined-behaviour sanitizers
+(``[native-sanitized]``).  The one intended
 difference, the -c echo of a final bare expression, is listed in ECHO.
 Known differences that cannot be removed are listed in the README (os._exit
 ends the worker; atexit handlers do not run).
@@ -122,7 +125,7 @@ def command(form, code, args, workdir):
     return ["-"] + args, code.encode()
 
 
-def run_both(server, tmp_path, form, code, extra):
+def run_both(pyrust_command, server, tmp_path, form, code, extra):
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
     (workdir / "parity_helper.py").write_text("X = 'helper'\n")
@@ -132,7 +135,13 @@ def run_both(server, tmp_path, form, code, extra):
     env = pyrust_env(PYRUST_SOCKET=server.path, **extra.get("env", {}))
     return [subprocess.run(prefix + argv, input=stdin, capture_output=True, cwd=workdir,
                            env=env, timeout=TIMEOUT)
-            for prefix in ([PYTHON], [sys.executable, "-m", "pyrust"])]
+            for prefix in ([PYTHON], pyrust_command)]
+
+
+@pytest.fixture
+def pyrust_command(pyrust_command_sanitized):
+    """In this file, every client, the sanitized native build too."""
+    return pyrust_command_sanitized
 
 
 @pytest.fixture(scope="module")
@@ -150,36 +159,37 @@ CASES = [pytest.param(code, extra, form, id="%s-%s" % (name, form))
 
 
 @pytest.mark.parametrize("code, extra, form", CASES)
-def test_same_as_python(parity_server, tmp_path, code, extra, form):
-    python, pyrust = run_both(parity_server, tmp_path, form, code, extra)
+def test_same_as_python(pyrust_command, parity_server, tmp_path, code, extra, form):
+    python, pyrust = run_both(pyrust_command, parity_server, tmp_path, form, code, extra)
     assert pyrust.stderr == python.stderr
     assert pyrust.stdout == python.stdout
     assert pyrust.returncode == python.returncode
 
 
 @pytest.mark.parametrize("name", ECHO)
-def test_the_echo_is_the_one_difference(parity_server, tmp_path, name):
+def test_the_echo_is_the_one_difference(pyrust_command, parity_server, tmp_path, name):
     code, echoed = ECHO[name]
-    python, pyrust = run_both(parity_server, tmp_path, "c", code, {})
+    python, pyrust = run_both(pyrust_command, parity_server, tmp_path, "c", code, {})
     assert pyrust.stdout == python.stdout + echoed.encode()
     assert (pyrust.stderr, pyrust.returncode) == (python.stderr, python.returncode)
 
 
-def test_a_missing_file_is_reported_as_python_does(parity_server, tmp_path):
-    python, pyrust = run_both(parity_server, tmp_path, "c", "", {})  # warm up the workdir
+def test_a_missing_file_is_reported_as_python_does(pyrust_command, parity_server, tmp_path):
+    # Warm up the workdir.
+    python, pyrust = run_both(pyrust_command, parity_server, tmp_path, "c", "", {})
     workdir = tmp_path / "work"
     results = [subprocess.run(prefix + ["no_such_file.py"], capture_output=True, cwd=workdir,
                               env=pyrust_env(PYRUST_SOCKET=parity_server.path), timeout=TIMEOUT)
-               for prefix in ([PYTHON], [sys.executable, "-m", "pyrust"])]
+               for prefix in ([PYTHON], pyrust_command)]
     assert (results[1].stderr, results[1].returncode) == (results[0].stderr, results[0].returncode)
 
 
-def test_isatty_under_a_terminal(parity_server, tmp_path):
+def test_isatty_under_a_terminal(pyrust_command, parity_server, tmp_path):
     import pty
 
     code = "import sys\nprint(sys.stdin.isatty(), sys.stdout.isatty(), sys.stderr.isatty())"
     outputs = []
-    for prefix in ([PYTHON], [sys.executable, "-m", "pyrust"]):
+    for prefix in ([PYTHON], pyrust_command):
         master, slave = pty.openpty()
         proc = subprocess.Popen(prefix + ["-c", code], stdin=slave, stdout=slave, stderr=slave,
                                 env=pyrust_env(PYRUST_SOCKET=parity_server.path))
@@ -199,11 +209,11 @@ def test_isatty_under_a_terminal(parity_server, tmp_path):
     assert outputs[0] == outputs[1] == b"True True True\r\n"
 
 
-def test_ctrl_c_interrupts_the_code_as_in_python(parity_server):
+def test_ctrl_c_interrupts_the_code_as_in_python(pyrust_command, parity_server):
     # One line: the interrupt may land in print() or in sleep(), the same line either way.
     code = "import time; print('ready', flush=True); time.sleep(60)"
     results = []
-    for prefix in ([PYTHON], [sys.executable, "-m", "pyrust"]):
+    for prefix in ([PYTHON], pyrust_command):
         proc = subprocess.Popen(prefix + ["-c", code], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE,
                                 env=pyrust_env(PYRUST_SOCKET=parity_server.path))
@@ -219,7 +229,7 @@ def test_ctrl_c_interrupts_the_code_as_in_python(parity_server):
     assert results[0][1].endswith(b"KeyboardInterrupt")
 
 
-def test_a_killed_client_hangs_up_its_run(tmp_path):
+def test_a_killed_client_hangs_up_its_run(pyrust_command, tmp_path):
     """As a terminal does when it closes: the run's process group gets SIGHUP,
     so the program and the children it started end."""
     import psutil
@@ -230,7 +240,7 @@ def test_a_killed_client_hangs_up_its_run(tmp_path):
         program = ("import os, subprocess, time\n"
                    "child = subprocess.Popen(['sleep', '600'])\n"
                    "print(os.getpid(), child.pid, flush=True)\ntime.sleep(600)")
-        proc = subprocess.Popen([sys.executable, "-m", "pyrust", "-c", program],
+        proc = subprocess.Popen(pyrust_command + ["-c", program],
                                 stdout=subprocess.PIPE, env=pyrust_env(PYRUST_SOCKET=server.path))
         pids = [psutil.Process(int(pid)) for pid in proc.stdout.readline().split()]
         proc.kill()
@@ -242,7 +252,7 @@ def test_a_killed_client_hangs_up_its_run(tmp_path):
         server.close()
 
 
-def test_nothing_a_request_sets_reaches_the_next(parity_server, tmp_path):
+def test_nothing_a_request_sets_reaches_the_next(pyrust_command, parity_server, tmp_path):
     env = pyrust_env(PYRUST_SOCKET=parity_server.path)
     first = ("import os, sys\nos.chdir('/')\nos.environ['LEAKED'] = '1'\nsys.argv.append('x')\n"
              "sys.path.insert(0, '/nowhere')\nleaked = 1")
@@ -250,8 +260,8 @@ def test_nothing_a_request_sets_reaches_the_next(parity_server, tmp_path):
              "'leaked' in globals(), '/nowhere' in sys.path)")
     for _ in range(2):  # two workers: make both run the first program
         for code in (first, first):
-            assert subprocess.run([sys.executable, "-m", "pyrust", "-c", code], cwd=tmp_path,
+            assert subprocess.run(pyrust_command + ["-c", code], cwd=tmp_path,
                                   env=env, timeout=TIMEOUT).returncode == 0
-    result = subprocess.run([sys.executable, "-m", "pyrust", "-c", check], cwd=tmp_path,
+    result = subprocess.run(pyrust_command + ["-c", check], cwd=tmp_path,
                             env=env, capture_output=True, timeout=TIMEOUT)
     assert result.stdout.decode() == "%s None ['-c'] False False\n" % tmp_path

@@ -5,7 +5,6 @@ import os
 import select
 import socket
 import subprocess
-import sys
 
 import pytest
 
@@ -88,8 +87,9 @@ def fallback_env(tmp_path) -> dict:
     return env
 
 
-def run_client(args, env):
-    return subprocess.run([sys.executable, "-m", "pyrust", *args], env=env, capture_output=True,
+def run_client(command, args, env):
+    """Run the pyrust command through client ``command`` (an argv prefix)."""
+    return subprocess.run([*command, *args], env=env, capture_output=True,
                           stdin=subprocess.DEVNULL, timeout=TIMEOUT)
 
 
@@ -99,14 +99,14 @@ CLIENT_COMMANDS = [["-c", "print('secret')"], ["--daemon"], ["--daemon-status"],
 
 @needs_root
 @pytest.mark.parametrize("args", CLIENT_COMMANDS, ids=lambda a: a[0])
-def test_a_directory_another_user_made_first_gets_nothing(tmp_path, args):
+def test_a_directory_another_user_made_first_gets_nothing(pyrust_command, tmp_path, args):
     env = fallback_env(tmp_path)
     directory = tmp_path / "tmp" / ("pyrust-%d" % os.getuid())
     directory.mkdir()
     directory.chmod(0o755)
     os.chown(directory, NOBODY, NOBODY)  # as if the other user had created it
     fake = FakeServer(str(directory / "pyrust.sock"))
-    result = run_client(args, env)
+    result = run_client(pyrust_command, args, env)
     assert fake.report() == (0, 0)  # not even a connection
     assert result.returncode == 125
     assert result.stdout == b""
@@ -120,12 +120,12 @@ def test_a_directory_another_user_made_first_gets_nothing(tmp_path, args):
 
 @needs_root
 @pytest.mark.parametrize("args", CLIENT_COMMANDS, ids=lambda a: a[0])
-def test_a_server_run_by_another_user_gets_nothing(tmp_path, args):
+def test_a_server_run_by_another_user_gets_nothing(pyrust_command, tmp_path, args):
     env = fallback_env(tmp_path)
     directory = tmp_path / "tmp" / ("pyrust-%d" % os.getuid())
     directory.mkdir(mode=0o700)  # ours and private, yet someone else listens in it
     fake = FakeServer(str(directory / "pyrust.sock"))
-    result = run_client(args, env)
+    result = run_client(pyrust_command, args, env)
     assert fake.report() == (1, 0)  # it connected, checked, and sent nothing
     assert result.returncode == 125
     assert result.stderr.decode() == (
@@ -139,7 +139,8 @@ def test_a_server_run_by_another_user_gets_nothing(tmp_path, args):
     ("open", "is open to other users (mode 770); run: chmod 700"),
     ("file", "is not a directory"),
 ])
-def test_the_client_refuses_an_unsafe_directory_before_connecting(tmp_path, setup, problem):
+def test_the_client_refuses_an_unsafe_directory_before_connecting(pyrust_command, tmp_path, setup,
+                                                                  problem):
     directory = tmp_path / "sockdir"
     if setup == "symlink":
         (tmp_path / "real").mkdir(mode=0o700)
@@ -150,7 +151,8 @@ def test_the_client_refuses_an_unsafe_directory_before_connecting(tmp_path, setu
     else:
         directory.write_text("")
     socket_path = str(directory / "pyrust.sock")
-    result = run_client(["--socket", socket_path, "-c", "1"], pyrust_env(HOME=str(tmp_path)))
+    result = run_client(pyrust_command, ["--socket", socket_path, "-c", "1"],
+                        pyrust_env(HOME=str(tmp_path)))
     assert result.returncode == 125
     assert result.stderr.decode().startswith("pyrust: refusing %s: socket directory %s %s"
                                              % (socket_path, directory, problem))

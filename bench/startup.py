@@ -1,0 +1,149 @@
+"""Start-up: one whole ``pyrust`` process, native client and Python client, against python.
+
+What a user pays per call, measured as hyperfine does (warm-up runs, then N
+timed runs; median, mean ± σ, min, max), but with every output checked: the
+non-editable install of this checkout (bench/userinstall.py) with the native
+client built into it as install.sh builds it, a standalone server of that
+install, and every process (the server's tree, the bench, what it starts)
+pinned to one CPU, so that no process runs beside another:
+
+* ``pyrust -c "2+3"`` through the native client and through the Python
+  client (the launcher install.sh falls back to), the install's venv
+  ``python -c "print(2+3)"`` and ``python -I -S -c "print(2+3)"``, and
+  ``/bin/true`` (the floor: a process that does nothing);
+  (no configuration file, as after install.sh);
+* with ``numpy`` preloaded (the configuration the server and the clients
+  read: ``preload = ["numpy"]``; the client must read it to name the
+  environment whose template preloads numpy), ``pyrust -c "import numpy;
+  print(...)"`` against the venv's python running the same.
+
+Processes are timed from spawn to exit with their output read
+(bench/environments.time_process); the commands are interleaved.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+
+from bench import servers
+from bench.environments import Command, time_checked, time_process
+
+#: Untimed runs of each command before the timed ones (hyperfine's --warmup).
+WARM_UP = 5
+NUMPY_CODE = "import numpy; print(numpy.zeros(3).sum())"
+NUMPY_EXPECTED = b"0.0\n"
+#: The issue's targets: the native client's median against python -c and /bin/true,
+#: and how much faster the numpy run is than python's.
+PYTHON_RATIO_LIMIT = 0.2
+TRUE_RATIO_LIMIT = 2.0
+NUMPY_SPEEDUP_LIMIT = 30.0
+
+NATIVE, PYTHON_CLIENT = 'pyrust -c "2+3" (native client)', 'pyrust -c "2+3" (Python client)'
+PYTHON, PYTHON_IS = 'python -c "print(2+3)"', 'python -I -S -c "print(2+3)"'
+TRUE = "/bin/true"
+
+
+def build_native(install, workdir: str):
+    """Build the native client into the install as install.sh does; return its path,
+    or ``(None, why)`` where it cannot be built here."""
+    out = os.path.join(workdir, "pyrust-native")
+    done = subprocess.run(
+        [install.python, "-I", "-m", "pyrust.native", "--source",
+         os.path.join(servers.ROOT, "client"), "--out", out, "--launcher", install.pyrust,
+         "--python", install.python], capture_output=True, text=True, timeout=300)
+    if done.returncode == 0:
+        return out, None
+    if done.returncode == 3:
+        return None, "no C compiler: the native client was not built"
+    return None, "the native client did not build: %s" % done.stderr.strip()[-1000:]
+
+
+def figures(name: str, results: list) -> dict:
+    """Return the hyperfine-style figures (ms) of ``results`` (time_process's answers)."""
+    times = [ms for ms, _ in results]
+    wrong = [problem for _, problem in results if problem]
+    return {"command": name, "runs": len(times), "verified": len(times) - len(wrong),
+            "wrong_examples": wrong[:3], "times_ms": times,
+            "median": statistics.median(times), "mean": statistics.fmean(times),
+            "stddev": statistics.stdev(times) if len(times) > 1 else 0.0,
+            "min": min(times), "max": max(times)}
+
+
+def measure(commands: list, env: dict, cwd: str, runs: int) -> list:
+    """Time every command ``runs`` times, interleaved, after WARM_UP untimed (and
+    checked) runs of each; return one row of figures per command."""
+    for command in commands:
+        for _ in range(WARM_UP):
+            time_checked(command, env, cwd)
+    results = {c.name: [] for c in commands}
+    for _ in range(runs):
+        for command in commands:
+            results[command.name].append(time_process(command, env, cwd))
+    return [figures(c.name, results[c.name]) for c in commands]
+
+
+def _server(workdir: str, name: str, install, cpu: int, preload=()):
+    """Start a standalone server of the install in ``workdir/name/pyrust`` (pinned to
+    ``cpu``); return it and the XDG_CONFIG_HOME whose pyrust/config.toml it reads."""
+    config_home = servers.private_dir(workdir, name)
+    directory = servers.private_dir(config_home, "pyrust")
+    server = servers.start_pyrust(directory, python=install.python, workers=2, preload=preload,
+                                  cpus=(cpu,), source_root=None)
+    return server, config_home
+
+
+def run(workdir: str, install, runs: int, progress) -> dict:
+    """Run the start-up section; return its figures."""
+    if install is None:
+        return {"skipped": "no non-editable install of this checkout (see above)"}
+    cpu = servers.placements()[0].server_cpus[0]
+    progress("start-up: building the native client into the install")
+    native, why = build_native(install, workdir)
+    out = {"cpu": cpu, "runs": runs, "warm_up": WARM_UP, "python": install.python,
+           "native": native, "native_skipped": why}
+    cwd = servers.private_dir(workdir, "startup-cwd")
+    plain = [Command(PYTHON_CLIENT, [install.pyrust, "-c", "2+3"]),
+             Command(PYTHON, [install.python, "-c", "print(2+3)"]),
+             Command(PYTHON_IS, [install.python, "-I", "-S", "-c", "print(2+3)"]),
+             Command(TRUE, ["/bin/true"], b"")]
+    if native:
+        plain.insert(0, Command(NATIVE, [native, "-c", "2+3"]))
+    server, _ = _server(workdir, "startup-server", install, cpu)
+    # No configuration file for the clients, as after install.sh (the Python client
+    # would import its TOML reader and config checks for one: tens of ms).
+    no_config = servers.private_dir(workdir, "startup-no-config")
+    with server, servers.client_pinned((cpu,)):
+        env = servers.server_env(PYRUST_SOCKET=server.path, XDG_CONFIG_HOME=no_config)
+        progress("start-up: %d processes of each of %d commands, pinned to CPU %d"
+                 % (runs + WARM_UP, len(plain), cpu))
+        out["rows"] = measure(plain, env, cwd, runs)
+    if "numpy" not in install.linked:
+        out["numpy_skipped"] = ("numpy is not installed in the bench environment "
+                                "(.venv/bin/pip install -e '.[bench]')")
+        return out
+    heavy = [Command('python -c "%s"' % NUMPY_CODE, [install.python, "-c", NUMPY_CODE],
+                     NUMPY_EXPECTED)]
+    client = native or install.pyrust
+    heavy.insert(0, Command('pyrust -c "%s" (%s client, numpy preloaded)'
+                            % (NUMPY_CODE, "native" if native else "Python"),
+                            [client, "-c", NUMPY_CODE], NUMPY_EXPECTED))
+    server, config_home = _server(workdir, "startup-numpy", install, cpu, preload=("numpy",))
+    with server, servers.client_pinned((cpu,)):
+        env = servers.server_env(PYRUST_SOCKET=server.path, XDG_CONFIG_HOME=config_home)
+        progress("start-up: numpy preloaded, %d processes of each" % (runs + WARM_UP))
+        out["numpy_rows"] = measure(heavy, env, cwd, runs)
+    out["numpy_native"] = bool(native)
+    return out
+
+
+def row(section: dict, name: str):
+    """Return the row of command ``name``, or None."""
+    return next((r for r in section.get("rows", []) if r["command"] == name), None)
+
+
+def verified(section: dict) -> bool:
+    """Return whether every process of the section printed what it must."""
+    return all(r["verified"] == r["runs"]
+               for r in section.get("rows", []) + section.get("numpy_rows", []))
