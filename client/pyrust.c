@@ -11,8 +11,9 @@
  * the Python client with the same argv, the way chg hands off to hg: pyrust's
  * subcommands and flags, --help, starting a service when none answers, and
  * anything this code cannot vouch for (a configuration it does not read, a
- * usage error).  What pyrust leaves to python (-V, an unknown option) execs
- * the environment's python itself.  PYRUST_NO_NATIVE=1 hands off everything.
+ * usage error, an option neither pyrust nor python knows).  What pyrust leaves
+ * to python (-V, -x, --help-env, a value python checks) execs the environment's
+ * python itself.  PYRUST_NO_NATIVE=1 hands off everything.
  *
  * The build (pyrust/native.py) generates pyrust_build.h: the Python client's
  * launcher, the default interpreter, and the settings' checks.
@@ -54,8 +55,6 @@ enum { ST_OK = 0, ST_ERROR, ST_BAD_REQUEST, ST_TIMEOUT, ST_WORKER_DIED, ST_SERVI
 static const char *const STATUS_NAMES[] = {
     "ok", "error", "bad request", "timeout", "worker died", "service error",
     "wrong environment"};
-/* The largest reply a service sends (config.MAX_MESSAGE_BYTES). */
-#define MAX_REPLY_BYTES (1024u * 1024u * 1024u)
 /* A request the server closed without reading never ran: send it again, this often. */
 #define DELIVERY_ATTEMPTS 3
 /* How often a run asks the service for its template before it gives up. */
@@ -217,6 +216,7 @@ struct line {
     int own_given[3];
     int own_missing;        /* an own option without its value */
     int flag, help, fallback, stop;
+    int unknown;            /* an option neither pyrust nor python knows: hand off */
     char form;              /* 'c', 'm', 'f', '-', or 0: no program */
     const char *source;
     char **args;            /* after the program */
@@ -299,7 +299,7 @@ static int short_flag(struct line *l, int letter)
     } else if (in_set(letter, DEFERRED_FALLBACK)) {
         l->fallback = 1;
     } else if (!in_set(letter, IGNORED)) {
-        l->fallback = l->stop = 1;  /* python's own error */
+        l->fallback = l->stop = l->unknown = 1;  /* python's own error */
         return 0;
     }
     return 1;
@@ -363,7 +363,9 @@ static int long_option(struct line *l, char **argv, int argc, int i)
         }
         l->fallback = l->stop = 1;
     } else {
-        l->fallback = l->stop = 1;  /* --help-env and the like, or unknown */
+        /* python's --help-env and the like, or an option nobody knows */
+        l->fallback = l->stop = 1;
+        l->unknown = strncmp(arg, "--help-", 7) != 0;
     }
     return i + 1;
 }
@@ -1075,9 +1077,10 @@ static int read_reply(int fd, struct reply *reply)
     if (read_exact(fd, head, 5) == 0) {
         reply->status = head[0];
         reply->len = get_u32(head + 1);
-        if (reply->len > MAX_REPLY_BYTES) {
-            set_error("the service sent a reply of %zu bytes, more than any reply may hold "
-                      "(%u bytes)", reply->len, MAX_REPLY_BYTES);
+        if (reply->len > PYRUST_MAX_MESSAGE_BYTES) {  /* before allocating room for it */
+            set_error("the service's reply announced %zu bytes, more than a pyrust service "
+                      "ever sends (%u), so the code may have run part way", reply->len,
+                      PYRUST_MAX_MESSAGE_BYTES);
             return DIED;
         }
         reply->payload = xrealloc(NULL, reply->len);
@@ -1413,7 +1416,8 @@ int main(int argc, char **argv)
     if (argc < 1 || (no_native && *no_native && strcmp(no_native, "0") != 0))
         hand_off();
     parse_line(&r.line, argv + 1, argc - 1);
-    if (r.line.flag || r.line.help || r.line.own_missing || is_subcommand(&r.line))
+    if (r.line.flag || r.line.help || r.line.unknown || r.line.own_missing ||
+        is_subcommand(&r.line))
         hand_off();
     r.cwd = cwd_or_null();
     for (int k = 0; k < 3; k++)
@@ -1430,8 +1434,12 @@ int main(int argc, char **argv)
         exec_python(&r);
     build_run(&r, &m, &program);
     run(&r, &m, &reply);
-    if ((reply.status == ST_OK || reply.status == ST_ERROR || reply.status == ST_TIMEOUT) &&
-        reply.len >= 4) {
+    if (reply.status == ST_OK || reply.status == ST_ERROR || reply.status == ST_TIMEOUT) {
+        if (reply.len < 4) {  /* not from a pyrust service: no exit code to give */
+            set_error("the service's reply (%s) has no exit code (%zu bytes), so the code "
+                      "may have run part way", STATUS_NAMES[reply.status], reply.len);
+            fail(g_error);
+        }
         int code = (int32_t)get_u32(reply.payload);
         return code < 0 ? die_by_signal(-code) : code;
     }

@@ -25,7 +25,7 @@ import sys
 import tempfile
 
 from pyrust import __version__, units
-from pyrust.config import LOG_LEVELS, MAX_SOCKET_PATH, Config
+from pyrust.config import LOG_LEVELS, MAX_MESSAGE_BYTES, MAX_SOCKET_PATH, Config
 from pyrust.environment import default_python
 
 #: The client's sources, in a checkout: client/ beside the package.
@@ -66,6 +66,7 @@ def render_header(launcher: str, python: str) -> str:
         "#define PYRUST_DEFAULT_PYTHON %s" % c_string(python),
         "#define PYRUST_VERSION %s" % c_string(__version__),
         "#define PYRUST_MAX_SOCKET_PATH %d" % MAX_SOCKET_PATH,
+        "#define PYRUST_MAX_MESSAGE_BYTES %du" % MAX_MESSAGE_BYTES,
         "#define PYRUST_LOG_LEVELS %s" % ", ".join(c_string(level) for level in LOG_LEVELS),
         settings_table(),
     ])
