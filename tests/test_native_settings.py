@@ -18,13 +18,16 @@ Handing off is always allowed (the Python client then answers): these tests meas
 that the common cases are not handed off, and that nothing else differs.
 """
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
+import tomllib
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis.control import currently_in_test_context
 
 from conftest import ROOT, TIMEOUT
 from pyrust import config as pyconfig, minitoml, native, project
@@ -221,7 +224,21 @@ def check_project(selftest, directory: str, text, native_expected=False):
         assert got != HAND_OFF, expected
     if got != HAND_OFF:
         assert got == expected
+    tally(got, expected)
     return got
+
+
+def tally(got, expected) -> None:
+    """Count outcomes in hypothesis's statistics (--hypothesis-show-statistics)."""
+    if currently_in_test_context():
+        event("native: %s; python: %s" % (outcome(got), outcome(expected)))
+
+
+def outcome(value) -> str:
+    """A few words for hypothesis's statistics."""
+    if value in (HAND_OFF, None) or isinstance(value, str):
+        return str(value)
+    return "a table"
 
 
 def ordinary(text: str) -> bool:
@@ -377,6 +394,8 @@ HANDED_OFF = {
     "preload a string": '[tool.pyrust]\npreload = "numpy"\n',
     "preload not a module": '[tool.pyrust]\npreload = ["numpy-x"]\n',
     "preload an empty name": '[tool.pyrust]\npreload = [""]\n',
+    "preload a digit first": '[tool.pyrust]\npreload = ["json", "a.1b"]\n',
+    "preload an empty part": '[tool.pyrust]\npreload = ["a..b"]\n',
     "preload non-ASCII (python's isidentifier takes it)": '[tool.pyrust]\npreload = ["é"]\n',
     "echo a string": '[tool.pyrust]\necho = "yes"\n',
     "a number": "[tool.pyrust]\necho = 1\n",
@@ -428,6 +447,17 @@ def test_no_cwd_or_no_file_is_no_project(selftest, binary, tmp_path):
         assert selftest.ask("project", "/") == empty
     relative = selftest.ask("project", "relative/dir")  # from this process's cwd, as python
     assert native_project(relative) == python_project("relative/dir")
+
+
+def test_a_relative_cwd_ends_in_the_process_cwd(binary, tmp_path, monkeypatch):
+    """dirname("a") is "": the last candidate is "pyproject.toml", as python's."""
+    (tmp_path / "pyproject.toml").write_text("[tool.pyrust]\necho = false\n")
+    monkeypatch.chdir(tmp_path)
+    result = subprocess.run([binary, "project", "a/b"], capture_output=True, cwd=str(tmp_path),
+                            env=environment(), timeout=TIMEOUT)
+    answer = json.loads(result.stdout)
+    assert (answer["path"], answer["echo"]) == ("pyproject.toml", 0)
+    assert native_project(answer) == python_project("a/b")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
@@ -502,21 +532,34 @@ def value_pool(check):
     raise AssertionError(kind)
 
 
-FIELDS = {f.name: f.metadata["check"] for f in __import__("dataclasses").fields(pyconfig.Config)}
+FIELDS = {f.name: f.metadata["check"] for f in dataclasses.fields(pyconfig.Config)}
 WS = st.sampled_from(["", " ", "\t", "  "])
 COMMENT = st.sampled_from(["", " # comment", "# ünïcode", "#", " #\t[x] = 'y'"])
 
 
+def accepted(key: str, value: str) -> bool:
+    """Whether check_setting accepts ``value`` (TOML text) for ``key``."""
+    try:
+        pyconfig.check_setting(key, tomllib.loads("v = " + value)["v"], "test")
+    except ConfigError:
+        return False
+    return True
+
+
+def valid_pool(key: str) -> list:
+    return [value for value in value_pool(FIELDS[key]) if accepted(key, value)]
+
+
 @st.composite
-def config_lines(draw, keys=None):
-    """Return a config document of plain lines: key = value, comments, blank lines."""
-    keys = keys if keys is not None else draw(st.lists(st.sampled_from(sorted(FIELDS)),
-                                                       unique=True, max_size=6))
+def config_lines(draw, valid=False):
+    """Return a config document of plain lines: key = value, comments, blank lines;
+    valid: only values check_setting accepts."""
+    keys = draw(st.lists(st.sampled_from(sorted(FIELDS)), unique=True, max_size=6))
     lines = []
     for key in keys:
         if draw(st.booleans()):
             lines.append(draw(st.sampled_from(["", "# a comment", "   ", "\t# x"])))
-        value = draw(st.sampled_from(value_pool(FIELDS[key])))
+        value = draw(st.sampled_from(valid_pool(key) if valid else value_pool(FIELDS[key])))
         lines.append(draw(WS) + key + draw(WS) + "=" + draw(WS) + value + draw(WS) + draw(COMMENT))
     end = draw(st.sampled_from(["\n", "", "\n\n", "\n# end"]))
     newline = draw(st.sampled_from(["\n", "\n", "\r\n"]))
@@ -555,12 +598,13 @@ def check_config(selftest, workdir, text, plain=False):
         assert got == expected
     else:
         assert not plain or expected == "ConfigError", expected
+    tally(got, expected)
     return got, expected
 
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(config_lines())
+@given(st.one_of(config_lines(), config_lines(valid=True)))
 def test_a_plain_config_is_read_as_load_config_reads_it(selftest, workdir, text):
     check_config(selftest, workdir, text, plain=True)
 
