@@ -1334,6 +1334,87 @@ static int settings_isfile(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+/* os.path.normpath(path) (python 3.11's posixpath, which later versions match). */
+static char *settings_normpath(const char *path)
+{
+    size_t n = strlen(path), initial = 0, used = 0, count = 0, i = 0;
+    size_t *starts, *lengths;
+    char *result;
+    if (n == 0)
+        return settings_strndup(".", 1);
+    if (path[0] == '/')
+        initial = path[1] == '/' && path[2] != '/' ? 2 : 1;
+    /* at most n / 2 + 1 components; the result is never longer than path */
+    starts = malloc((n / 2 + 1) * sizeof *starts);
+    lengths = malloc((n / 2 + 1) * sizeof *lengths);
+    result = malloc(n + 2);
+    if (starts == NULL || lengths == NULL || result == NULL) {
+        free(starts);
+        free(lengths);
+        free(result);
+        return NULL;
+    }
+    while (i <= n) {
+        size_t start = i, length;
+        while (i < n && path[i] != '/')
+            i++;
+        length = i - start;
+        i++;  /* past the slash (or the end) */
+        if (length == 0 || (length == 1 && path[start] == '.'))
+            continue;
+        if (length == 2 && path[start] == '.' && path[start + 1] == '.'
+            && (initial || count > 0)
+            && !(count > 0 && lengths[count - 1] == 2 && path[starts[count - 1]] == '.'
+                 && path[starts[count - 1] + 1] == '.')) {
+            if (count > 0)
+                count--;
+            continue;
+        }
+        starts[count] = start;
+        lengths[count++] = length;
+    }
+    for (i = 0; i < initial; i++)
+        result[used++] = '/';
+    for (i = 0; i < count; i++) {
+        if (i > 0)
+            result[used++] = '/';
+        memcpy(result + used, path + starts[i], lengths[i]);
+        used += lengths[i];
+    }
+    if (used == 0)
+        result[used++] = '.';
+    result[used] = '\0';
+    free(starts);
+    free(lengths);
+    return result;
+}
+
+/* project.interpreter_path(value, base): the interpreter `value` names, made
+ * absolute against directory `base` (~ expanded, symlinks kept); a directory
+ * means its bin/python.  A malloc'd string, or NULL out of memory.  For the
+ * client: the project's python (base: the pyproject.toml's directory), the
+ * configuration's (base "/"), --python and $PYRUST_PYTHON. */
+SETTINGS_API char *interpreter_path(const char *value, const char *base)
+{
+    char *expanded = expand_user(value), *joined, *path;
+    struct stat st;
+    if (expanded == NULL)
+        return NULL;
+    joined = expanded[0] == '/' ? expanded : settings_path_join(base, expanded);
+    if (joined != expanded)
+        free(expanded);
+    if (joined == NULL)
+        return NULL;
+    path = settings_normpath(joined);
+    free(joined);
+    if (path != NULL && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        char *python = settings_path_join(path, "bin/python");
+        free(path);
+        path = python;
+    }
+    return path;
+}
+
 SETTINGS_API void free_project(struct project *project)
 {
     free(project->path);
@@ -1574,6 +1655,14 @@ static void selftest_minitoml(const char *path)
     mt_table_free(&table);
 }
 
+static void selftest_interpreter(const char *value, const char *base)
+{
+    char *path = interpreter_path(value, base);
+    selftest_optional(path);
+    putchar('\n');
+    free(path);
+}
+
 static void selftest_expand(const char *path)
 {
     char *expanded = expand_user(path);
@@ -1582,7 +1671,8 @@ static void selftest_expand(const char *path)
     free(expanded);
 }
 
-/* One command: config PATH [explicit] | project [CWD] | minitoml FILE | expand PATH. */
+/* One command: config PATH [explicit] | project [CWD] | minitoml FILE | expand PATH |
+ * interpreter VALUE BASE. */
 static int selftest_command(int argc, char **argv)
 {
     if (argc >= 2 && argc <= 3 && strcmp(argv[0], "config") == 0)
@@ -1593,6 +1683,8 @@ static int selftest_command(int argc, char **argv)
         selftest_minitoml(argv[1]);
     else if (argc == 2 && strcmp(argv[0], "expand") == 0)
         selftest_expand(argv[1]);
+    else if (argc == 3 && strcmp(argv[0], "interpreter") == 0)
+        selftest_interpreter(argv[1], argv[2]);
     else
         return -1;
     return 0;

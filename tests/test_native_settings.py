@@ -730,3 +730,41 @@ def test_expand_user_is_expanduser(binary, home, monkeypatch):
     assert (result.returncode, result.stderr) == (0, b"")
     got = [json.loads(line) for line in result.stdout.decode().splitlines()]
     assert got == [os.path.expanduser(p) for p in PATHS]
+
+
+# --- interpreter_path against project.interpreter_path ---------------------------------
+PART = st.sampled_from(["a", "..", ".", "", "venv", "bin", "~", "~root", "b c", "\u00e9", "..."])
+
+
+@st.composite
+def interpreter_values(draw, base):
+    """Return (value, base): a path of parts and slashes, against a base directory."""
+    parts = draw(st.lists(PART, max_size=6))
+    value = draw(st.sampled_from(["", "/", "//", "///"])) + "/".join(parts)
+    return value, draw(st.sampled_from([base, base + "/", base + "//sub/..", "/", "//", "///x",
+                                        "/a/b/../c", "", "rel/dir"]))
+
+
+@pytest.fixture(scope="module")
+def venvs(tmp_path_factory):
+    """A directory where some of the generated paths are directories (venvs)."""
+    base = tmp_path_factory.mktemp("venvs")
+    for name in ("venv", "a/venv", "a", "\u00e9"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+    return str(base)
+
+
+def test_interpreter_path_is_pythons(selftest, venvs):
+    @settings(max_examples=300, deadline=None)
+    @given(interpreter_values(venvs))
+    def check(case):
+        value, base = case
+        assert selftest.ask("interpreter", value, base) == project.interpreter_path(value, base)
+    check()
+
+
+@pytest.mark.parametrize("value", ["", ".", "..", "/..", "//..", "///..", "//a//b/", "a/../..",
+                                   "../../x", "/./a/./", "~", "~/..", "~root/../x", "a/..//.."])
+@pytest.mark.parametrize("base", ["/", "", "/p/q", "rel"])
+def test_interpreter_path_corner_cases(selftest, value, base):
+    assert selftest.ask("interpreter", value, base) == project.interpreter_path(value, base)
