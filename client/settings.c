@@ -635,11 +635,11 @@ static int cfg_check(const struct setting *setting, const struct cfg_value *valu
             return -1;
         }
         if (found > 0) {
-            /* python measures the path in UTF-8 after decoding the home directory
-             * with the file system's encoding: the same bytes only for ASCII */
+            /* python measures a socket path in UTF-8 after decoding the home
+             * directory with the file system's encoding: the same bytes for ASCII */
             const char *h;
             char *expanded;
-            for (h = home; *h; h++)
+            for (h = home; *h && setting->kind == SETTING_SOCKET; h++)
                 if ((unsigned char)*h >= 0x80) {
                     free(path);
                     return -1;

@@ -768,3 +768,13 @@ def test_interpreter_path_is_pythons(selftest, venvs):
 @pytest.mark.parametrize("base", ["/", "", "/p/q", "rel"])
 def test_interpreter_path_corner_cases(selftest, value, base):
     assert selftest.ask("interpreter", value, base) == project.interpreter_path(value, base)
+
+
+@pytest.mark.parametrize("home", ["/h\u00e9", "/home/x", "relative", ""])
+def test_a_python_under_home(binary, tmp_path, monkeypatch, home):
+    """python = "~/...": absolute after expansion, whatever the home's characters."""
+    monkeypatch.setenv("HOME", home)
+    path = write(str(tmp_path / "c.toml"), 'python = "~/venv"\n')
+    got = native_config(run(binary, "config", path, HOME=home))
+    assert got == (HAND_OFF if python_config(path) == "ConfigError" else python_config(path))
+    assert (got == HAND_OFF) == (home == "relative")  # "" + "/venv" is absolute
