@@ -478,83 +478,41 @@ static char *cwd_or_null(void)
     }
 }
 
-static char *path_join(const char *a, const char *b)
+/* An allocation of settings.c, which says NULL when out of memory. */
+static char *must(char *p)
 {
-    if (b[0] == '/' || a[0] == 0)
-        return xstrdup(b);
-    size_t n = strlen(a);
-    return concat(a, a[n - 1] == '/' ? "" : "/", b, NULL);
+    if (p == NULL)
+        out_of_memory();
+    return p;
 }
 
-/* os.path.normpath. */
-static char *normpath(const char *path)
+/* os.path.join(a, b). */
+static char *path_join(const char *a, const char *b)
 {
-    size_t n = strlen(path);
-    int slashes = path[0] == '/' ? (path[1] == '/' && path[2] != '/' ? 2 : 1) : 0;
-    char *copy = xstrdup(path), **parts = xrealloc(NULL, (n / 2 + 2) * sizeof *parts);
-    size_t count = 0;
-    for (char *save = NULL, *p = strtok_r(copy, "/", &save); p; p = strtok_r(NULL, "/", &save)) {
-        if (strcmp(p, ".") == 0)
-            continue;
-        if (strcmp(p, "..") == 0 && count && strcmp(parts[count - 1], "..") != 0)
-            count--;
-        else if (!(strcmp(p, "..") == 0 && slashes))
-            parts[count++] = p;
-    }
-    char *out = xrealloc(NULL, n + 3), *end = out;
-    for (int s = 0; s < slashes; s++)
-        *end++ = '/';
-    for (size_t i = 0; i < count; i++)
-        end += sprintf(end, "%s%s", i ? "/" : "", parts[i]);
-    if (end == out)
-        *end++ = '.';
-    *end = 0;
-    free(parts);
-    free(copy);
-    return out;
+    return b[0] == '/' ? xstrdup(b) : must(settings_path_join(a, b));
 }
 
 /* os.path.abspath(os.path.expanduser(value)); NULL where that fails (a relative path
  * and no working directory). */
 static char *absolute(const char *value, const char *cwd)
 {
-    char *expanded = expand_user(value), *joined, *out;
-    if (expanded == NULL)
-        out_of_memory();
+    char *expanded = must(expand_user(value)), *joined, *out;
     if (expanded[0] != '/' && cwd == NULL) {
         free(expanded);
         return NULL;
     }
-    joined = expanded[0] == '/' ? xstrdup(expanded) : path_join(cwd, expanded);
-    out = normpath(joined);
+    joined = path_join(cwd ? cwd : "/", expanded);
+    out = must(settings_normpath(joined));
     free(joined);
     free(expanded);
     return out;
 }
 
-static int is_dir(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 /* project.interpreter_path: `value` against directory `base`; a directory means its
  * bin/python. */
-static char *interpreter_path(const char *value, const char *base)
+static char *resolve_interpreter(const char *value, const char *base)
 {
-    char *expanded = expand_user(value), *joined, *path;
-    if (expanded == NULL)
-        out_of_memory();
-    joined = path_join(base, expanded);
-    path = normpath(joined);
-    free(joined);
-    free(expanded);
-    if (is_dir(path)) {
-        char *python = path_join(path, "bin/python");
-        free(path);
-        path = python;
-    }
-    return path;
+    return must(interpreter_path(value, base));
 }
 
 /* paths._xdg_dir: $variable if absolute, else ~/fallback. */
@@ -563,9 +521,7 @@ static char *xdg_dir(const char *variable, const char *fallback)
     const char *value = getenv(variable);
     if (value && value[0] == '/')
         return xstrdup(value);
-    char *home = expand_user("~"), *out;
-    if (home == NULL)
-        out_of_memory();
+    char *home = must(expand_user("~")), *out;
     out = path_join(home, fallback);
     free(home);
     return out;
@@ -602,6 +558,7 @@ struct run {
     struct user_config config;
     int has_config;
     struct project project;
+    char *project_root;     /* the directory of project.path */
     char *socket;           /* the service's main socket */
     char *python;           /* the environment: */
     struct strlist preload; /* (borrowed from the config or the project) */
@@ -643,31 +600,27 @@ static char *choose_python(struct run *r)
 {
     const char *named = getenv("PYRUST_PYTHON"), *venv = getenv("VIRTUAL_ENV");
     if (r->own[2])
-        return interpreter_path(r->own[2], "/");
+        return resolve_interpreter(r->own[2], "/");
     if (named && *named) {
         char *expanded = expand_user(named);
         int relative = expanded == NULL || expanded[0] != '/';
         free(expanded);
         if (relative && r->cwd == NULL)
             hand_off();  /* a ConfigError of the Python client */
-        return interpreter_path(named, r->cwd ? r->cwd : "/");
+        return resolve_interpreter(named, r->cwd ? r->cwd : "/");
     }
     if (venv && *venv) {
-        char *joined = path_join(r->cwd ? r->cwd : "/", venv), *dir = normpath(joined);
+        char *joined = path_join(r->cwd ? r->cwd : "/", venv);
+        char *dir = must(settings_normpath(joined));
         char *python = path_join(dir, "bin/python");
         free(joined);
         free(dir);
         return python;
     }
-    if (r->project.path && r->project.python) {
-        char *root = xstrdup(r->project.path), *python;
-        *strrchr(root, '/') = 0;
-        python = interpreter_path(r->project.python, *root ? root : "/");
-        free(root);
-        return python;
-    }
+    if (r->project.path && r->project.python)
+        return resolve_interpreter(r->project.python, r->project_root);
     if (r->has_config && r->config.python)
-        return interpreter_path(r->config.python, "/");
+        return resolve_interpreter(r->config.python, "/");
     return xstrdup(PYRUST_DEFAULT_PYTHON);
 }
 
@@ -738,15 +691,14 @@ static void choose_environment(struct run *r)
     struct strlist startup = {NULL, 0};
     if (find_project(r->cwd, &r->project) == SETTINGS_HAND_OFF)
         hand_off();
+    if (r->project.path)
+        r->project_root = must(settings_dirname(r->project.path));
     r->python = choose_python(r);
     r->root = "";
     if (r->project.path && r->project.preload_set) {
         r->preload = r->project.preload;
-        if (r->preload.count) {
-            char *root = xstrdup(r->project.path);
-            *strrchr(root, '/') = 0;
-            r->root = root;  /* freed with the process */
-        }
+        if (r->preload.count)
+            r->root = r->project_root;
     } else if (r->has_config) {
         r->preload = r->config.preload;
     }
