@@ -312,10 +312,32 @@ def _startup_rows(rows: list, by: dict) -> list:
     python, floor = by.get('python -c "print(2+3)"'), by.get("/bin/true")
     return [[r["command"], r["runs"], _ms(r["median"]) if r["median"] >= 10 else
              "%.2f" % r["median"], "%.2f ± %.2f" % (r["mean"], r["stddev"]), "%.2f" % r["min"],
-             "%.2f" % r["max"], "%.2fx" % (r["median"] / python["median"]) if python else "-",
+             "%.2f" % r["max"], "%.2f" % r["cpu_median"],
+             "%.2fx" % (r["median"] / python["median"]) if python else "-",
              "%.1fx" % (r["median"] / floor["median"]) if floor else "-",
              "%d/%d" % (r["verified"], r["runs"]) + ("" if r["verified"] == r["runs"]
                                                      else " WRONG")] for r in rows]
+
+
+_STARTUP_HEADERS = ["command", "runs", "median", "mean ± σ", "min", "max", "own CPU",
+                    "x python -c", "x /bin/true", "output verified"]
+
+
+def _startup_placement(p: dict) -> str:
+    where = ("everything on CPU %d" % p["client_cpus"][0] if p["client_cpus"] == p["server_cpus"]
+             else "commands on CPU %d, the server on CPU %d"
+             % (p["client_cpus"][0], p["server_cpus"][0]))
+    by = {r["command"]: r for r in p["rows"]}
+    text = "### %s (%s)\n\n" % (p["placement"].capitalize(), where)
+    text += table(_STARTUP_HEADERS, _startup_rows(p["rows"], by), align="l" + "r" * 8 + "l")
+    if "numpy_rows" in p:
+        pyrust_row, python_row = p["numpy_rows"]
+        text += ("\n\nWith numpy preloaded (%s): %.1fx faster than python, median over "
+                 "median.\n\n" % (p["placement"], python_row["median"] / pyrust_row["median"]))
+        text += table(_STARTUP_HEADERS[:7] + ["output verified"],
+                      [r[:7] + r[9:] for r in _startup_rows(p["numpy_rows"], {})],
+                      align="l" + "r" * 6 + "l")
+    return text
 
 
 def startup_section(s: dict) -> str:
@@ -324,31 +346,23 @@ def startup_section(s: dict) -> str:
         return head + "Skipped: %s." % s["skipped"]
     text = head + (
         "The non-editable install of this checkout with the native client built into it as "
-        "install.sh builds it (`cc -O2`), a standalone server of that install, and every "
-        "process (the server's tree, the bench, the commands) pinned to CPU %d. Hyperfine's "
-        "way: %d untimed runs of each command, then %d timed runs, interleaved; each a whole "
-        "process from spawn to exit with its output read and checked. `python` is the "
-        "install's venv interpreter (`%s`). No configuration file for the clients, as after "
-        "install.sh. x python -c and x /bin/true: median over "
-        "that command's median.\n\n" % (s["cpu"], s["warm_up"], s["runs"], s["python"]))
+        "install.sh builds it (`cc -O2`) and a standalone server of that install, in both "
+        "placements: every process (the server's tree, the bench, the commands) pinned to "
+        "one CPU, so that the server's whole work for a run (the worker, its exit, the "
+        "template forking the next spare) adds to the command's time; then the server on "
+        "the other CPU. Hyperfine's way: %d untimed runs of each command, then %d timed "
+        "runs, interleaved; each a whole process from spawn to exit with its output read and "
+        "checked. `own CPU` is the command's own user + system time (median, from its "
+        "rusage): for the clients, what the client process itself costs; the rest of their "
+        "time is the service's. `python` is the install's venv interpreter (`%s`). No "
+        "configuration file for the clients, as after install.sh; with numpy, the clients "
+        "read the server's (`preload = [\"numpy\"]`, which the Python client reads with its "
+        "TOML reader and config checks). x python -c and x /bin/true: median over that "
+        "command's median.\n\n" % (s["warm_up"], s["runs"], s["python"]))
     if s.get("native_skipped"):
         text += "Native client: %s.\n\n" % s["native_skipped"]
-    by = {r["command"]: r for r in s["rows"]}
-    headers = ["command", "runs", "median", "mean ± σ", "min", "max", "x python -c",
-               "x /bin/true", "output verified"]
-    text += table(headers, _startup_rows(s["rows"], by), align="l" + "r" * 7 + "l")
-    if "numpy_rows" in s:
-        pyrust_row, python_row = s["numpy_rows"]
-        text += ("\n\n### With numpy preloaded\n\nA server whose configuration (read by the "
-                 "clients too: the Python client then also imports its TOML reader) has "
-                 "`preload = [\"numpy\"]`; the run imports numpy and prints "
-                 "`numpy.zeros(3).sum()`. %s is %.1fx faster than python (median over median)."
-                 "\n\n" % ("pyrust" if s.get("numpy_native") else "The Python client",
-                            python_row["median"] / pyrust_row["median"]))
-        text += table(headers[:6] + ["output verified"],
-                      [r[:6] + r[8:] for r in _startup_rows(s["numpy_rows"], {})],
-                      align="l" + "r" * 5 + "l")
-    elif "numpy_skipped" in s:
+    text += "\n\n".join(_startup_placement(p) for p in s["placements"])
+    if "numpy_skipped" in s:
         text += "\n\nWith numpy preloaded: skipped, %s." % s["numpy_skipped"]
     return text
 

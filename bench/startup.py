@@ -3,9 +3,13 @@
 What a user pays per call, measured as hyperfine does (warm-up runs, then N
 timed runs; median, mean ± σ, min, max), but with every output checked: the
 non-editable install of this checkout (bench/userinstall.py) with the native
-client built into it as install.sh builds it, a standalone server of that
-install, and every process (the server's tree, the bench, what it starts)
-pinned to one CPU, so that no process runs beside another:
+client built into it as install.sh builds it, and a standalone server of that
+install, in both placements: every process (the server's tree, the bench,
+what it starts) pinned to one CPU, so that the server's work for a run (the
+worker, its exit, the template's fork of the next spare) adds to the
+command's time; and the server's tree on the other CPU.  Besides the wall
+time, each row gives the command's own CPU time (user + system, from its
+rusage), which for the clients is what the client itself costs:
 
 * ``pyrust -c "2+3"`` through the native client and through the Python
   client (the launcher install.sh falls back to), the install's venv
@@ -24,6 +28,7 @@ Processes are timed from spawn to exit with their output read
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 
@@ -60,15 +65,32 @@ def build_native(install, workdir: str):
     return None, "the native client did not build: %s" % done.stderr.strip()[-1000:]
 
 
+def _children_cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def time_with_cpu(command: Command, env: dict, cwd: str) -> tuple:
+    """Run ``command`` as time_process does; return ``(wall ms, its own CPU ms, problem)``.
+
+    The CPU time is the difference in this process's reaped children's rusage: the
+    command is the only child reaped meanwhile (the server's workers are not ours).
+    """
+    before = _children_cpu_ms()
+    elapsed, problem = time_process(command, env, cwd)
+    return elapsed, _children_cpu_ms() - before, problem
+
+
 def figures(name: str, results: list) -> dict:
-    """Return the hyperfine-style figures (ms) of ``results`` (time_process's answers)."""
-    times = [ms for ms, _ in results]
-    wrong = [problem for _, problem in results if problem]
+    """Return the hyperfine-style figures (ms) of ``results`` (time_with_cpu's answers)."""
+    times = [ms for ms, _, _ in results]
+    wrong = [problem for _, _, problem in results if problem]
     return {"command": name, "runs": len(times), "verified": len(times) - len(wrong),
             "wrong_examples": wrong[:3], "times_ms": times,
             "median": statistics.median(times), "mean": statistics.fmean(times),
             "stddev": statistics.stdev(times) if len(times) > 1 else 0.0,
-            "min": min(times), "max": max(times)}
+            "min": min(times), "max": max(times),
+            "cpu_median": statistics.median(cpu for _, cpu, _ in results)}
 
 
 def measure(commands: list, env: dict, cwd: str, runs: int) -> list:
@@ -80,61 +102,80 @@ def measure(commands: list, env: dict, cwd: str, runs: int) -> list:
     results = {c.name: [] for c in commands}
     for _ in range(runs):
         for command in commands:
-            results[command.name].append(time_process(command, env, cwd))
+            results[command.name].append(time_with_cpu(command, env, cwd))
     return [figures(c.name, results[c.name]) for c in commands]
 
 
-def _server(workdir: str, name: str, install, cpu: int, preload=()):
+def _server(workdir: str, name: str, install, cpus: tuple, preload=()):
     """Start a standalone server of the install in ``workdir/name/pyrust`` (pinned to
-    ``cpu``); return it and the XDG_CONFIG_HOME whose pyrust/config.toml it reads."""
+    ``cpus``); return it and the XDG_CONFIG_HOME whose pyrust/config.toml it reads."""
     config_home = servers.private_dir(workdir, name)
     directory = servers.private_dir(config_home, "pyrust")
     server = servers.start_pyrust(directory, python=install.python, workers=2, preload=preload,
-                                  cpus=(cpu,), source_root=None)
+                                  cpus=cpus, source_root=None)
     return server, config_home
 
 
+def _placement(workdir: str, install, placement, plain: list, heavy: list, runs: int,
+               progress) -> dict:
+    """Measure ``plain`` (no configuration) and ``heavy`` (numpy preloaded) in one
+    placement; return its figures."""
+    tag = placement.name.replace(" ", "-")
+    cwd = servers.private_dir(workdir, "startup-cwd-" + tag)
+    out = {"placement": placement.name, "client_cpus": list(placement.client_cpus),
+           "server_cpus": list(placement.server_cpus)}
+    server, _ = _server(workdir, "startup-server-" + tag, install, placement.server_cpus)
+    # No configuration file for the clients, as after install.sh (the Python client
+    # would import its TOML reader and config checks for one: tens of ms).
+    no_config = servers.private_dir(workdir, "startup-no-config-" + tag)
+    with server, servers.client_pinned(placement.client_cpus):
+        env = servers.server_env(PYRUST_SOCKET=server.path, XDG_CONFIG_HOME=no_config)
+        progress("start-up, %s: %d processes of each of %d commands"
+                 % (placement.name, runs + WARM_UP, len(plain)))
+        out["rows"] = measure(plain, env, cwd, runs)
+    if not heavy:
+        return out
+    server, config_home = _server(workdir, "startup-numpy-" + tag, install,
+                                  placement.server_cpus, preload=("numpy",))
+    with server, servers.client_pinned(placement.client_cpus):
+        env = servers.server_env(PYRUST_SOCKET=server.path, XDG_CONFIG_HOME=config_home)
+        progress("start-up, %s: numpy preloaded, %d processes of each"
+                 % (placement.name, runs + WARM_UP))
+        out["numpy_rows"] = measure(heavy, env, cwd, runs)
+    return out
+
+
 def run(workdir: str, install, runs: int, progress) -> dict:
-    """Run the start-up section; return its figures."""
+    """Run the start-up section; return its figures: the same-CPU placement's rows
+    at the top level (the issue's regime), every placement's in ``placements``."""
     if install is None:
         return {"skipped": "no non-editable install of this checkout (see above)"}
-    cpu = servers.placements()[0].server_cpus[0]
     progress("start-up: building the native client into the install")
     native, why = build_native(install, workdir)
-    out = {"cpu": cpu, "runs": runs, "warm_up": WARM_UP, "python": install.python,
-           "native": native, "native_skipped": why}
-    cwd = servers.private_dir(workdir, "startup-cwd")
     plain = [Command(PYTHON_CLIENT, [install.pyrust, "-c", "2+3"]),
              Command(PYTHON, [install.python, "-c", "print(2+3)"]),
              Command(PYTHON_IS, [install.python, "-I", "-S", "-c", "print(2+3)"]),
              Command(TRUE, ["/bin/true"], b"")]
     if native:
         plain.insert(0, Command(NATIVE, [native, "-c", "2+3"]))
-    server, _ = _server(workdir, "startup-server", install, cpu)
-    # No configuration file for the clients, as after install.sh (the Python client
-    # would import its TOML reader and config checks for one: tens of ms).
-    no_config = servers.private_dir(workdir, "startup-no-config")
-    with server, servers.client_pinned((cpu,)):
-        env = servers.server_env(PYRUST_SOCKET=server.path, XDG_CONFIG_HOME=no_config)
-        progress("start-up: %d processes of each of %d commands, pinned to CPU %d"
-                 % (runs + WARM_UP, len(plain), cpu))
-        out["rows"] = measure(plain, env, cwd, runs)
-    if "numpy" not in install.linked:
+    heavy = []
+    if "numpy" in install.linked:
+        heavy = [Command('pyrust -c "%s" (%s client, numpy preloaded)'
+                         % (NUMPY_CODE, "native" if native else "Python"),
+                         [native or install.pyrust, "-c", NUMPY_CODE], NUMPY_EXPECTED),
+                 Command('python -c "%s"' % NUMPY_CODE, [install.python, "-c", NUMPY_CODE],
+                         NUMPY_EXPECTED)]
+    placements = [_placement(workdir, install, placement, plain, heavy, runs, progress)
+                  for placement in servers.placements()]
+    out = {"cpu": placements[0]["client_cpus"][0], "runs": runs, "warm_up": WARM_UP,
+           "python": install.python, "native": native, "native_skipped": why,
+           "numpy_native": bool(native), "placements": placements,
+           "rows": placements[0]["rows"]}
+    if heavy:
+        out["numpy_rows"] = placements[0]["numpy_rows"]
+    else:
         out["numpy_skipped"] = ("numpy is not installed in the bench environment "
                                 "(.venv/bin/pip install -e '.[bench]')")
-        return out
-    heavy = [Command('python -c "%s"' % NUMPY_CODE, [install.python, "-c", NUMPY_CODE],
-                     NUMPY_EXPECTED)]
-    client = native or install.pyrust
-    heavy.insert(0, Command('pyrust -c "%s" (%s client, numpy preloaded)'
-                            % (NUMPY_CODE, "native" if native else "Python"),
-                            [client, "-c", NUMPY_CODE], NUMPY_EXPECTED))
-    server, config_home = _server(workdir, "startup-numpy", install, cpu, preload=("numpy",))
-    with server, servers.client_pinned((cpu,)):
-        env = servers.server_env(PYRUST_SOCKET=server.path, XDG_CONFIG_HOME=config_home)
-        progress("start-up: numpy preloaded, %d processes of each" % (runs + WARM_UP))
-        out["numpy_rows"] = measure(heavy, env, cwd, runs)
-    out["numpy_native"] = bool(native)
     return out
 
 
@@ -146,4 +187,5 @@ def row(section: dict, name: str):
 def verified(section: dict) -> bool:
     """Return whether every process of the section printed what it must."""
     return all(r["verified"] == r["runs"]
-               for r in section.get("rows", []) + section.get("numpy_rows", []))
+               for p in section.get("placements", [])
+               for r in p.get("rows", []) + p.get("numpy_rows", []))

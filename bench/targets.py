@@ -139,32 +139,40 @@ def environments_targets(env: dict) -> list:
 
 
 def startup_targets(s: dict) -> list:
-    """Return the native client's start-up targets: its median against ``python -c``'s
-    and ``/bin/true``'s, and the numpy run against python's."""
-    from bench import startup
-
+    """Return the native client's start-up targets in each placement: its median
+    against ``python -c``'s and ``/bin/true``'s, and the numpy run against python's."""
     if "skipped" in s:
         return [_row("native pyrust -c start-up", s["skipped"], None)]
-    native = startup.row(s, startup.NATIVE)
-    python, floor = startup.row(s, startup.PYTHON), startup.row(s, startup.TRUE)
+    rows = []
+    for placement in s["placements"]:
+        rows += _startup_placement_targets(s, placement)
+    return rows
+
+
+def _startup_placement_targets(s: dict, placement: dict) -> list:
+    from bench import startup
+
+    where = placement["placement"]
+    native = startup.row(placement, startup.NATIVE)
+    python, floor = startup.row(placement, startup.PYTHON), startup.row(placement, startup.TRUE)
     if native is None:
-        return [_row("native pyrust -c <= %.1fx python -c" % startup.PYTHON_RATIO_LIMIT,
-                     s["native_skipped"], None)]
+        return [_row("native pyrust -c <= %.1fx python -c (%s)"
+                     % (startup.PYTHON_RATIO_LIMIT, where), s["native_skipped"], None)]
     ratio, floor_ratio = native["median"] / python["median"], native["median"] / floor["median"]
-    rows = [_row("native pyrust -c \"2+3\" <= %.1fx python -c \"print(2+3)\" (median, pinned)"
-                 % startup.PYTHON_RATIO_LIMIT,
+    rows = [_row("native pyrust -c \"2+3\" <= %.1fx python -c \"print(2+3)\" (median, %s)"
+                 % (startup.PYTHON_RATIO_LIMIT, where),
                  "%.2fx (%.2f vs %.2f ms)" % (ratio, native["median"], python["median"]),
                  ratio <= startup.PYTHON_RATIO_LIMIT,
                  _missed_by(ratio, startup.PYTHON_RATIO_LIMIT)),
-            _row("native pyrust -c \"2+3\" within %.0fx of /bin/true (median, pinned)"
-                 % startup.TRUE_RATIO_LIMIT,
+            _row("native pyrust -c \"2+3\" within %.0fx of /bin/true (median, %s)"
+                 % (startup.TRUE_RATIO_LIMIT, where),
                  "%.2fx (%.2f vs %.2f ms)" % (floor_ratio, native["median"], floor["median"]),
                  floor_ratio <= startup.TRUE_RATIO_LIMIT,
                  _missed_by(floor_ratio, startup.TRUE_RATIO_LIMIT))]
-    name = "numpy preloaded: native pyrust >= %.0fx faster than python" % (
-        startup.NUMPY_SPEEDUP_LIMIT)
-    if "numpy_rows" in s and s.get("numpy_native"):
-        pyrust_row, python_row = s["numpy_rows"]
+    name = "numpy preloaded: native pyrust >= %.0fx faster than python (%s)" % (
+        startup.NUMPY_SPEEDUP_LIMIT, where)
+    if "numpy_rows" in placement and s.get("numpy_native"):
+        pyrust_row, python_row = placement["numpy_rows"]
         speedup = python_row["median"] / pyrust_row["median"]
         rows.append(_row(name, "%.1fx (%.2f vs %.2f ms)" % (speedup, pyrust_row["median"],
                                                             python_row["median"]),

@@ -111,17 +111,22 @@ def test_the_startup_section_times_and_checks_every_process(tmp_path):
     assert done.returncode == 0, done.stderr
     section = json.loads(out.read_text())["startup"]
     assert "skipped" not in section, section
-    commands = [r["command"] for r in section["rows"]]
-    assert commands[-4:] == [startup.PYTHON_CLIENT, startup.PYTHON, startup.PYTHON_IS,
-                             startup.TRUE]
-    assert commands[:-4] == ([startup.NATIVE] if section["native"] else [])
-    for row in section["rows"] + section.get("numpy_rows", []):
-        assert (row["runs"], row["verified"]) == (3, 3), row
-        assert 0 < row["min"] <= row["median"] <= row["max"] and row["stddev"] >= 0
-    assert ("numpy_rows" in section) == ("numpy_skipped" not in section)
+    placements = section["placements"]
+    assert [p["placement"] for p in placements] == [p.name for p in servers.placements()]
+    assert section["rows"] == placements[0]["rows"]  # the same-CPU regime leads
+    for placement in placements:
+        commands = [r["command"] for r in placement["rows"]]
+        assert commands[-4:] == [startup.PYTHON_CLIENT, startup.PYTHON, startup.PYTHON_IS,
+                                 startup.TRUE]
+        assert commands[:-4] == ([startup.NATIVE] if section["native"] else [])
+        for row in placement["rows"] + placement.get("numpy_rows", []):
+            assert (row["runs"], row["verified"]) == (3, 3), row
+            assert 0 < row["min"] <= row["median"] <= row["max"] and row["stddev"] >= 0
+            assert 0 <= row["cpu_median"] <= row["max"], row  # its own CPU, within its time
+        assert ("numpy_rows" in placement) == ("numpy_skipped" not in section)
     targets = [t for t in json.loads(out.read_text())["targets"]
                if t["target"].startswith(("native pyrust", "numpy preloaded"))]
-    assert len(targets) == (3 if section["native"] else 1)
+    assert len(targets) == (3 if section["native"] else 1) * len(placements)
     assert "## Start-up" in done.stdout
 
 
