@@ -247,17 +247,26 @@ def warm_commands(launcher: str, venv_python: str, label: str, project: str) -> 
     ]
 
 
-def warm_runs(commands: list, env: dict, cwd: str, runs: int) -> list:
-    """Time every command ``runs`` times, interleaved, after WARM_UP untimed runs each
-    (the first of which starts a template that is not up yet); return one row of
-    figures per command."""
+def interleaved(commands: list, env: dict, cwd: str, runs: int, warm_up: int,
+                time_one=None) -> dict:
+    """Run every command ``warm_up`` times untimed (raising if its output is wrong),
+    then ``runs`` times timed, interleaved; return {name: [time_one's answers]}
+    (time_one defaults to time_process)."""
     for command in commands:
-        for _ in range(WARM_UP):
+        for _ in range(warm_up):
             time_checked(command, env, cwd)
     results = {c.name: [] for c in commands}
     for _ in range(runs):
         for command in commands:
-            results[command.name].append(time_process(command, env, cwd))
+            results[command.name].append((time_one or time_process)(command, env, cwd))
+    return results
+
+
+def warm_runs(commands: list, env: dict, cwd: str, runs: int) -> list:
+    """Time every command ``runs`` times, interleaved, after WARM_UP untimed runs each
+    (the first of which starts a template that is not up yet); return one row of
+    figures per command."""
+    results = interleaved(commands, env, cwd, runs, WARM_UP)
     return [dict(summary_ms(results[c.name]), command=c.name) for c in commands]
 
 

@@ -33,7 +33,7 @@ import statistics
 import subprocess
 
 from bench import servers
-from bench.environments import Command, time_checked, time_process
+from bench.environments import Command, interleaved, time_process
 
 #: Untimed runs of each command before the timed ones (hyperfine's --warmup).
 WARM_UP = 5
@@ -96,13 +96,7 @@ def figures(name: str, results: list) -> dict:
 def measure(commands: list, env: dict, cwd: str, runs: int) -> list:
     """Time every command ``runs`` times, interleaved, after WARM_UP untimed (and
     checked) runs of each; return one row of figures per command."""
-    for command in commands:
-        for _ in range(WARM_UP):
-            time_checked(command, env, cwd)
-    results = {c.name: [] for c in commands}
-    for _ in range(runs):
-        for command in commands:
-            results[command.name].append(time_with_cpu(command, env, cwd))
+    results = interleaved(commands, env, cwd, runs, WARM_UP, time_with_cpu)
     return [figures(c.name, results[c.name]) for c in commands]
 
 

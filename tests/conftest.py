@@ -132,6 +132,25 @@ def request(path_or_sock, code, timeout=TIMEOUT):
         return request(sock, payload)
 
 
+def read_request(conn) -> dict:
+    """Return the fields of one request read from ``conn`` ({} for a v1 request), as a
+    server of the tests' own reads it; close the fds it carried."""
+    (length,) = protocol.HEADER.unpack(protocol.recv_exact(conn, 4))
+    if not length & protocol.EXTENDED_FLAG:
+        protocol.recv_exact(conn, length)
+        return {}
+    length &= ~protocol.EXTENDED_FLAG
+    payload = b""
+    while len(payload) < length:
+        data, fds, _, _ = socket.recv_fds(conn, length - len(payload), 300)
+        for fd in fds:
+            os.close(fd)
+        if not data:
+            raise EOFError
+        payload += data
+    return protocol.decode_fields(payload)
+
+
 def connect(path, timeout=TIMEOUT) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)

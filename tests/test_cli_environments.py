@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import TIMEOUT, pyrust_env
+from conftest import TIMEOUT, pyrust_env, read_request
 from pyrust import client, environment, protocol
 
 
@@ -49,25 +49,10 @@ class FakeService:
                 return  # closed
             with conn:
                 conn.settimeout(TIMEOUT)
-                fields = self._read(conn)
+                fields = read_request(conn)
                 self.requests.append((path, fields))
                 status, payload = self._answer(path, fields)
                 conn.sendall(protocol.encode_response(status, payload))
-
-    @staticmethod
-    def _read(conn) -> dict:
-        """Return the fields of one extended request; close the fds it carried."""
-        (length,) = protocol.HEADER.unpack(protocol.recv_exact(conn, 4))
-        length &= ~protocol.EXTENDED_FLAG
-        payload = b""
-        while len(payload) < length:
-            data, fds, _, _ = socket.recv_fds(conn, length - len(payload), 300)
-            for fd in fds:
-                os.close(fd)
-            if not data:
-                raise EOFError
-            payload += data
-        return protocol.decode_fields(payload)
 
     def _answer(self, path, fields) -> tuple:
         if fields[protocol.OP] == protocol.OP_ENSURE:

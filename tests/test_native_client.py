@@ -23,7 +23,7 @@ import threading
 
 import pytest
 
-from conftest import TIMEOUT, pyrust_env
+from conftest import TIMEOUT, pyrust_env, read_request
 from pyrust import client, config, native, protocol
 
 # --- 1. the build -----------------------------------------------------------------------
@@ -94,7 +94,7 @@ class HostileServer:
             with conn:
                 conn.settimeout(TIMEOUT)
                 try:
-                    fields = self._read(conn)
+                    fields = read_request(conn)
                 except (OSError, EOFError, protocol.ConnectionClosed):
                     continue
                 self.ops.append(fields.get(protocol.OP))
@@ -102,23 +102,6 @@ class HostileServer:
                     conn.sendall(protocol.encode_response(protocol.OK, os.fsencode(self.path)))
                 else:
                     conn.sendall(self.reply)
-
-    @staticmethod
-    def _read(conn) -> dict:
-        (length,) = protocol.HEADER.unpack(protocol.recv_exact(conn, 4))
-        if not length & protocol.EXTENDED_FLAG:
-            protocol.recv_exact(conn, length)
-            return {}  # a v1 request
-        length &= ~protocol.EXTENDED_FLAG
-        payload = b""
-        while len(payload) < length:
-            data, fds, _, _ = socket.recv_fds(conn, length - len(payload), 300)
-            for fd in fds:
-                os.close(fd)
-            if not data:
-                raise EOFError
-            payload += data
-        return protocol.decode_fields(payload)
 
     def close(self) -> None:
         self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
