@@ -1269,23 +1269,54 @@ static void read_stdin(struct buf *b)
     }
 }
 
-/* cli.program and the run request's fields (the same order as the Python client). */
+/* The fds the run takes along: 0-2, then this process's others (FD_NUMBERS). */
+static void fd_fields(struct message *m)
+{
+    int *extra, nextra = open_fds(&extra);
+    if (nextra) {
+        unsigned char *numbers = xrealloc(NULL, (size_t)nextra * 4);
+        for (int i = 0; i < nextra; i++)
+            put_u32(numbers + 4 * i, (uint32_t)extra[i]);
+        field(&m->payload, F_FD_NUMBERS, numbers, (size_t)nextra * 4);
+        free(numbers);
+    }
+    m->fds = xrealloc(NULL, (size_t)(nextra + 3) * sizeof *m->fds);
+    m->nfds = nextra + 3;
+    for (int i = 0; i < m->nfds; i++)
+        m->fds[i] = i < 3 ? i : extra[i - 3];
+    free(extra);
+}
+
+/* cli.program: the run's form and argv[0]; a program on stdin is read into `program`. */
+static char program_form(struct line *l, struct buf *program, const char **first)
+{
+    static char argv0[3] = "-";
+    if (l->form == 'c' || l->form == 'm') {
+        argv0[1] = l->form;
+        *first = argv0;
+        return l->form;
+    }
+    *first = l->source ? l->source : "";
+    if (l->form == 'f')
+        return 'f';
+    if (isatty(0) || strlist_has(&l->pyopt, "-i"))
+        return 'i';  /* python's prompt */
+    read_stdin(program);
+    g_program = program;
+    return '-';
+}
+
+/* The run request's fields, in the Python client's order. */
 static void build_run(struct run *r, struct message *m, struct buf *program)
 {
     struct line *l = &r->line;
     struct buf *b = &m->payload;
-    char form = l->form, argv0[3] = {'-', l->form, 0};
-    const char *first = argv0;
-    if (form == 'f')
-        first = l->source;
-    else if (form != 'c' && form != 'm') {
-        first = l->source ? l->source : "";
-        form = isatty(0) || strlist_has(&l->pyopt, "-i") ? 'i' : '-';
-        if (form == '-') {
-            read_stdin(program);
-            g_program = program;
-        }
-    }
+    const char *first;
+    char form = program_form(l, program, &first);
+    unsigned char mask[4];
+    mode_t old = umask(022);
+    umask(old);
+    put_u32(mask, (uint32_t)old);
     field(b, F_OP, "r", 1);
     buf_add(b, r->env_fields.data, r->env_fields.len);
     field(b, F_FORM, &form, 1);
@@ -1303,24 +1334,8 @@ static void build_run(struct run *r, struct message *m, struct buf *program)
     environment_fields(r, b);
     if (r->cwd)
         field_str(b, F_CWD, r->cwd);
-    unsigned char mask[4];
-    mode_t old = umask(022);
-    umask(old);
-    put_u32(mask, (uint32_t)old);
     field(b, F_UMASK, mask, 4);
-    int *extra, nextra = open_fds(&extra);
-    if (nextra) {
-        unsigned char *numbers = xrealloc(NULL, (size_t)nextra * 4);
-        for (int i = 0; i < nextra; i++)
-            put_u32(numbers + 4 * i, (uint32_t)extra[i]);
-        field(b, F_FD_NUMBERS, numbers, (size_t)nextra * 4);
-        free(numbers);
-    }
-    m->fds = xrealloc(NULL, (size_t)(nextra + 3) * sizeof *m->fds);
-    m->nfds = nextra + 3;
-    for (int i = 0; i < m->nfds; i++)
-        m->fds[i] = i < 3 ? i : extra[i - 3];
-    free(extra);
+    fd_fields(m);
     put_u32(m->header, EXTENDED_FLAG | (uint32_t)b->len);
 }
 
@@ -1330,6 +1345,23 @@ static int die_by_signal(int signum)
     signal(signum, SIG_DFL);
     kill(getpid(), signum);
     return 128 + signum;
+}
+
+/* End as the run's reply says: the program's exit status (or its death by a
+ * signal), or pyrust's own failure. */
+static int end_as(const struct reply *reply)
+{
+    if (reply->status == ST_OK || reply->status == ST_ERROR || reply->status == ST_TIMEOUT) {
+        if (reply->len < 4) {  /* not from a pyrust service: no exit code to give */
+            set_error("the service's reply (%s) has no exit code (%zu bytes), so the code "
+                      "may have run part way", STATUS_NAMES[reply->status], reply->len);
+            fail(g_error);
+        }
+        int code = (int32_t)get_u32(reply->payload);
+        return code < 0 ? die_by_signal(-code) : code;
+    }
+    failed(reply->status, reply->payload, reply->len);
+    return EXIT_SERVICE;
 }
 
 /* Replace this process by the environment's python with python's own arguments. */
@@ -1386,15 +1418,5 @@ int main(int argc, char **argv)
         exec_python(&r);
     build_run(&r, &m, &program);
     run(&r, &m, &reply);
-    if (reply.status == ST_OK || reply.status == ST_ERROR || reply.status == ST_TIMEOUT) {
-        if (reply.len < 4) {  /* not from a pyrust service: no exit code to give */
-            set_error("the service's reply (%s) has no exit code (%zu bytes), so the code "
-                      "may have run part way", STATUS_NAMES[reply.status], reply.len);
-            fail(g_error);
-        }
-        int code = (int32_t)get_u32(reply.payload);
-        return code < 0 ? die_by_signal(-code) : code;
-    }
-    failed(reply.status, reply.payload, reply.len);
-    return EXIT_SERVICE;
+    return end_as(&reply);
 }
