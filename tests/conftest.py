@@ -7,10 +7,12 @@ test ever sleeps or polls to wait for readiness.
 """
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -188,8 +190,22 @@ class Server:
         self.listener.listen(128)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(base / "notify.sock"))
-        self.notify.settimeout(TIMEOUT)
+        self.notify.settimeout(1.0)
+        self.notifications = queue.Queue()
+        self._reading = True
+        threading.Thread(target=self._read_notifications, daemon=True).start()
         self.start()
+
+    def _read_notifications(self) -> None:
+        """Read every notification as it arrives, as a service manager does: a queue
+        left full makes the service drop what it sends (STATUS= every few seconds)."""
+        while self._reading:
+            try:
+                self.notifications.put(self.notify.recv(4096).decode())
+            except socket.timeout:
+                continue
+            except OSError:  # closed
+                return
 
     def start(self):
         """Start a server process on the listening socket (again, after a stop)."""
@@ -210,7 +226,11 @@ class Server:
     def wait_notification(self, key: str) -> str:
         """Return the next service-manager message that contains ``key`` (e.g. READY=1)."""
         while True:
-            message = self.notify.recv(4096).decode()
+            try:
+                message = self.notifications.get(timeout=TIMEOUT)
+            except queue.Empty:
+                raise TimeoutError("no %s from the service within %s s" % (key, TIMEOUT)) \
+                    from None
             if key in message.split("\n"):
                 return message
 
@@ -238,6 +258,7 @@ class Server:
     def close(self):
         _end(self.proc)
         self.listener.close()
+        self._reading = False
         self.notify.close()
 
 

@@ -7,6 +7,7 @@ import errno
 import os
 import plistlib
 import socket
+import threading
 
 import pytest
 
@@ -116,6 +117,26 @@ def test_notify_abstract_address():
     receiver.settimeout(TIMEOUT)
     assert Notifier("@pyrust-test-%d" % os.getpid(), backend="socket").notify("WATCHDOG=1")
     assert receiver.recv(100) == b"WATCHDOG=1"
+
+
+def test_a_manager_that_does_not_read_never_blocks_the_service(tmp_path):
+    """Its queue full (ten datagrams on Linux), the messages are dropped: the
+    service goes on serving, and the next message read is the newest left."""
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify"))
+    receiver.settimeout(TIMEOUT)
+    notifier = Notifier(str(tmp_path / "notify"))
+    assert notifier.backend == "socket"  # the default: it never waits
+    sent = []
+    sender = threading.Thread(target=lambda: sent.extend(
+        notifier.notify("STATUS=%d" % i) for i in range(50)), daemon=True)
+    sender.start()
+    sender.join(TIMEOUT)
+    assert not sender.is_alive(), "notify() blocked on a manager that does not read"
+    assert sent[0] and not sent[-1] and notifier.active  # a full queue is not a gone listener
+    assert receiver.recv(100) == b"STATUS=0"
+    assert notifier.notify("READY=1")  # room again
+    assert receiver.recv(100) == b"STATUS=1"
 
 
 def test_watchdog_for_another_pid_is_ignored(monkeypatch):

@@ -8,8 +8,12 @@ special case.  Neither do servers whose listener went away for good (the
 temporary socket ``pyrust --daemon`` listens on until ``READY=1``): the first
 send that finds it gone says so once and makes the notifier inactive.
 
-The ``systemd`` binding (package systemd-python) sends the messages where it
-is installed; otherwise a few lines of socket code do the same.
+Sending never waits: a manager that does not read its socket (a full queue,
+ten datagrams by default on Linux) loses the message rather than hanging the
+service, which would otherwise stop serving in the middle of a ``STATUS=``
+update.  So a few lines of non-blocking socket code send the messages; the
+``systemd`` binding (package systemd-python), whose ``sd_notify`` blocks,
+sends them only when asked for by name.
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ def _binding_sender():
 
 
 def _socket_sender(address: str, message: str) -> None:
-    """Send ``message`` to ``address`` with a plain datagram socket."""
+    """Send ``message`` to ``address`` with a plain datagram socket, without waiting;
+    raise BlockingIOError if the listener's queue is full."""
     target = "\0" + address[1:] if address.startswith("@") else address
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                       | socket.SOCK_NONBLOCK) as sock:
         sock.sendto(message.encode("utf-8"), target)
 
 
@@ -60,7 +66,7 @@ class Notifier:
                  backend: str = "auto") -> None:
         self.address = address or None
         self.watchdog_usec = watchdog_usec
-        sender = _binding_sender() if backend in ("auto", "systemd-python") else None
+        sender = _binding_sender() if backend == "systemd-python" else None
         if backend == "systemd-python" and sender is None:
             raise ImportError("systemd-python is not installed")
         self.backend = "systemd-python" if sender else "socket"
@@ -104,6 +110,10 @@ class Notifier:
         try:
             self._send(self.address, message)
             return True
+        except BlockingIOError:
+            log.debug("the service manager does not read its notify socket %r: %r dropped",
+                      self.address, message)
+            return False
         except OSError as exc:
             if exc.errno in LISTENER_GONE:
                 log.info("the service manager's notify socket %s is gone; no more notifications",
