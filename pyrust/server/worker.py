@@ -444,7 +444,13 @@ class Worker:
         """The run ended and this process is about to exit with ``status``: close
         every fd (the client's, the program's files and their locks, as the exit
         would), then tell the supervisor, which answers the client at once rather
-        than once the kernel has torn this process down (milliseconds here)."""
+        than once the kernel has torn this process down (milliseconds here).
+
+        Not in a process the program forked, which ends through here too: the
+        run is this worker's process, and the supervisor waits for that one.
+        """
+        if os.getpid() != self.slot.pid:
+            return
         osutil.close_all_fds()
         self.slot.announce_exit(status)
         try:
