@@ -708,6 +708,9 @@ SHELL = [
      "{run} -c 'import sys; print(open(sys.argv[1]).read().split())' <(echo a b c)", {}),
     ("a spawn process pool piped into cat",
      "set -o pipefail; {run} pool_prog.py | cat", {"files": {"pool_prog.py": POOL_PROGRAM}}),
+    ("a lock the program held is free once the command returns",
+     "for i in 1 2 3; do {run} -c 'import fcntl; f = open(\"lockfile\", \"w\"); "
+     "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print(\"locked\")'; done", {}),
     ("a program piped into head", "set -o pipefail; {run} -c 'for i in range(100000): print(i)' "
      "| head -n 2; echo \"status ${{PIPESTATUS[0]}}\"", {}),
 ]

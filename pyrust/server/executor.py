@@ -220,7 +220,7 @@ class Executor:
             return None
         return protocol.too_large("request", size, self.max_program, "max_request_bytes")
 
-    def run_to_exit(self, job: Job) -> None:
+    def run_to_exit(self, job: Job, announce=None) -> None:
         """Run ``job`` on the client's own fds; this process then ends as python ends.
 
         The process becomes the run's: the client's fds at their numbers (none
@@ -229,7 +229,8 @@ class Executor:
         After the program: non-daemon threads joined, atexit handlers run,
         streams flushed; the process exits with python's exit status, or dies
         by the signal python would die by.  A process the program forks ends
-        here too, never in pyrust's code.  Never returns.
+        here too, never in pyrust's code.  Never returns.  Before a plain exit
+        status (not a death by signal), ``announce(status)`` is called.
         """
         code = 1
         try:
@@ -254,7 +255,10 @@ class Executor:
             os.write(2, b"pyrust: cannot enter %s: %s\n" % (
                 os.fsencode(job.cwd or "."), exc.strerror.encode()))
         finally:
-            osutil.exit_as(exit_sequence(EXIT_TIMEOUT if code == _TIMED_OUT else code))
+            code = exit_sequence(EXIT_TIMEOUT if code == _TIMED_OUT else code)
+            if code >= 0 and announce is not None:
+                announce(code & 0xFF)
+            osutil.exit_as(code)
 
     def _execute(self, job: Job, options, namespace: dict, err) -> int:
         """Start as python starts with ``options``, run the job's program in

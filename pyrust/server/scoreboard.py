@@ -44,7 +44,7 @@ RING = 64
 _RING_HEAD = Struct("=q")      # runs ever recorded in this slot's ring
 _RING_ENTRY = Struct("=dd")    # time.time() the run ended, its duration in seconds
 _RING_SIZE = _RING_HEAD.size + RING * _RING_ENTRY.size
-_MARKS = Struct("=qq")         # kind of the request in flight; retire mark
+_MARKS = Struct("=qqq")        # kind of the request in flight; retire mark; announced exit + 1
 #: Forks whose duration the supervisor remembers.
 FORK_RING = 256
 ACCEPTING = 0.0   # in accept(): a spare, free to take a new connection
@@ -78,7 +78,7 @@ class Slot:
         self._began = 0.0
         self._kind = 0
         _COUNTERS.pack_into(self._mm, self._counters, pid, 0, 0, 0, time.monotonic())
-        _MARKS.pack_into(self._mm, self._marks, 0, 0)
+        _MARKS.pack_into(self._mm, self._marks, 0, 0, 0)
         _STATE.pack_into(self._mm, self._busy, ACCEPTING)
 
     def connected(self) -> None:
@@ -122,6 +122,10 @@ class Slot:
     def retiring(self) -> bool:
         """Return whether the supervisor asked this worker to end after its request."""
         return bool(_Q.unpack_from(self._mm, self._marks + _Q.size)[0])
+
+    def announce_exit(self, code: int) -> None:
+        """Say that this process is about to exit with status ``code`` (0-255)."""
+        _Q.pack_into(self._mm, self._marks + 2 * _Q.size, code + 1)
 
     @property
     def requests(self) -> int:
@@ -242,7 +246,7 @@ class Scoreboard:
         # need; idle from now, not from the epoch.
         self._busy_all[index] = ACCEPTING
         _COUNTERS.pack_into(self._mm, self._counters_offset(index), 0, 0, 0, 0, time.monotonic())
-        _MARKS.pack_into(self._mm, self._marks_offset(index), 0, 0)
+        _MARKS.pack_into(self._mm, self._marks_offset(index), 0, 0, 0)
         if index >= self._high_water:
             self._high_water = index + 1
             _COUNT.pack_into(self._mm, 0, self._high_water)
@@ -292,6 +296,12 @@ class Scoreboard:
     def kind(self, index: int) -> int:
         """Return the kind of the request last begun in slot ``index`` (V1, CAPTURED, TERMINAL)."""
         return _Q.unpack_from(self._mm, self._marks_offset(index))[0]
+
+    def announced_exit(self, index: int):
+        """Return the exit status the worker in slot ``index`` announced it is about to
+        exit with (Slot.announce_exit), or None."""
+        code = _Q.unpack_from(self._mm, self._marks_offset(index) + 2 * _Q.size)[0]
+        return code - 1 if code else None
 
     def ask_to_retire(self, index: int) -> None:
         """Ask the worker in slot ``index`` to end after the request it runs."""

@@ -193,8 +193,14 @@ class Supervisor:
             os._exit(code)
 
     def _reap(self) -> None:
-        """Collect every exited worker: answer its client if it still waits, free
-        its slot, and log how it ended."""
+        """Answer the clients of runs whose workers announced their exit; collect
+        every exited worker: answer its client if it still waits, free its slot,
+        and log how it ended."""
+        for pid in list(self.terminals.running):
+            info = self.workers.get(pid)
+            status = self.scoreboard.announced_exit(info.slot) if info is not None else None
+            if status is not None:
+                self.terminals.exiting(pid, status)
         for pid, status in osutil.exited_children():
             info = self.workers.pop(pid, None)
             if info is not None:
@@ -209,7 +215,7 @@ class Supervisor:
         (so whoever reads the answer finds the log written)."""
         kind = self.scoreboard.kind(info.slot)
         state = self.scoreboard.read(info.slot)
-        run = self.terminals.running.get(pid)
+        run = self.terminals.run_of(pid)
         if run is not None or (kind == TERMINAL and state.busy_since):
             # A run on the client's terminal: the process was the run.
             code = exit_code(status)

@@ -47,6 +47,7 @@ class Terminals:
         self.channel.setblocking(False)
         self.held: dict = {}     # worker pid -> its connection (our copy)
         self.running: dict = {}  # worker pid -> Run, while the client is still there
+        self.answered: dict = {}  # worker pid -> Run answered before its worker was reaped
 
     def watched(self) -> list:
         """Return what the supervisor's loop waits on for us: the channel, and the
@@ -60,6 +61,7 @@ class Terminals:
             conn.close()
         self.held.clear()
         self.running.clear()
+        self.answered.clear()
 
     def receive(self) -> None:
         """Take every message waiting on the channel (the loop that called this
@@ -100,6 +102,26 @@ class Terminals:
                 _signal_group(pid, signal.SIGHUP)
                 del self.running[pid]  # nobody is left to tell the exit status
 
+    def exiting(self, pid: int, status: int) -> None:
+        """Answer the client of run ``pid`` now: its worker closed every fd and is
+        exiting with ``status`` (0-255).  What is left of its end (the kernel
+        freeing its memory) is nobody's wait; its reap then owes nothing."""
+        run = self.running.pop(pid, None)
+        conn = self.held.pop(pid, None)
+        if run is None or conn is None:
+            return
+        self.answered[pid] = run
+        try:
+            conn.send(_reply(status << 8, TERMINAL, False), socket.MSG_DONTWAIT)
+        except OSError:
+            pass  # the client is gone
+        finally:
+            conn.close()
+
+    def run_of(self, pid: int):
+        """Return the Run of worker ``pid`` on a client's terminal, answered or not, or None."""
+        return self.running.get(pid) or self.answered.get(pid)
+
     def worker_ended(self, pid: int, status: int, state, kind: int, timed_out: bool) -> None:
         """Answer for a worker that is gone, if its client still waits; close our copy.
 
@@ -108,6 +130,7 @@ class Terminals:
         """
         conn = self.held.pop(pid, None)
         self.running.pop(pid, None)
+        self.answered.pop(pid, None)
         if conn is None:
             return
         # Owed: the exit status of a run on the client's terminal, or word of a
