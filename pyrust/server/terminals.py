@@ -7,7 +7,8 @@ and says so; from then on the supervisor plays the part a terminal plays for
 ``python``: a byte from the client (Ctrl-C) becomes SIGINT for the run's
 process group, the client going away becomes SIGHUP, and when the process
 ends the supervisor sends the client its exit status (or the signal that
-killed it).  A worker that dies in the middle of any other request gets its
+killed it): as soon as the worker announces a plain exit (its fds closed,
+about to exit), otherwise when it reaps the worker.  A worker that dies in the middle of any other request gets its
 client a reply saying how it died.  So no exit, however abrupt (``os._exit``,
 a segfault, the OOM killer, a program that closed every fd), goes unreported.
 """
