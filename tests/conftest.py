@@ -64,6 +64,8 @@ def _build_native(name, base):
     proc = subprocess.run([sys.executable, "-m", "pyrust.native", *args], capture_output=True,
                           text=True, env=pyrust_env())
     if proc.returncode == native.NO_COMPILER:
+        if os.environ.get("CI") == "true":  # test.sh installs one there
+            return None, None, "no C compiler in CI: the native client was not built"
         return None, "no C compiler: the native client was not built", None
     if proc.returncode != 0:
         return None, None, "building the %s client failed:\n%s" % (name, proc.stderr)
