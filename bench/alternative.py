@@ -73,8 +73,11 @@ def run(workdir: str, install, runs: int, progress) -> dict:
         return {"skipped": "hyperfine is not installed (Debian: apt-get install hyperfine)"}
     if install is None:
         return {"skipped": "no non-editable install of pyrust could be built (see above)"}
-    directory = servers.private_dir(workdir, "alternative")
-    config_home = servers.private_dir(workdir, "alternative-config")  # no config file
+    # The server's configuration is the clients' too (XDG_CONFIG_HOME/pyrust/config.toml):
+    # a client names its environment by the preloads it reads there, so only then
+    # do its runs go to the template that preloaded numpy.
+    config_home = servers.private_dir(workdir, "alternative-config")
+    directory = servers.private_dir(config_home, "pyrust")
     preload = ("numpy",) if "numpy" in install.linked else ()
     progress("user's alternative: starting the service%s"
              % (" with numpy preloaded" if preload else ""))

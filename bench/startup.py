@@ -27,10 +27,8 @@ Processes are timed from spawn to exit with their output read
 
 from __future__ import annotations
 
-import os
 import resource
 import statistics
-import subprocess
 
 from bench import servers
 from bench.environments import Command, interleaved, time_process
@@ -48,21 +46,6 @@ NUMPY_SPEEDUP_LIMIT = 30.0
 NATIVE, PYTHON_CLIENT = 'pyrust -c "2+3" (native client)', 'pyrust -c "2+3" (Python client)'
 PYTHON, PYTHON_IS = 'python -c "print(2+3)"', 'python -I -S -c "print(2+3)"'
 TRUE = "/bin/true"
-
-
-def build_native(install, workdir: str):
-    """Build the native client into the install as install.sh does; return its path,
-    or ``(None, why)`` where it cannot be built here."""
-    out = os.path.join(workdir, "pyrust-native")
-    done = subprocess.run(
-        [install.python, "-I", "-m", "pyrust.native", "--source",
-         os.path.join(servers.ROOT, "client"), "--out", out, "--launcher", install.pyrust,
-         "--python", install.python], capture_output=True, text=True, timeout=300)
-    if done.returncode == 0:
-        return out, None
-    if done.returncode == 3:
-        return None, "no C compiler: the native client was not built"
-    return None, "the native client did not build: %s" % done.stderr.strip()[-1000:]
 
 
 def _children_cpu_ms() -> float:
@@ -144,9 +127,8 @@ def run(workdir: str, install, runs: int, progress) -> dict:
     at the top level (the issue's regime), every placement's in ``placements``."""
     if install is None:
         return {"skipped": "no non-editable install of this checkout (see above)"}
-    progress("start-up: building the native client into the install")
-    native, why = build_native(install, workdir)
-    plain = [Command(PYTHON_CLIENT, [install.pyrust, "-c", "2+3"]),
+    native, why = install.native, install.native_skipped
+    plain = [Command(PYTHON_CLIENT, [install.python_client, "-c", "2+3"]),
              Command(PYTHON, [install.python, "-c", "print(2+3)"]),
              Command(PYTHON_IS, [install.python, "-I", "-S", "-c", "print(2+3)"]),
              Command(TRUE, ["/bin/true"], b"")]
@@ -156,7 +138,7 @@ def run(workdir: str, install, runs: int, progress) -> dict:
     if "numpy" in install.linked:
         heavy = [Command('pyrust -c "%s" (%s client, numpy preloaded)'
                          % (NUMPY_CODE, "native" if native else "Python"),
-                         [native or install.pyrust, "-c", NUMPY_CODE], NUMPY_EXPECTED),
+                         [install.pyrust, "-c", NUMPY_CODE], NUMPY_EXPECTED),
                  Command('python -c "%s"' % NUMPY_CODE, [install.python, "-c", NUMPY_CODE],
                          NUMPY_EXPECTED)]
     placements = [_placement(workdir, install, placement, plain, heavy, runs, progress)

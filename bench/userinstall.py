@@ -1,7 +1,10 @@
 """A regular (non-editable) install of this checkout, as users get it, built offline.
 
 ``install.sh`` does ``pip install --force-reinstall .`` into a venv of its
-own and puts its own launcher (``python -m pyrust.units launcher``) on PATH.  The test venv instead holds an editable install, whose import-hook
+own, builds the native client into it (``python -m pyrust.native``, which
+also writes the Python client's launcher) and puts the native client on
+PATH, or the launcher where no C compiler exists; so does this install.  The
+test venv instead holds an editable install, whose import-hook
 finder (a ``.pth`` file run at every start-up) would slow every ``pyrust``
 process down, so the start-up figures use this install: a fresh venv in the
 bench's work directory, the base interpreter, and a wheel of this checkout
@@ -27,9 +30,12 @@ from bench.servers import ROOT
 SOURCES = ("pyproject.toml", "README.md", "pyrust")
 
 
-class UserInstall(collections.namedtuple("UserInstall", "venv python pyrust linked")):
-    """The install: its ``venv`` directory, its ``python`` and ``pyrust`` commands,
-    and the modules ``linked`` into it from the bench environment."""
+class UserInstall(collections.namedtuple(
+        "UserInstall", "venv python pyrust linked python_client native native_skipped")):
+    """The install: its ``venv`` directory, its ``python``, the ``pyrust`` command
+    install.sh would put on PATH (the ``native`` client, else the ``python_client``
+    launcher; ``native_skipped`` says why there is no native one), and the modules
+    ``linked`` into it from the bench environment."""
 
 
 class Unavailable(Exception):
@@ -71,10 +77,20 @@ def build(workdir: str, link=("numpy", "psutil")) -> UserInstall:
     wheel = [os.path.join(wheels, f) for f in os.listdir(wheels) if f.endswith(".whl")]
     _pip("--python", python, "install", "--no-deps", "--no-index", *wheel)
     linked = [name for name in link if _link_module(name, python)]
-    # The command install.sh puts on PATH: its launcher, not pip's console script.
-    subprocess.run([python, "-I", "-m", "pyrust.units", "launcher", "--out", workdir,
-                    "--python", python], check=True, capture_output=True)
-    return UserInstall(venv, python, os.path.join(workdir, "pyrust"), linked)
+    # The command install.sh puts on PATH, not pip's console script.
+    launcher, native = os.path.join(workdir, "pyrust-python"), os.path.join(venv, "bin", "pyrust-native")
+    done = subprocess.run([python, "-I", "-m", "pyrust.native", "--source",
+                           os.path.join(ROOT, "client"), "--out", native, "--launcher", launcher,
+                           "--python", python], capture_output=True, text=True, timeout=300)
+    skipped = None
+    if done.returncode == 3:  # pyrust.native.NO_COMPILER
+        skipped = "no C compiler: the native client was not built"
+    elif done.returncode:
+        skipped = "the native client did not build: %s" % done.stderr.strip()[-1000:]
+    if skipped and not os.path.exists(launcher):
+        raise Unavailable("the install's launcher was not written: %s" % done.stderr)
+    return UserInstall(venv, python, launcher if skipped else native, linked, launcher,
+                       None if skipped else native, skipped)
 
 
 def _link_module(name: str, python: str) -> bool:
