@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from hypothesis.control import currently_in_test_context
 
 from conftest import ROOT, TIMEOUT
-from pyrust import config as pyconfig, minitoml, native, project
+from pyrust import config as pyconfig, native, project
 from pyrust.errors import ConfigError
 from test_minitoml import (FALLBACK, READ, REFUSED, documents, fast, mangled_documents,
                            salted_documents, same)
