@@ -328,7 +328,7 @@ def _startup_placement(p: dict) -> str:
              else "commands on CPU %d, the server on CPU %d"
              % (p["client_cpus"][0], p["server_cpus"][0]))
     by = {r["command"]: r for r in p["rows"]}
-    text = "### %s (%s)\n\n" % (p["placement"].capitalize(), where)
+    text = "### %s (%s)\n\n" % (p["placement"][:1].upper() + p["placement"][1:], where)
     text += table(_STARTUP_HEADERS, _startup_rows(p["rows"], by), align="l" + "r" * 8 + "l")
     if "numpy_rows" in p:
         pyrust_row, python_row = p["numpy_rows"]
