@@ -100,16 +100,23 @@ def test_the_bench_command_writes_every_figure(tmp_path):
         assert heading in done.stdout
 
 
+def quick_section(tmp_path, name: str):
+    """Run ``python -m bench --quick --only NAME``; return its CompletedProcess and
+    every figure it wrote (the --json file), failing if it did not exit 0."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", name, "--json", str(out)],
+        cwd=ROOT, env=pyrust_env(), capture_output=True, text=True, timeout=TIMEOUT * 4)
+    assert done.returncode == 0, done.stderr
+    return done, json.loads(out.read_text())
+
+
 def test_the_startup_section_times_and_checks_every_process(tmp_path):
     """The start-up section: the native client (where it builds), the Python client,
     python -c, python -I -S -c and /bin/true, each process's output checked; the numpy
     case where numpy is installed; the targets judged."""
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "startup", "--json", str(out)],
-        cwd=ROOT, env=pyrust_env(), capture_output=True, text=True, timeout=TIMEOUT * 4)
-    assert done.returncode == 0, done.stderr
-    section = json.loads(out.read_text())["startup"]
+    done, results = quick_section(tmp_path, "startup")
+    section = results["startup"]
     assert "skipped" not in section, section
     placements = section["placements"]
     assert [p["placement"] for p in placements] == [p.name for p in servers.placements()]
@@ -124,7 +131,7 @@ def test_the_startup_section_times_and_checks_every_process(tmp_path):
             assert 0 < row["min"] <= row["median"] <= row["max"] and row["stddev"] >= 0
             assert 0 <= row["cpu_median"] <= row["max"], row  # its own CPU, within its time
         assert ("numpy_rows" in placement) == ("numpy_skipped" not in section)
-    targets = [t for t in json.loads(out.read_text())["targets"]
+    targets = [t for t in results["targets"]
                if t["target"].startswith(("native pyrust", "numpy preloaded"))]
     assert len(targets) == (3 if section["native"] else 1) * len(placements)
     assert "## Start-up" in done.stdout
@@ -190,12 +197,8 @@ def test_template_start_times_are_read_from_the_service_log():
 
 
 def test_the_environments_section_measures_every_case(tmp_path):
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "environments", "--json", str(out)],
-        cwd=ROOT, env=pyrust_env(), capture_output=True, text=True, timeout=TIMEOUT * 4)
-    assert done.returncode == 0, done.stderr
-    section = json.loads(out.read_text())["environments"]
+    done, results = quick_section(tmp_path, "environments")
+    section = results["environments"]
     placements = [p.name for p in servers.placements()]
     assert [(c["placement"], c["case"]) for c in section["cold"]] == [
         (p, case) for p in placements for case in ("no preload", "preload json, decimal")]
