@@ -43,24 +43,10 @@
 
 extern char **environ;
 
-/* Exit statuses of pyrust's own failures (pyrust/cli.py). */
-#define EXIT_SERVICE 125
-
-/* Wire protocol (pyrust/protocol.py). */
-#define EXTENDED_FLAG 0x80000000u
-enum { F_OP = 1, F_FORM, F_SOURCE, F_ARG, F_CWD, F_ENV, F_TIMEOUT_MS, F_STDIO, F_UMASK,
-       F_FD_NUMBERS, F_PYTHON, F_PRELOAD, F_ROOT, F_STARTUP, F_PYOPT, F_ECHO };
-enum { ST_OK = 0, ST_ERROR, ST_BAD_REQUEST, ST_TIMEOUT, ST_WORKER_DIED, ST_SERVICE_ERROR,
-       ST_WRONG_TEMPLATE };
-static const char *const STATUS_NAMES[] = {
-    "ok", "error", "bad request", "timeout", "worker died", "service error",
-    "wrong environment"};
-/* A request the server closed without reading never ran: send it again, this often. */
-#define DELIVERY_ATTEMPTS 3
-/* How often a run asks the service for its template before it gives up. */
-#define ENSURE_ATTEMPTS 3
-/* The most fds beyond 0-2 a run takes along (one message carries 253 at most). */
-#define MAX_EXTRA_FDS 250
+/* The wire (field tags F_*, statuses ST_*, op codes), pyrust's own options, flags and
+ * subcommands, python's option letters, the retry counts and EXIT_SERVICE come from
+ * pyrust_build.h, which pyrust/native.py renders from the Python modules. */
+static const char *const STATUS_NAMES[] = {PYRUST_STATUS_NAMES};
 
 /* --- memory and buffers ---------------------------------------------------------- */
 
@@ -199,21 +185,13 @@ static void hand_off_with_stdin(const struct buf *program)
 
 /* --- python's command line (pyrust/pyoptions.py) ---------------------------------- */
 
-static const char *const OWN_OPTIONS[] = {"--socket", "--config", "--python"};
-static const char *const OWN_FLAGS[] = {"--daemon", "--stop-daemon", "--daemon-status",
-                                        "--clear-cache"};
-static const char *const SUBCOMMANDS[] = {"serve", "status", "version"};
-#define COUNTED "Obdv"
-#define ORDER "EIOsSbdvR"
-#define PER_RUN "uBqiP"
-#define WITH_VALUE "cmWX"
-#define DEFERRED_FALLBACK "Vx"
-#define IGNORED "t"
-#define HELP "h?"
+static const char *const OWN_OPTIONS[] = {PYRUST_OWN_OPTIONS};
+static const char *const OWN_FLAGS[] = {PYRUST_OWN_FLAGS};
+static const char *const SUBCOMMANDS[] = {PYRUST_SUBCOMMANDS};
 
 struct line {
-    const char *own[3];     /* OWN_OPTIONS' values */
-    int own_given[3];
+    const char *own[OWN_COUNT];     /* OWN_OPTIONS' values */
+    int own_given[OWN_COUNT];
     int own_missing;        /* an own option without its value */
     int flag, help, fallback, stop;
     int unknown;            /* an option neither pyrust nor python knows: hand off */
@@ -389,7 +367,7 @@ static int own_option_index(const char *arg)
 {
     if (strncmp(arg, "--", 2) != 0)
         return -1;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < OWN_COUNT; k++) {
         size_t n = strlen(OWN_OPTIONS[k]);
         if (strncmp(arg, OWN_OPTIONS[k], n) == 0 && (arg[n] == 0 || arg[n] == '='))
             return k;
@@ -554,7 +532,7 @@ static char *default_socket_path(void)
 struct run {
     struct line line;
     char *cwd;              /* NULL: the working directory is gone */
-    char *own[3];           /* --socket, --config, --python made absolute */
+    char *own[OWN_COUNT];   /* --socket, --config, --python made absolute */
     struct user_config config;
     int has_config;
     struct project project;
@@ -570,7 +548,7 @@ struct run {
 /* Read the user configuration as cli.load_settings does; hand off what it cannot. */
 static void load_settings(struct run *r)
 {
-    char *path = r->own[1];
+    char *path = r->own[OWN_CONFIG];
     int explicit = path != NULL;
     struct stat st;
     if (!explicit) {
@@ -588,7 +566,7 @@ static void load_settings(struct run *r)
     if (!explicit)
         free(path);
     const char *from_env = getenv("PYRUST_SOCKET");
-    const char *chosen = r->own[0] ? r->own[0] : from_env && *from_env ? from_env
+    const char *chosen = r->own[OWN_SOCKET] ? r->own[OWN_SOCKET] : from_env && *from_env ? from_env
         : r->has_config && r->config.socket && *r->config.socket ? r->config.socket : NULL;
     r->socket = chosen ? absolute(chosen, r->cwd) : default_socket_path();
     if (r->socket == NULL || strlen(r->socket) >= sizeof ((struct sockaddr_un *)0)->sun_path)
@@ -599,8 +577,8 @@ static void load_settings(struct run *r)
 static char *choose_python(struct run *r)
 {
     const char *named = getenv("PYRUST_PYTHON"), *venv = getenv("VIRTUAL_ENV");
-    if (r->own[2])
-        return resolve_interpreter(r->own[2], "/");
+    if (r->own[OWN_PYTHON])
+        return resolve_interpreter(r->own[OWN_PYTHON], "/");
     if (named && *named) {
         char *expanded = expand_user(named);
         int relative = expanded == NULL || expanded[0] != '/';
@@ -794,7 +772,7 @@ static void trim_right(const unsigned char *data, size_t *n)
 /* cli._failed: report a request the service refused or failed; exit 125. */
 static void failed(int status, const unsigned char *payload, size_t n)
 {
-    if (status >= 0 && status <= ST_WRONG_TEMPLATE)
+    if (status >= 0 && status < (int)(sizeof STATUS_NAMES / sizeof *STATUS_NAMES))
         fprintf(stderr, "pyrust: %s: ", STATUS_NAMES[status]);
     else
         fprintf(stderr, "pyrust: status %d: ", status);
@@ -1012,11 +990,17 @@ static int read_exact(int fd, unsigned char *data, size_t n)
     return 0;
 }
 
+/* The connection ended before the reply was whole: at end-of-file (errno 0) the worker
+ * died; an error of this end says nothing about the worker. */
 static int worker_lost(void)
 {
-    set_error("the worker running the code died before it replied (it crashed, or was "
-              "killed for ignoring its time limit; the service log says which), so the code "
-              "may have run part way");
+    if (errno != 0)
+        set_error("lost the connection to the service (%s), so the code may have run part "
+                  "way", strerror(errno));
+    else
+        set_error("the worker running the code died before it replied (it crashed, or was "
+                  "killed for ignoring its time limit; the service log says which), so the "
+                  "code may have run part way");
     return DIED;
 }
 
@@ -1038,8 +1022,10 @@ static int read_reply(int fd, struct reply *reply)
         reply->payload = xrealloc(NULL, reply->len);
         if (read_exact(fd, reply->payload, reply->len) == 0)
             return DONE;
+        int saved = errno;
         free(reply->payload);
         reply->payload = NULL;
+        errno = saved;
     }
     if (errno == ECONNRESET) {
         set_error("the service closed the connection without reading the request (%s)",
@@ -1121,7 +1107,7 @@ static char *ensure(struct run *r)
 {
     struct message m = {{0}, {NULL, 0, 0}, NULL, 0};
     struct reply reply;
-    field(&m.payload, F_OP, "e", 1);
+    field(&m.payload, F_OP, OP_ENSURE, 1);
     buf_add(&m.payload, r->env_fields.data, r->env_fields.len);
     put_u32(m.header, EXTENDED_FLAG | (uint32_t)m.payload.len);
     int rc = request(r->socket, &m, 0, &reply);
@@ -1139,7 +1125,7 @@ static char *ensure(struct run *r)
             fputc('\n', stderr);
             exit(EXIT_SERVICE);
         }
-        if (reply.status <= ST_WRONG_TEMPLATE)
+        if (reply.status <= ST_WRONG_ENVIRONMENT)
             set_error("the service cannot start the environment of %s (%s)", r->python,
                       STATUS_NAMES[reply.status]);
         else
@@ -1161,7 +1147,7 @@ static void run(struct run *r, const struct message *m, struct reply *reply)
     char *path = template_socket(r->socket, &r->env_fields);
     int rc = request(path, m, 1, reply);
     free(path);
-    if (rc == DONE && reply->status != ST_WRONG_TEMPLATE)
+    if (rc == DONE && reply->status != ST_WRONG_ENVIRONMENT)
         return;
     for (int attempt = 0; attempt < ENSURE_ATTEMPTS; attempt++) {
         if (rc == DONE)
@@ -1171,7 +1157,7 @@ static void run(struct run *r, const struct message *m, struct reply *reply)
         free(path);
         if (rc != DONE)
             fail(g_error);
-        if (reply->status != ST_WRONG_TEMPLATE)
+        if (reply->status != ST_WRONG_ENVIRONMENT)
             return;
     }
 }
@@ -1317,7 +1303,7 @@ static void build_run(struct run *r, struct message *m, struct buf *program)
     mode_t old = umask(022);
     umask(old);
     put_u32(mask, (uint32_t)old);
-    field(b, F_OP, "r", 1);
+    field(b, F_OP, OP_RUN, 1);
     buf_add(b, r->env_fields.data, r->env_fields.len);
     field(b, F_FORM, &form, 1);
     if (form == '-')
@@ -1404,7 +1390,7 @@ int main(int argc, char **argv)
         is_subcommand(&r.line))
         hand_off();
     r.cwd = cwd_or_null();
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < OWN_COUNT; k++)
         if (r.line.own_given[k] && (!*r.line.own[k] ||
                                     !(r.own[k] = absolute(r.line.own[k], r.cwd))))
             hand_off();  /* a usage error: the Python client says which */

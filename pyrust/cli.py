@@ -12,19 +12,16 @@ import os
 import sys
 
 from pyrust import __version__
+from pyrust.ops import COMMANDS, Command, Op
 
-USAGE = """\
+_SYNOPSIS = """\
 usage: pyrust [OPTION ...] -c CODE [ARG ...]
        pyrust [OPTION ...] -m MODULE [ARG ...]
        pyrust [OPTION ...] FILE [ARG ...]     (a script, or a directory or zip with __main__.py)
        pyrust [OPTION ...] [-] [ARG ...]      (program on stdin; python's prompt on a terminal)
-       pyrust status [--json]
-       pyrust version
-       pyrust --daemon | --stop-daemon | --daemon-status | --clear-cache
-       pyrust serve [--socket PATH] [--config FILE] [--workers N] [--log-level LEVEL]
-                    [--log-file FILE]
-       pyrust --help
+"""
 
+_DESCRIPTION = """
 Runs the program in a warm interpreter exactly as python would: the same
 output, exit status, argv, working directory and environment, with the
 terminal's own stdin, stdout and stderr. One difference: with -c, the value
@@ -43,14 +40,9 @@ Options python applies at start-up get a warm interpreter of their own; -V,
   --socket PATH    socket path (else $PYRUST_SOCKET, the config's 'socket',
                    $XDG_RUNTIME_DIR/pyrust/pyrust.sock, ${TMPDIR:-/tmp}/pyrust-$UID/pyrust.sock)
   --config FILE    configuration file (default $XDG_CONFIG_HOME/pyrust/config.toml)
-  --daemon         start a standalone service in the background
-  --stop-daemon    stop the running service (requests in flight finish)
-  --daemon-status  exit 0 if a service answers, 1 if not
-  --clear-cache    clear the running service's compile caches
-  status           the service's state and its environments (--json for every figure)
-  version          pyrust's own version
-  serve            run the service in the foreground (see 'pyrust serve --help')
+"""
 
+_EXIT_STATUS = """
 exit status: the program's own, as python gives it (130 and the like when it
 was interrupted); 124 when it ran past its time limit; 2 for usage errors;
 125 when pyrust itself failed (no service, request refused, worker lost, an
@@ -62,11 +54,28 @@ EXIT_USAGE = 2
 EXIT_SERVICE = 125
 #: pyrust's own options, each with a value; they may come anywhere before the program.
 OWN_OPTIONS = ("--socket", "--config", "--python")
-#: pyrust's own flags, and the action each names.
-OWN_FLAGS = {"--daemon": "daemon", "--stop-daemon": "stop", "--daemon-status": "daemon-status",
-             "--clear-cache": "clear-cache"}
+#: The commands pyrust carries out itself; those that send an op are in pyrust/ops.py.
+LOCAL_COMMANDS = (
+    Command("--daemon", "start a standalone service in the background"),
+    Command("version", "pyrust's own version"),
+    Command("serve", "run the service in the foreground (see 'pyrust serve --help')",
+            usage="serve [--socket PATH] [--config FILE] [--SETTING VALUE ...]"),
+)
+_COMMANDS = tuple(command for _, command in COMMANDS.values()) + LOCAL_COMMANDS
+#: pyrust's own flags; the action of a command line is the flag or subcommand it names.
+OWN_FLAGS = tuple(c.spelling for c in _COMMANDS if c.is_flag)
 #: First arguments that are pyrust's subcommands, not a script of that name.
-SUBCOMMANDS = ("serve", "status", "version")
+SUBCOMMANDS = tuple(c.spelling for c in _COMMANDS if not c.is_flag)
+
+
+def usage() -> str:
+    """Return ``pyrust --help``'s text: the commands' lines come from their declarations."""
+    flags = sorted((c for c in _COMMANDS if c.is_flag), key=lambda c: c not in LOCAL_COMMANDS)
+    subcommands = [c for c in _COMMANDS if not c.is_flag]
+    lines = ["       pyrust %s\n" % c.usage for c in subcommands]
+    lines.append("       pyrust %s\n       pyrust --help\n" % " | ".join(c.usage for c in flags))
+    described = ["  %-15s  %s\n" % (c.spelling, c.help) for c in flags + subcommands]
+    return _SYNOPSIS + "".join(lines) + _DESCRIPTION + "".join(described) + _EXIT_STATUS
 
 
 class UsageError(Exception):
@@ -93,8 +102,8 @@ def parse_args(argv: list) -> dict:
 
     Keys: "socket", "config", "python" (absolute paths or None), "line" (the
     pyoptions.CommandLine), "action" ("run", "python": exec the interpreter
-    itself, "help", a subcommand or a flag's action), "rest" (a subcommand's
-    or flag's arguments).
+    itself, "help", or the subcommand or flag named, as spelled), "rest" (a
+    subcommand's or flag's arguments).
     """
     from pyrust import pyoptions
 
@@ -104,7 +113,7 @@ def parse_args(argv: list) -> dict:
         given = option in line.own
         opts[option[2:]] = _absolute(option, line.own[option]) if given else None
     if line.flag:
-        opts["action"] = OWN_FLAGS[line.flag]
+        opts["action"] = line.flag
     elif line.help:
         opts["action"] = "help"
     elif line.fallback:
@@ -212,28 +221,21 @@ def program(line) -> "tuple[str, str, list]":
 
 def run_program(opts: dict) -> int:
     """Run the program in the service with this process's fds 0-2; return its exit code."""
-    from pyrust import client, protocol
+    from pyrust import client, protocol, request
 
     choice, env = choose_environment(opts)
     line = opts["line"]
     form, source, argv = program(line)
-    fields = [(protocol.OP, protocol.OP_RUN)] + env.fields()
-    fields += [(protocol.FORM, form.encode()),
-               (protocol.SOURCE, source.encode("utf-8", "surrogateescape")),
-               (protocol.STDIO, b"f"), (protocol.ECHO, b"1" if choice.echo else b"0")]
-    fields += [(protocol.PYOPT, os.fsencode(option)) for option in line.pyopt]
-    fields += [(protocol.ARG, os.fsencode(arg)) for arg in argv]
-    fields += [(protocol.ENV, key + b"=" + value) for key, value in os.environb.items()]
     try:
-        fields.append((protocol.CWD, os.getcwdb()))
+        cwd = os.getcwdb()
     except OSError:
-        pass  # the directory is gone: the program runs in the service's own
+        cwd = None  # the directory is gone: the program runs in the service's own
     mask = os.umask(0o022)
     os.umask(mask)
-    fields.append((protocol.UMASK, mask.to_bytes(4, "big")))
     extra = _open_fds()
-    if extra:
-        fields.append((protocol.FD_NUMBERS, b"".join(fd.to_bytes(4, "big") for fd in extra)))
+    fields = request.run_fields(form, source, argv, env=env, echo=choice.echo,
+                                options=line.pyopt, environ=list(os.environb.items()), cwd=cwd,
+                                umask=mask, fd_numbers=extra)
     message = client.extended_request(fields, (0, 1, 2) + extra)
     status, payload = client.run(load_settings(opts)[0], env, message, lambda: connect(opts))
     if status in (protocol.OK, protocol.ERROR, protocol.TIMEOUT):
@@ -247,13 +249,11 @@ def run_program(opts: dict) -> int:
     return _failed(status, payload)
 
 
-#: The most fds beyond 0-2 a run takes along (one message carries 253 at most).
-MAX_EXTRA_FDS = 250
-
-
 def _open_fds() -> tuple:
     """Return this process's open fds above 2 (``3>file``, ``<(...)``), which the
     program gets at the same numbers, as python would have them."""
+    from pyrust.request import MAX_EXTRA_FDS
+
     for listing in ("/proc/self/fd", "/dev/fd"):
         try:
             names = os.listdir(listing)
@@ -296,36 +296,30 @@ def _failed(status: int, payload: bytes) -> int:
 
 
 def control(opts: dict, op: bytes) -> "tuple[int, bytes]":
-    """Send control operation ``op`` (never autostarting a service); return the reply."""
+    """Send the op with code ``op`` (never autostarting a service); return the reply."""
     from pyrust import client, protocol
 
     message = client.extended_request([(protocol.OP, op)])
     return client.request(lambda: connect(opts, autostart=False), message)
 
 
-def service_command(opts: dict) -> int:
-    """``status``, ``--stop-daemon``, ``--daemon-status``, ``--clear-cache``."""
+def service_command(opts: dict, op: "Op", command: Command) -> int:
+    """Carry out a command that sends ``op`` to the service (``status``,
+    ``--stop-daemon``...) and show the reply as ``command`` says."""
     from pyrust import protocol
     from pyrust.errors import ServiceUnavailable
 
-    action = opts["action"]
-    op = {"status": protocol.OP_STATUS, "daemon-status": protocol.OP_STATUS,
-          "stop": protocol.OP_STOP, "clear-cache": protocol.OP_CLEAR_CACHE}[action]
     try:
-        status, payload = control(opts, op)
+        status, payload = control(opts, op.code)
     except ServiceUnavailable as exc:
         sys.stderr.write("pyrust: %s\n" % exc)
-        return 1 if action in ("daemon-status", "status") else EXIT_SERVICE
+        return command.unavailable_exit
     if status != protocol.OK:
         return _failed(status, payload)
-    if action == "status" and "--json" not in opts["rest"]:
-        from pyrust.status import describe
+    if command.show and "--json" not in opts["rest"]:
+        from pyrust import status as presentation
 
-        payload = describe(payload)
-    elif action == "daemon-status":
-        from pyrust.status import one_line
-
-        payload = one_line(payload)
+        payload = getattr(presentation, command.show)(payload)
     sys.stdout.write(payload.decode("utf-8", "replace"))
     return 0
 
@@ -345,7 +339,7 @@ def main(argv: list = None) -> int:
 
             passed = [a for k in ("socket", "config") if opts[k] for a in ("--" + k, opts[k])]
             return serve(passed + opts["rest"])
-        if action == "daemon":
+        if action == "--daemon":
             from pyrust.daemon import start_daemon
 
             return start_daemon(load_settings(opts)[0], opts["config"])
@@ -355,11 +349,11 @@ def main(argv: list = None) -> int:
             sys.stdout.write("pyrust %s\n" % __version__)
             return 0
         if action == "help":
-            sys.stdout.write(USAGE)
+            sys.stdout.write(usage())
             return 0
-        return service_command(opts)
+        return service_command(opts, *COMMANDS[action])
     except UsageError as exc:
-        sys.stderr.write("pyrust: %s\n%s" % (exc, USAGE))
+        sys.stderr.write("pyrust: %s\n%s" % (exc, usage()))
         return EXIT_USAGE
     except PyrustError as exc:
         sys.stderr.write("pyrust: %s\n" % exc)

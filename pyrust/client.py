@@ -7,7 +7,7 @@ Only C-level modules and the package's leaf modules are imported here, so a
 import _signal
 import _socket
 
-from pyrust import environment, protocol, trust
+from pyrust import environment, ops, protocol, trust
 from pyrust.errors import PyrustError, ServiceUnavailable, UntrustedService
 
 #: What the client sends on the connection when Ctrl-C is pressed during a run.
@@ -92,11 +92,14 @@ def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, byte
         # A Unix socket resets only when closed with unread data in it: the
         # request was not read whole, so it did not run.
         raise _not_delivered(exc) from None
-    except (protocol.ConnectionClosed, OSError):
+    except protocol.ConnectionClosed:
         raise ServiceUnavailable("the worker running the code died before it replied (it "
                                  "crashed, or was killed for ignoring its time limit; the "
                                  "service log says which), so the code may have run part way"
                                  ) from None
+    except OSError as exc:  # a timeout, or an error of this end: nothing says the worker died
+        raise ServiceUnavailable("lost the connection to the service (%s), so the code may "
+                                 "have run part way" % (exc.strerror or exc)) from None
     finally:
         if interrupts is not None:
             _signal.signal(_signal.SIGINT, previous)
@@ -107,16 +110,15 @@ def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, byte
 MAX_REPLY_BYTES = 1024 ** 3
 
 
-def read_reply(sock) -> "tuple[int, bytes]":
-    """Read one reply, as protocol.read_response does, but refuse (ServiceUnavailable)
-    a length no pyrust service sends before allocating room for it."""
-    status, length = protocol.RESPONSE_HEADER.unpack(
-        protocol.recv_exact(sock, protocol.RESPONSE_HEADER.size))
-    if length > MAX_REPLY_BYTES:
-        raise ServiceUnavailable("the service's reply announced %d bytes, more than a pyrust "
-                                 "service ever sends (%d), so the code may have run part way"
-                                 % (length, MAX_REPLY_BYTES))
-    return status, protocol.recv_exact(sock, length, started=True)
+def read_reply(sock: "_socket.socket") -> "tuple[int, bytes]":
+    """Read one reply; raise ServiceUnavailable if it announces a length no pyrust
+    service sends (before allocating room for it), ConnectionClosed if the
+    server closes before it is whole."""
+    try:
+        return protocol.read_response(sock, MAX_REPLY_BYTES)
+    except protocol.ProtocolError as exc:
+        raise ServiceUnavailable("the service's %s, so the code may have run part way"
+                                 % exc) from None
 
 
 class _Interrupts:
@@ -230,7 +232,7 @@ def ensure(connect_main, env) -> str:
     Raise PyrustError with the service's one-line reason if it cannot start it
     (no such interpreter, not CPython 3.9+, a preload that fails).
     """
-    message = extended_request([(protocol.OP, protocol.OP_ENSURE)] + env.fields())
+    message = extended_request([(protocol.OP, ops.ENSURE.code)] + env.fields())
     status, payload = request(connect_main, message)
     if status != protocol.OK:
         reason = payload.decode("utf-8", "replace").strip()

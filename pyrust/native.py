@@ -6,9 +6,11 @@
 writes FILE, the Python client's launcher (where the native client hands off
 what it does not do itself), and compiles BINARY.  What the C code must know
 of this installation is rendered into a header at build time, never written
-twice: the launcher's path, the default interpreter, pyrust's version, and
-every setting's check (from ``Config``'s metadata), so the native client
-accepts a configuration file only where the Python client would.
+twice: the launcher's path, the default interpreter, pyrust's version, the
+wire's tags, statuses and op codes, pyrust's own options, flags and
+subcommands, python's option letters, and every setting's check (from
+``Config``'s metadata), so the native client accepts a configuration file
+only where the Python client would.
 
 Exit status: 0 built; 3 no C compiler (one line says so: keep the Python
 client); 1 the compiler failed (its output is shown).
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-from pyrust import __version__, units
+from pyrust import __version__, cli, client, ops, protocol, pyoptions, request, units
 from pyrust.config import LOG_LEVELS, MAX_MESSAGE_BYTES, MAX_SOCKET_PATH, Config
 from pyrust.environment import default_python
 
@@ -57,6 +59,39 @@ def settings_table() -> str:
     return "#define PYRUST_SETTINGS(X) \\\n" + " \\\n".join(rows) + "\n"
 
 
+def _strings(name: str, values: "tuple[str, ...] | list[str]") -> str:
+    return "#define %s %s" % (name, ", ".join(c_string(v) for v in values))
+
+
+def _c_name(text: str) -> str:
+    return text.upper().replace(" ", "_").replace("-", "_")
+
+
+def wire_header() -> str:
+    """Return what the client's C code knows of the wire, the op registry and the
+    command line, from the Python modules that declare it."""
+    own = [_c_name(option[2:]) for option in cli.OWN_OPTIONS]
+    return "\n".join([
+        "#define EXTENDED_FLAG 0x%08xu" % protocol.EXTENDED_FLAG,
+        "enum { %s };" % ", ".join("F_%s = %d" % (_c_name(name), tag)
+                                   for tag, name in sorted(protocol.FIELD_NAMES.items())),
+        "enum { %s };" % ", ".join("ST_%s = %d" % (_c_name(name), status)
+                                   for status, name in sorted(protocol.STATUS_NAMES.items())),
+        _strings("PYRUST_STATUS_NAMES", [n for _, n in sorted(protocol.STATUS_NAMES.items())]),
+        "#define OP_RUN %s" % c_string(ops.RUN.code),
+        "#define OP_ENSURE %s" % c_string(ops.ENSURE.code),
+        "#define MAX_EXTRA_FDS %d" % request.MAX_EXTRA_FDS,
+        "#define DELIVERY_ATTEMPTS %d" % client.DELIVERY_ATTEMPTS,
+        "#define ENSURE_ATTEMPTS %d" % client.ENSURE_ATTEMPTS,
+        "#define EXIT_SERVICE %d" % cli.EXIT_SERVICE,
+        "enum { %s, OWN_COUNT };" % ", ".join("OWN_%s = %d" % (n, i) for i, n in enumerate(own)),
+        _strings("PYRUST_OWN_OPTIONS", cli.OWN_OPTIONS),
+        _strings("PYRUST_OWN_FLAGS", cli.OWN_FLAGS),
+        _strings("PYRUST_SUBCOMMANDS", cli.SUBCOMMANDS),
+    ] + ["#define %s %s" % (name, c_string(getattr(pyoptions, name))) for name in (
+        "COUNTED", "ORDER", "PER_RUN", "WITH_VALUE", "DEFERRED_FALLBACK", "IGNORED", "HELP")])
+
+
 def render_header(launcher: str, python: str) -> str:
     """Return the build header for a client that hands off to ``launcher`` and whose
     runs default to interpreter ``python``."""
@@ -68,6 +103,7 @@ def render_header(launcher: str, python: str) -> str:
         "#define PYRUST_MAX_SOCKET_PATH %d" % MAX_SOCKET_PATH,
         "#define PYRUST_MAX_MESSAGE_BYTES %du" % MAX_MESSAGE_BYTES,
         "#define PYRUST_LOG_LEVELS %s" % ", ".join(c_string(level) for level in LOG_LEVELS),
+        wire_header(),
         settings_table(),
     ])
 

@@ -23,7 +23,7 @@ BAD_REQUEST = 2     #: the frame was refused (too large, not UTF-8, malformed); 
 TIMEOUT = 3         #: the code ran past the request time limit
 WORKER_DIED = 4     #: reserved: the worker running the code died (signal, os._exit)
 SERVICE_ERROR = 5   #: the service failed for a reason of its own
-WRONG_TEMPLATE = 6  #: this socket serves another environment: ask the service (OP_ENSURE)
+WRONG_TEMPLATE = 6  #: this socket serves another environment: ask the service (op ensure)
 
 STATUS_NAMES = {
     OK: "ok",
@@ -46,7 +46,7 @@ FIELD = Struct(">BI")            # extended field header: tag, value length
 EXIT_CODE = Struct(">i")         # extended run response: the program's exit code
 
 # Extended request fields (tags).  Unknown tags are refused, not skipped.
-OP = 1        #: one byte: an OP_* value
+OP = 1        #: one byte: an op's code (pyrust/ops.py)
 FORM = 2      #: one byte: "c" code, "f" file, "m" module, "-" program read from stdin
 SOURCE = 3    #: UTF-8: the code, the file's path, or the module's name
 ARG = 4       #: sys.argv, one entry (bytes) per field, argv[0] first; absent: as python sets it
@@ -65,6 +65,11 @@ STARTUP = 14  #: one start-up option ("-O", "-Xdev") or variable ("PYTHONHASHSEE
 # How the run behaves, as python's per-run options and the echo setting say.
 PYOPT = 15    #: one per-run python option as python spells it ("-u", "-Werror"), repeated
 ECHO = 16     #: one byte: "1" echo a final -c expression (the default), "0" python's exact -c
+#: Every field's name, as docs/protocol.md and the native client spell it.
+FIELD_NAMES = {OP: "op", FORM: "form", SOURCE: "source", ARG: "arg", CWD: "cwd", ENV: "env",
+               TIMEOUT_MS: "timeout_ms", STDIO: "stdio", UMASK: "umask",
+               FD_NUMBERS: "fd_numbers", PYTHON: "python", PRELOAD: "preload", ROOT: "root",
+               STARTUP: "startup", PYOPT: "pyopt", ECHO: "echo"}
 REPEATED = (ARG, ENV, PRELOAD, STARTUP, PYOPT)
 SINGLE = (OP, FORM, SOURCE, CWD, TIMEOUT_MS, STDIO, UMASK, FD_NUMBERS, PYTHON, ROOT, ECHO)
 #: The fields that name a run's environment, in their canonical order.
@@ -72,10 +77,6 @@ TEMPLATE_FIELDS = (PYTHON, PRELOAD, ROOT, STARTUP)
 #: Fields whose value has a fixed size, in bytes.
 SIZES = {OP: 1, FORM: 1, TIMEOUT_MS: 4, STDIO: 1, UMASK: 4, ECHO: 1}
 
-OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION = b"r", b"s", b"S", b"C", b"R", b"v"
-#: Start (or find) the template of the environment the fields name; the reply is its socket.
-OP_ENSURE = b"e"
-OPS = (OP_RUN, OP_STATUS, OP_STOP, OP_CLEAR_CACHE, OP_RELOAD, OP_VERSION, OP_ENSURE)
 
 
 class ProtocolError(Exception):
@@ -155,12 +156,17 @@ def decode_code(payload: bytes) -> str:
         ) from None
 
 
-def read_response(sock) -> "tuple[int, bytes]":
-    """Read one v1 response from ``sock``; return ``(status, output)``.
+def read_response(sock, max_size: int = 1 << 32) -> "tuple[int, bytes]":
+    """Read one response from ``sock``; return ``(status, output)``.
 
-    Raise ConnectionClosed if the server closes before the response is whole.
+    Raise ProtocolError (fatal) if it announces more than ``max_size`` bytes,
+    before reading them; ConnectionClosed if the server closes before the
+    response is whole.
     """
     status, length = RESPONSE_HEADER.unpack(recv_exact(sock, RESPONSE_HEADER.size))
+    if length > max_size:
+        raise ProtocolError("reply announced %d bytes, more than a pyrust service ever sends "
+                            "(%d)" % (length, max_size), fatal=True)
     return status, recv_exact(sock, length, started=True)
 
 

@@ -368,7 +368,7 @@ def test_a_relative_bad_config_is_named_in_full(pyrust_command, tmp_path):
     (["-u", "status"], "run", []),       # after python's options: a script named status
     (["--", "version", "x"], "run", ["x"]),
     (["-h", "-Z"], "help", []), (["-u", "--help"], "help", []), (["-?"], "help", []),
-    (["--daemon"], "daemon", []), (["--python", "/p", "--stop-daemon"], "stop", []),
+    (["--daemon"], "--daemon", []), (["--python", "/p", "--stop-daemon"], "--stop-daemon", []),
     (["-V"], "python", []), (["-x", "f"], "python", []), (["--bogus"], "python", []),
     (["-c", "1", "--daemon"], "run", ["--daemon"]),
     ([], "run", []),

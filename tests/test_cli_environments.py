@@ -12,13 +12,13 @@ import threading
 import pytest
 
 from conftest import TIMEOUT, pyrust_env, read_request
-from pyrust import client, environment, protocol
+from pyrust import client, environment, ops, protocol
 
 
 class FakeService:
     """A main socket and the template sockets it creates, each answering by script.
 
-    ``ensure_reply``: (status, payload) for OP_ENSURE, or None to bind the
+    ``ensure_reply``: (status, payload) for op ensure, or None to bind the
     template socket the fields name and answer with its path.  ``run_replies``:
     {socket path: status} for runs (OK runs answer ``exit_code``).  Every
     request is recorded as (socket path, decoded fields).
@@ -55,7 +55,7 @@ class FakeService:
                 conn.sendall(protocol.encode_response(status, payload))
 
     def _answer(self, path, fields) -> tuple:
-        if fields[protocol.OP] == protocol.OP_ENSURE:
+        if fields[protocol.OP] == ops.ENSURE.code:
             if self.ensure_reply is not None:
                 return self.ensure_reply
             env = environment.Environment.from_fields(fields)
@@ -69,7 +69,7 @@ class FakeService:
         return status, b"this socket serves another environment\n"
 
     def runs(self) -> list:
-        return [(path, f) for path, f in self.requests if f[protocol.OP] == protocol.OP_RUN]
+        return [(path, f) for path, f in self.requests if f[protocol.OP] == ops.RUN.code]
 
     def close(self) -> None:
         for sock in self.listeners:
@@ -113,7 +113,7 @@ def test_a_new_environment_is_ensured_then_run_in_its_template(pyrust_command, s
     expected = environment.Environment(PYTHON, startup=["-O", "-Xdev", "PYTHONHASHSEED=3"])
     template = environment.template_socket(service.path, expected.key())
     (ensure_path, ensure), (run_path, run) = service.requests
-    assert (ensure_path, ensure[protocol.OP]) == (service.path, protocol.OP_ENSURE)
+    assert (ensure_path, ensure[protocol.OP]) == (service.path, ops.ENSURE.code)
     assert environment.Environment.from_fields(ensure) == expected
     assert run_path == template
     assert environment.Environment.from_fields(run) == expected
@@ -137,8 +137,8 @@ def test_a_template_that_serves_another_environment_sends_the_client_to_the_serv
     result = pyrust(pyrust_command, service, tmp_path, ["-c", "1"])
     assert (result.returncode, result.stderr) == (7, b"")
     assert [(path, f[protocol.OP]) for path, f in service.requests] == [
-        (stale, protocol.OP_RUN), (service.path, protocol.OP_ENSURE),
-        (service.path, protocol.OP_RUN)]
+        (stale, ops.RUN.code), (service.path, ops.ENSURE.code),
+        (service.path, ops.RUN.code)]
     assert service.requests[0][1] == service.requests[2][1]  # the same request, sent again
 
 

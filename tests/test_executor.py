@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from pyrust import protocol
-from pyrust.server.executor import Executor, v1_job
+from pyrust.request import v1_job
+from pyrust.server.executor import Executor
 
 # The program table: code -> (status, output).
 PROGRAMS = [

@@ -24,7 +24,7 @@ import threading
 import pytest
 
 from conftest import TIMEOUT, pyrust_env, read_request
-from pyrust import client, config, native, protocol
+from pyrust import client, config, native, ops, protocol
 
 # --- 1. the build -----------------------------------------------------------------------
 
@@ -71,7 +71,7 @@ HOSTILE = {
 
 class HostileServer:
     """A server on a socket the test owns that reads each request whole (closing
-    the fds it carries), answers OP_ENSURE with its own socket ("run here"), and
+    the fds it carries), answers op ensure with its own socket ("run here"), and
     answers anything else with ``reply``, then closes the connection."""
 
     def __init__(self, directory, reply: bytes) -> None:
@@ -98,7 +98,7 @@ class HostileServer:
                 except (OSError, EOFError, protocol.ConnectionClosed):
                     continue
                 self.ops.append(fields.get(protocol.OP))
-                if fields.get(protocol.OP) == protocol.OP_ENSURE:
+                if fields.get(protocol.OP) == ops.ENSURE.code:
                     conn.sendall(protocol.encode_response(protocol.OK, os.fsencode(self.path)))
                 else:
                     conn.sendall(self.reply)
@@ -131,7 +131,7 @@ def test_a_hostile_reply_is_a_clear_error(pyrust_command_sanitized, tmp_path, na
             env=pyrust_env(XDG_CONFIG_HOME=str(tmp_path / "config"), HOME=str(tmp_path)))
     finally:
         server.close()
-    assert protocol.OP_RUN in server.ops  # the reply under test is the run's
+    assert ops.RUN.code in server.ops  # the reply under test is the run's
     stderr = result.stderr.decode("utf-8", "backslashreplace")
     assert result.returncode == 125, (result.returncode, stderr)  # never a signal (< 0)
     assert (result.stdout, stderr) == (b"", message)

@@ -6,7 +6,7 @@ and runs the same command with the interpreter the run uses (a run tells
 its ``sys.executable``), with the same environment, working directory and
 stdin.  stdout, stderr and the exit status must be identical.  Each case
 runs in the default environment and in the template of every other CPython
-3.9-3.13 found here (asked of the service with OP_ENSURE, as the client does):
+3.9-3.13 found here (asked of the service with op ensure, as the client does):
 
 1. Options and variables on pipes: -u, -B, -q, -P, -W, PYTHONPATH,
    PYTHONWARNINGS, PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE, PYTHONINSPECT,
@@ -33,7 +33,7 @@ import pytest
 from conftest import (ROOT, TIMEOUT, Server, connect, cpython_interpreters, default_signals,
                       request)
 
-from pyrust import protocol
+from pyrust import ops, protocol
 from pyrust.environment import Environment
 
 #: The variables both interpreters start with; a case adds its own.
@@ -70,7 +70,7 @@ class Target:
 def ensure(service, env: Environment) -> Target:
     """Return the Target of ``env``'s template, which the service starts if need be."""
     with connect(service.path) as sock:
-        header, payload = protocol.encode_extended([(protocol.OP, protocol.OP_ENSURE)]
+        header, payload = protocol.encode_extended([(protocol.OP, ops.ENSURE.code)]
                                                    + env.fields())
         sock.sendall(header + payload)
         status, reply = protocol.read_response(sock)
@@ -122,7 +122,7 @@ def work(tmp_path):
 
 def run_fields(target, form, source, argv, options=(), env=None, cwd=None, echo=b"0"):
     """Return the fields of a run on the client's fds, as the client sends them."""
-    fields = [(protocol.OP, protocol.OP_RUN)] + target.fields + [
+    fields = [(protocol.OP, ops.RUN.code)] + target.fields + [
         (protocol.FORM, form.encode()), (protocol.STDIO, b"f")]
     if source is not None:
         fields.append((protocol.SOURCE, source.encode()))

@@ -1,5 +1,5 @@
-"""Control operations of the extended protocol, answered by the service: status,
-stop, reload, clear-cache, version (``OP_ENSURE`` is the service's own).
+"""The service's ops (pyrust/ops.py): status, stop, reload, clear-cache, version
+and ensure, one handler each (``op_<name>``).
 
 Whichever worker accepted the connection forwards the request to the service
 (``Worker._control``); the service answers from every template's scoreboard,
@@ -11,48 +11,71 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
+from typing import Optional, Tuple
 
-from pyrust import __version__, protocol
+from pyrust import __version__, ops, protocol
+from pyrust.environment import Environment
+from pyrust.request import Request, decode_extended
 from pyrust.server import osutil
+from pyrust.server.templates import answer, interpreter
+
+#: A handler's answer: (status, payload) to send now, or None if it answers later.
+Answer = Optional[Tuple[int, bytes]]
 
 
-class ServiceInfo:
-    """What the supervisor tells its workers about the service at fork time."""
-
-    def __init__(self, source: str, path: str, started: float, scoreboard,
-                 freshness=None) -> None:
-        self.source, self.path, self.started = source, path, started  # started: time.time()
-        self.scoreboard = scoreboard
-        self.freshness = freshness  # the preloaded modules' watch (freshness.Freshness)
-        #: The key of the template's environment: a run that names another is refused.
-        self.env_key = None
-        #: The files whose change makes the template stale, and their fingerprint
-        #: when it started (template.environment_files, template.fingerprint).
-        self.watched, self.born = [], []
-        #: The datagram socket to the service, where control operations go.
-        self.service = None
+def handle(service, payload: bytes, reply: socket.socket) -> None:
+    """Carry out the service op a worker forwarded as ``payload`` (its request's
+    fields) for ``service``, and answer on ``reply``: at once, or (op ensure)
+    once the environment's template serves."""
+    try:
+        request = decode_extended(payload, (), 0.0)
+        if request.op.by != ops.SERVICE:
+            raise protocol.ProtocolError("op %s is not the service's" % request.op.name, False)
+        answered = HANDLERS[request.op](service, request, reply)
+    except protocol.ProtocolError as exc:
+        answered = protocol.BAD_REQUEST, str(exc).encode()
+    if answered is not None:
+        answer(reply, *answered)
 
 
-def handle(op: bytes, service) -> "tuple[int, bytes]":
-    """Carry out control operation ``op`` for ``service``; return (status, payload)."""
-    if op == protocol.OP_STATUS:
-        return protocol.OK, json.dumps(status(service), indent=2).encode() + b"\n"
-    if op == protocol.OP_VERSION:
-        return protocol.OK, ("pyrust %s (Python %s)\n" % (
-            __version__, sys.version.split()[0])).encode()
-    if op == protocol.OP_CLEAR_CACHE:
-        for template in service.templates.values():
-            template.board.bump_cache_epoch()
-        return protocol.OK, b"compile caches cleared\n"
-    if op == protocol.OP_STOP:
-        service.stopping = True
-        return protocol.OK, b"stopping\n"
-    if op == protocol.OP_RELOAD:
-        service._reload_asked = True
-        return protocol.OK, b"reloading\n"
-    raise ValueError("not a control operation: %r" % op)
+def op_status(service, request: Request, reply: socket.socket) -> Answer:
+    return protocol.OK, json.dumps(status(service), indent=2).encode() + b"\n"
+
+
+def op_version(service, request: Request, reply: socket.socket) -> Answer:
+    return protocol.OK, ("pyrust %s (Python %s)\n" % (
+        __version__, sys.version.split()[0])).encode()
+
+
+def op_clear_cache(service, request: Request, reply: socket.socket) -> Answer:
+    for template in service.templates.values():
+        template.board.bump_cache_epoch()
+    return protocol.OK, b"compile caches cleared\n"
+
+
+def op_stop(service, request: Request, reply: socket.socket) -> Answer:
+    service.stopping = True
+    return protocol.OK, b"stopping\n"
+
+
+def op_reload(service, request: Request, reply: socket.socket) -> Answer:
+    service.reload_asked = True
+    return protocol.OK, b"reloading\n"
+
+
+def op_ensure(service, request: Request, reply: socket.socket) -> Answer:
+    """Answer later, once the template of the environment the request names serves."""
+    env = request.env
+    service.ensure(Environment(interpreter(env.python), env.preload, env.root, env.startup),
+                   reply)
+    return None
+
+
+#: The handler of each service op: ``op_<name>`` above (see pyrust/ops.py).
+HANDLERS = {op: globals()[op.handler_name] for op in ops.OPS if op.by == ops.SERVICE}
 
 
 def _merged(templates) -> dict:

@@ -21,6 +21,7 @@ import signal
 import sys
 
 from pyrust import protocol
+from pyrust.request import Job
 from pyrust.server import interactive, osutil, runoptions
 from pyrust.server.program import (FILENAME, Program, compile_program, is_zip, load, path0,
                                    python_abspath, unknown_option)
@@ -52,10 +53,6 @@ EXIT_SIGINT = -signal.SIGINT
 EXIT_REFUSED = 125
 #: After the first interrupt, how often it is raised again in code that catches it.
 REINTERRUPT_INTERVAL = 1.0
-#: The forms of a run: code, stdin, file, module, and the prompt without a program.
-FORMS = ("c", "-", "f", "m", "i")
-
-
 class RequestTimeout(BaseException):
     """Raised inside a program that runs past its time limit.
 
@@ -68,21 +65,6 @@ class RequestTimeout(BaseException):
 
     def __init__(self, seconds: float) -> None:
         super().__init__("timed out after %g s" % seconds)
-
-
-class Job(collections.namedtuple(
-        "Job", "form source argv cwd env time_limit fds umask targets options echo",
-        defaults=(None, (), (), True))):
-    """One run: ``form`` one of FORMS ("i": python's prompt, no program; it needs
-    the client's fds); ``fds`` the client's 0-2 (and more, to go to the numbers
-    ``targets`` lists) or None to capture the output; ``umask`` the client's, or
-    None to keep the worker's; ``options`` python's per-run options as it spells
-    them ("-u", "-Werror"); ``echo`` whether a final ``-c`` expression is shown."""
-
-
-def v1_job(code: str, time_limit: float) -> Job:
-    """Return the Job of a protocol v1 request: ``python -c`` with captured output."""
-    return Job("c", code, ("-c",), None, None, time_limit, None)
 
 
 class Result(collections.namedtuple("Result", "status output exit_code")):

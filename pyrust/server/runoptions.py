@@ -22,23 +22,12 @@ import operator
 import os
 import sys
 
-#: Per-run options without a value, as python spells them.
-SIMPLE_OPTIONS = ("-u", "-B", "-q", "-i", "-P")
 _FLAGS = sys.flags
 #: Python 3.13 shows inspect, interactive and quiet as 0 or 1, whatever the count.
 _FLAGS_CLAMPED = sys.version_info >= (3, 13)
 #: Before 3.11 there is no -P, and -I is what keeps sys.path[0] out.
 _HAS_SAFE_PATH = sys.version_info >= (3, 11)
 _STDLIB_ZIP = "python%d%d.zip" % sys.version_info[:2]
-
-
-def check_options(values) -> tuple:
-    """Return the per-run options ``values`` (str) as a tuple; raise ValueError
-    naming the first one that is not ``-u -B -q -i -P`` or ``-W`` with its value."""
-    for value in values:
-        if value not in SIMPLE_OPTIONS and not value.startswith("-W"):
-            raise ValueError("unknown per-run python option %r" % value)
-    return tuple(values)
 
 
 def env_flag(value) -> int:

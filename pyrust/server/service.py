@@ -63,7 +63,7 @@ class Service:
         self.started = time.monotonic()
         self.started_wall = time.time()
         self.stopping = False
-        self._reload_asked = False
+        self.reload_asked = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._watchdog = notifier.watchdog_interval()
         self._next_status = 0.0
@@ -182,7 +182,7 @@ class Service:
                 return
             kind, body = data[:1], data[1:]
             if kind == b"O" and fds:
-                self._control(body, socket.socket(fileno=fds[0]))
+                control.handle(self, body, socket.socket(fileno=fds[0]))
                 continue
             for fd in fds:
                 os.close(fd)
@@ -227,23 +227,6 @@ class Service:
         elif template.default:  # nothing would serve the main socket
             raise StartupError(message)
 
-    def _control(self, payload: bytes, reply: socket.socket) -> None:
-        """Carry out a control operation a worker forwarded; answer on ``reply``."""
-        try:
-            fields = protocol.decode_fields(payload)
-            op = fields.get(protocol.OP)
-            if op == protocol.OP_ENSURE:
-                env = Environment.from_fields(fields)
-                if env is None:
-                    raise ValueError("op e needs an environment (field %d)" % protocol.PYTHON)
-                self.ensure(Environment(interpreter(env.python), env.preload, env.root,
-                                        env.startup), reply)
-                return
-            status, text = control.handle(op, self)
-        except (protocol.ProtocolError, ValueError, UnicodeDecodeError) as exc:
-            status, text = protocol.BAD_REQUEST, str(exc).encode()
-        answer(reply, status, text)
-
     # -- the loop ------------------------------------------------------------------
 
     def run(self) -> int:
@@ -268,8 +251,8 @@ class Service:
                      os.getpid())
             while not self.stopping:
                 self._step(self._next_duty())
-                if self._reload_asked and not self.stopping:
-                    self._reload_asked = False
+                if self.reload_asked and not self.stopping:
+                    self.reload_asked = False
                     self.reload()
                 if not self.stopping:
                     self._timed_duties()
@@ -297,7 +280,7 @@ class Service:
                 log.info("received %s, stopping", signal.Signals(signum).name)
                 self.stopping = True
             elif signum == signal.SIGHUP:
-                self._reload_asked = True
+                self.reload_asked = True
         self._reap()
         self._check_starts()
 

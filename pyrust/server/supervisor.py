@@ -23,7 +23,7 @@ import time
 from pyrust.config import MAX_WORKERS
 from pyrust.errors import PyrustError
 from pyrust.server.backoff import BOOT_GRACE, BootBackoff
-from pyrust.server.control import ServiceInfo
+from pyrust.server.worker import ServiceInfo
 from pyrust.server.freshness import Freshness
 from pyrust.server.scoreboard import TERMINAL, Scoreboard
 from pyrust.server.terminals import Terminals, describe_exit, exit_code

@@ -26,19 +26,18 @@ import socket
 import struct
 import time
 
-from pyrust import protocol
-from pyrust.environment import key_of
-from pyrust.server.template import fingerprint
+from pyrust import ops, protocol
+from pyrust.request import MAX_EXTRA_FDS, Job, Request, decode_extended, decode_v1, v1_job
 from pyrust.server import logs, osutil
-from pyrust.server.executor import FORMS, Executor, Job, v1_job
-from pyrust.server.runoptions import check_options
+from pyrust.server.executor import Executor
 from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
+from pyrust.server.template import fingerprint
 from pyrust.trust import peer_credentials
 
 log = logging.getLogger("pyrust.worker")
 
 # What the worker is doing, so the stop signal knows what it may interrupt.
-ACCEPTING, WAITING, BUSY = "accepting", "waiting", "busy"
+IN_ACCEPT, WAITING, BUSY = "in accept", "waiting", "busy"
 #: accept() errors that concern one connection, not the listener.
 _CONNECTION_ERRORS = {errno.ECONNABORTED, errno.EINTR, errno.EPROTO}
 #: accept() errors from a passing shortage: retried after a pause, not in a tight loop.
@@ -52,9 +51,6 @@ TOOK = struct.Struct("=ci")
 TERMINAL_RUN = struct.Struct("=ciiic")
 #: What a spare runs before it accepts (see Worker._warm_up).
 WARM_UP = v1_job("x = 1\nx", 0)
-#: The most fds a client may pass besides 0-2 (SCM_MAX_FD is 253).
-MAX_EXTRA_FDS = 250
-_FD_NUMBER = struct.Struct(">I")
 #: The largest control request forwarded to the service (one datagram).
 MAX_FORWARDED = 65536
 
@@ -96,6 +92,32 @@ def _close_all(fds) -> None:
             pass
 
 
+class ServiceInfo:
+    """What the supervisor tells its workers about the service at fork time."""
+
+    def __init__(self, source: str, path: str, started: float, scoreboard,
+                 freshness=None) -> None:
+        self.source, self.path, self.started = source, path, started  # started: time.time()
+        self.scoreboard = scoreboard
+        self.freshness = freshness  # the preloaded modules' watch (freshness.Freshness)
+        #: The key of the template's environment: a run that names another is refused.
+        self.env_key = None
+        #: The files whose change makes the template stale, and their fingerprint
+        #: when it started (template.environment_files, template.fingerprint).
+        self.watched, self.born = [], []
+        #: The datagram socket to the service, where control operations go.
+        self.service = None
+
+
+
+class Refused(Exception):
+    """A request answered with a refusal (``status``, ``message``) instead of its run."""
+
+    def __init__(self, status: int, message: bytes) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
 class Worker:
     """Serves one connection from ``listener``; see :meth:`run`.
 
@@ -116,7 +138,7 @@ class Worker:
         self.cache_epoch = info.scoreboard.cache_epoch()
         self.uid = os.getuid()
         self.alive = True
-        self.phase = ACCEPTING
+        self.phase = IN_ACCEPT
         self.conn = None
         self.peer_pid = 0  # the client of the connection being served (0: unknown)
         # One line per run at debug; the check is made once, not per request.
@@ -262,11 +284,37 @@ class Worker:
                 log.info("connection error: %s", exc)
 
     def handle_request(self, conn: socket.socket) -> bool:
-        """Read one request from ``conn``, run it and send the reply.
+        """Serve one request on ``conn``: receive it, verify it, handle it, reply.
 
         Return whether the connection can carry another request (not after a
-        refused frame whose payload was left unread).  Raise ConnectionClosed
-        or OSError when the connection is gone.
+        refused frame whose payload was left unread, nor after a run on the
+        client's fds).  Raise ConnectionClosed or OSError when the connection
+        is gone.
+        """
+        try:
+            request = self.receive(conn)
+        except protocol.ProtocolError as exc:
+            log.info("refused a request: %s", exc)
+            self.slot.end(ok=False)
+            self.reply(conn, protocol.BAD_REQUEST, str(exc).encode())
+            return not exc.fatal
+        try:
+            self.verify(request)
+        except Refused as exc:
+            _close_all(request.fds)
+            if exc.status == protocol.WRONG_TEMPLATE:  # nothing ran: no run to count
+                self.slot.end_control()
+            else:
+                self.slot.end(ok=False)
+            self.reply(conn, exc.status, exc.message)
+            return request.job is None or request.job.fds is None
+        return self.handle(request, conn)
+
+    def receive(self, conn: socket.socket) -> Request:
+        """Read the next request from ``conn`` and decode it (pyrust/request.py).
+
+        Raise ProtocolError if it is refused (``fatal`` when its payload was left
+        unread), ConnectionClosed or OSError when the connection is gone.
         """
         self.phase = WAITING
         header = protocol.recv_exact(conn, protocol.HEADER.size)
@@ -279,56 +327,71 @@ class Worker:
             self.cache_epoch = epoch
             self.executor.clear_cache()
         length &= ~protocol.EXTENDED_FLAG
-        fds = ()
+        protocol.check_length(length, self.config.max_request_bytes)
+        if not extended:
+            code = protocol.recv_exact(conn, length, started=True)
+            return decode_v1(code, self.config.request_timeout)
+        payload, fds = _receive_with_fds(conn, length)
         try:
-            protocol.check_length(length, self.config.max_request_bytes)
-            if extended:
-                payload, fds = _receive_with_fds(conn, length)
-                fields = protocol.decode_fields(payload)
-                job = self._job(fields, fds)
-            else:
-                code = protocol.recv_exact(conn, length, started=True)
-                job = v1_job(protocol.decode_code(code), self.config.request_timeout)
-        except protocol.ProtocolError as exc:
+            return decode_extended(payload, fds, self.config.request_timeout)
+        except protocol.ProtocolError:
             _close_all(fds)
-            log.info("refused a request: %s", exc)
-            self.slot.end(ok=False)
-            conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, str(exc).encode()))
-            return not exc.fatal
-        if isinstance(job, bytes):  # a control operation
-            status, reply = self._control(payload)
-            self.slot.end_control()
-            conn.sendall(protocol.encode_response(status, reply))
-            return True
-        if extended and self.info.env_key is not None and protocol.PYTHON in fields:
-            refusal = self._other_environment(fields)
+            raise
+
+    def verify(self, request: Request) -> None:
+        """Raise Refused if this worker must not carry ``request`` out: a run that
+        names another environment than this template's, or one whose
+        environment changed since the template started (a ``.pth`` file, a
+        recreated venv); a program file over max_request_bytes for a run on
+        the client's fds (refused while a reply can still go back)."""
+        job = request.job
+        key = request.env_key() if job is not None and self.info.env_key is not None else None
+        if key is not None:
+            if key != self.info.env_key:
+                why = "this socket serves another environment"
+            elif fingerprint(self.info.watched) != self.info.born:
+                why = "this environment changed since its template started"
+            else:
+                why = ""
+            if why:
+                raise Refused(protocol.WRONG_TEMPLATE, ("%s; ask the service for yours (op %s)"
+                                                        % (why, ops.ENSURE.code.decode())).encode())
+        if job is not None and job.fds is not None:
+            refusal = self.executor.refuse_file(job)
             if refusal is not None:
-                _close_all(fds)
-                self.slot.end_control()
-                conn.sendall(protocol.encode_response(protocol.WRONG_TEMPLATE, refusal))
-                return True
+                raise Refused(protocol.BAD_REQUEST, refusal.encode())
+
+    def handle(self, request: Request, conn: socket.socket) -> bool:
+        """Carry out ``request``: a worker op here (``op_<name>``), a service op
+        forwarded to the service; return whether the connection goes on."""
+        if request.job is None or request.job.fds is None:
+            _close_all(request.fds)  # only a run on the client's fds uses the fds sent
+        if request.op.by == ops.WORKER:
+            handler = getattr(self, request.op.handler_name)
+            return bool(handler(request, conn))
+        status, reply = self._forward(request.payload)
+        self.slot.end_control()
+        self.reply(conn, status, reply)
+        return True
+
+    def reply(self, conn: socket.socket, status: int, payload: bytes) -> None:
+        """Send the response (``status``, ``payload``) on ``conn``."""
+        conn.sendall(protocol.encode_response(status, payload))
+
+    def op_run(self, request: Request, conn: socket.socket) -> bool:
+        """Run the request's program: captured (reply, and the session goes on), or
+        on the client's fds (this process becomes the program's and never returns)."""
+        job = request.job
+        assert job is not None  # decode_* give every run its Job
         if job.fds is not None:
-            self._run_to_exit(job, conn)  # returns only if the program was refused
+            self._run_to_exit(job, conn)
             return False
         if self.info.freshness is not None:
             self.info.freshness.refresh()
-        return self._run_captured(job, conn, extended)
+        return self._run_captured(job, conn, request.extended)
 
-    def _other_environment(self, fields: dict):
-        """Return why this template cannot serve the run ``fields`` name (its
-        environment is another, or changed since the template started: a
-        ``.pth`` file, a recreated venv), or None if it can."""
-        if key_of(fields) != self.info.env_key:
-            why = "this socket serves another environment"
-        elif fingerprint(self.info.watched) != self.info.born:
-            why = "this environment changed since its template started"
-        else:
-            return None
-        return ("%s; ask the service for yours (op %s)"
-                % (why, protocol.OP_ENSURE.decode())).encode()
-
-    def _control(self, payload: bytes) -> "tuple[int, bytes]":
-        """Forward control request ``payload`` to the service; return its reply.
+    def _forward(self, payload: bytes) -> "tuple[int, bytes]":
+        """Forward the service op request ``payload`` to the service; return its reply.
 
         The reply comes back on a socketpair whose other end travels with the
         request, so the connection stays this worker's: a session may go on.
@@ -374,17 +437,8 @@ class Worker:
         return True
 
     def _run_to_exit(self, job: Job, conn: socket.socket) -> None:
-        """Hand the connection to the supervisor and give this process to ``job``.
-
-        Return only if the program is refused before it starts (a file over
-        max_request_bytes), after sending the refusal.
-        """
-        refusal = self.executor.refuse_file(job)
-        if refusal is not None:
-            _close_all(job.fds)
-            self.slot.end(ok=False)
-            conn.sendall(protocol.encode_response(protocol.BAD_REQUEST, refusal.encode()))
-            return
+        """Hand the connection to the supervisor and give this process to ``job``;
+        this process ends with the program."""
         if self.info.freshness is not None:
             self.info.freshness.refresh(last=True)
         self.slot.begin(TERMINAL)
@@ -397,48 +451,6 @@ class Worker:
         conn.close()  # the supervisor holds it now: it relays Ctrl-C and sends the exit status
         logs.release()
         self.executor.run_to_exit(job, self._announce_exit)
-
-    def _job(self, fields: dict, fds: tuple):
-        """Return the Job an extended request asks for, or its control op (bytes).
-
-        Raise ProtocolError (not fatal: the payload was read) if it is malformed.
-        """
-        op = fields.get(protocol.OP, protocol.OP_RUN)
-        if op not in protocol.OPS:
-            raise protocol.ProtocolError("malformed extended request: unknown op %r" % op, False)
-        if op != protocol.OP_RUN:
-            return op
-        form = fields.get(protocol.FORM, b"c").decode("ascii", "replace")
-        stdio = fields.get(protocol.STDIO, b"c")
-        if form not in FORMS or stdio not in (b"c", b"f") or \
-                (protocol.SOURCE not in fields and form != "i"):
-            raise protocol.ProtocolError("malformed extended request: needs a form (c, -, f, m, "
-                                         "i), a source (but for i), and stdio c or f", False)
-        targets = _fd_targets(fields.get(protocol.FD_NUMBERS, b""))
-        if stdio == b"f" and len(fds) != 3 + len(targets):
-            raise protocol.ProtocolError("malformed extended request: stdio f needs the "
-                                         "client's fds 0, 1 and 2 attached, then one fd for "
-                                         "each number in the fd-numbers field", False)
-        if form == "i" and stdio != b"f":
-            raise protocol.ProtocolError("malformed extended request: form i (python's "
-                                         "prompt) needs stdio f", False)
-        source = protocol.decode_code(fields.get(protocol.SOURCE, b""))
-        argv = [os.fsdecode(a) for a in fields[protocol.ARG]] or \
-            [{"c": "-c", "-": "-", "f": source, "m": "-m", "i": ""}[form]]
-        env = None
-        if fields[protocol.ENV]:
-            env = dict(os.fsdecode(e).partition("=")[::2] for e in fields[protocol.ENV])
-        cwd = os.fsdecode(fields[protocol.CWD]) if protocol.CWD in fields else None
-        # A run on the client's terminal has no time limit unless it asks for
-        # one, as python has none; a captured run has the service's.
-        limit = 0.0 if stdio == b"f" else self.config.request_timeout
-        if protocol.TIMEOUT_MS in fields:
-            limit = struct.unpack(">I", fields[protocol.TIMEOUT_MS])[0] / 1000.0
-        umask = struct.unpack(">I", fields[protocol.UMASK])[0] & 0o777 \
-            if protocol.UMASK in fields else None
-        options, echo = _run_options(fields)
-        return Job(form, source, argv, cwd, env, limit, fds if stdio == b"f" else None,
-                   umask, targets, options, echo)
 
     def _announce_exit(self, status: int) -> None:
         """The run ended and this process is about to exit with ``status``: close
@@ -474,28 +486,3 @@ def new_executor(config) -> Executor:
                         config.max_request_bytes)
     executor.calibrate()
     return executor
-
-
-def _run_options(fields: dict) -> "tuple[tuple, bool]":
-    """Return the per-run python options (str) and the echo setting of a run's
-    fields; raise ProtocolError (not fatal) if they are malformed."""
-    try:
-        options = check_options([os.fsdecode(value) for value in fields[protocol.PYOPT]])
-    except ValueError as exc:
-        raise protocol.ProtocolError("malformed extended request: %s" % exc, False) from None
-    echo = fields.get(protocol.ECHO, b"1")
-    if echo not in (b"0", b"1"):
-        raise protocol.ProtocolError("malformed extended request: echo is 0 or 1", False)
-    return options, echo == b"1"
-
-
-def _fd_targets(value: bytes) -> tuple:
-    """Return the fd numbers of the fd-numbers field; raise ProtocolError if malformed."""
-    if len(value) % _FD_NUMBER.size or len(value) // _FD_NUMBER.size > MAX_EXTRA_FDS:
-        raise protocol.ProtocolError("malformed extended request: the fd-numbers field holds "
-                                     "up to %d u32 numbers" % MAX_EXTRA_FDS, False)
-    targets = tuple(n for (n,) in _FD_NUMBER.iter_unpack(value))
-    if any(n < 3 or n > 1 << 20 for n in targets) or len(set(targets)) != len(targets):
-        raise protocol.ProtocolError("malformed extended request: fd numbers must be distinct, "
-                                     "from 3 to %d" % (1 << 20), False)
-    return targets
