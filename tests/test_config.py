@@ -6,12 +6,20 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import TIMEOUT, pyrust_env
 from pyrust import paths
 from pyrust.config import MAX_SECONDS, Config, apply_settings, load_config
 from pyrust.errors import ConfigError
-from pyrust.server.main import EXIT_STARTUP, build_parser, configure
+from pyrust.server.main import (
+    EXIT_STARTUP,
+    FLAG_KINDS,
+    build_parser,
+    configure,
+    setting_flags,
+)
 
 SETTINGS = [field.name for field in dataclasses.fields(Config)]
 
@@ -108,17 +116,6 @@ def test_socket_path_resolution_order(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     assert paths.resolve_socket_path(None, None) == str(
         tmp_path / ("pyrust-%d" % os.getuid()) / "pyrust.sock")
-
-
-def test_every_setting_is_documented_in_the_readme_with_its_range():
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    rows = {line.split(" | ")[0][3:-1]: line for line in readme.splitlines()
-            if line.startswith("| `")}
-    for field in dataclasses.fields(Config):
-        assert field.name in rows, field.name
-        # The README speaks of Linux's socket path limit; macOS's is named beside it.
-        expected = field.metadata["check"].expected.replace("at most 103", "at most 107")
-        assert " | %s" % expected in rows[field.name], field.name
 
 
 # --- every setting is bounded ----------------------------------------------
@@ -218,6 +215,105 @@ def test_serve_overrides_apply(tmp_path):
     config = configure(build_parser().parse_args(["--config", path, "--workers", "3",
                                                   "--log-level", "debug"]))
     assert (config.workers, config.log_level, config.max_workers) == (3, "debug", 4)
+
+
+#: Per kind of check: a flag's text that lands (and the value it lands as), and texts
+#: the check refuses.
+FLAG_VALUES = {
+    "count": ("3", 3, ["x", "2.0", "-1", "99999", "1e2"]),
+    "bytes": ("67108864", 67108864, ["x", "-1", "1.5e9", "10 MiB", "1099511627777"]),
+    "seconds": ("1.5", 1.5, ["inf", "nan", "-1", "x", "1e30"]),
+    "boolean": ("no", False, ["maybe", "", "2", "on"]),
+    "modules": ("json, os.path", ["json", "os.path"], ["a b", "json,,os", "1x"]),
+    "python": ("/usr/bin/python3", "/usr/bin/python3", ["python3", "", "/a\0b"]),
+    "log_level": ("debug", "debug", ["loud", "DEBUG", ""]),
+}
+FLAGS = setting_flags()
+
+
+def check_of(flag):
+    return FLAGS[flag].metadata["check"]
+
+
+def test_every_setting_but_socket_is_a_serve_option():
+    options = {a.dest for a in build_parser()._actions if a.option_strings}
+    assert set(FLAGS) == {"--" + key.replace("_", "-") for key in SETTINGS} - {"--socket"}
+    assert {f.name for f in FLAGS.values()} <= options
+    assert {check_of(flag).kind for flag in FLAGS} == set(FLAG_VALUES) == set(FLAG_KINDS)
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGS))
+def test_a_good_serve_option_lands_in_the_config(tmp_path, flag):
+    text, value, _ = FLAG_VALUES[check_of(flag).kind]
+    config = configure(build_parser().parse_args(["--config", write(tmp_path, ""), flag, text]))
+    assert getattr(config, FLAGS[flag].name) == value
+    assert dataclasses.replace(config, **{FLAGS[flag].name: getattr(Config(), FLAGS[flag].name)}
+                               ) == Config()  # and nothing else changed
+
+
+@pytest.mark.parametrize("flag, text", [(flag, text) for flag in sorted(FLAGS)
+                                        for text in FLAG_VALUES[check_of(flag).kind][2]])
+def test_a_bad_serve_option_is_refused_by_its_check(tmp_path, flag, text):
+    key = FLAGS[flag].name
+    with pytest.raises(ConfigError) as info:
+        configure(build_parser().parse_args(["--config", write(tmp_path, ""), flag, text]))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("command line: key %r: expected %s, got "
+                              % (key, check_of(flag).expected)), message
+
+
+@pytest.mark.parametrize("text, value", [
+    ("true", True), ("TRUE", True), ("yes", True), ("1", True),
+    ("false", False), ("No", False), ("0", False)])
+def test_a_boolean_option_takes_these_words(tmp_path, text, value):
+    args = build_parser().parse_args(["--config", write(tmp_path, ""), "--echo", text])
+    assert configure(args).echo is value
+
+
+def test_an_empty_preload_option_overrides_the_file(tmp_path):
+    path = write(tmp_path, 'preload = ["json"]\n')
+    assert configure(build_parser().parse_args(["--config", path, "--preload", ""])).preload == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(flag=st.sampled_from(sorted(FLAGS)), text=st.text(max_size=12))
+def test_any_option_text_lands_or_gets_the_one_line_error(flag, text):
+    """Whatever the text, a flag's value is either one the file could hold or refused
+    in the file's words."""
+    args = build_parser().parse_args(["--config", os.devnull, flag + "=" + text])
+    key = FLAGS[flag].name
+    try:
+        config = configure(args)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        assert str(exc).startswith("command line: key %r: " % key), exc
+    else:
+        value = getattr(config, key)
+        assert check_of(flag)(value) == value
+
+
+def test_the_serve_help_names_each_setting_with_its_range(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # undo argparse's wrapping
+    for flag in FLAGS:
+        accepts = FLAG_KINDS[check_of(flag).kind].accepts
+        assert "%s %s" % (flag, FLAG_KINDS[check_of(flag).kind].metavar) in out
+        assert "Accepts %s" % (accepts or check_of(flag).expected) in out, flag
+
+
+def test_a_bad_serve_option_stops_the_server_in_one_line(tmp_path):
+    socket_path = str(tmp_path / "s.sock")
+    result = subprocess.run([sys.executable, "-m", "pyrust", "serve", "--config", os.devnull,
+                             "--socket", socket_path, "--idle-timeout", "forever"],
+                            capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+                            env=pyrust_env())
+    assert result.returncode == EXIT_STARTUP
+    assert result.stderr.decode() == (
+        "pyrust: command line: key 'idle_timeout': expected a number of seconds from 0.001 "
+        "to 31536000 (365 days), got 'forever'\n")
+    assert not os.path.exists(socket_path)
 
 
 def test_a_file_ceiling_below_its_workers_names_max_workers(tmp_path):
