@@ -56,10 +56,17 @@ EXIT_SERVICE = 125
 OWN_OPTIONS = ("--socket", "--config", "--python")
 #: The commands pyrust carries out itself; those that send an op are in pyrust/ops.py.
 LOCAL_COMMANDS = (
-    Command("--daemon", "start a standalone service in the background"),
-    Command("version", "pyrust's own version"),
+    Command("version", "pyrust's own version",
+            doc="pyrust's own version (`pyrust -V` is python's)"),
+    Command("--daemon", "start a standalone service in the background",
+            doc="start a standalone server in the background; returns once it answers (or "
+                "at once if one already does)"),
     Command("serve", "run the service in the foreground (see 'pyrust serve --help')",
-            usage="serve [--socket PATH] [--config FILE] [--SETTING VALUE ...]"),
+            usage="serve [--socket PATH] [--config FILE] [--log-file FILE] [--SETTING VALUE ...]",
+            doc="run the server in the foreground (`--socket`, `--config`, `--log-file FILE`: "
+                "a log file rolled over by size, and every setting as `--key-with-dashes "
+                "VALUE`; `pyrust serve --help` lists them); it uses a socket passed by "
+                "systemd (`LISTEN_FDS`) or launchd, else binds its own"),
 )
 _COMMANDS = tuple(command for _, command in COMMANDS.values()) + LOCAL_COMMANDS
 #: pyrust's own flags; the action of a command line is the flag or subcommand it names.
@@ -68,13 +75,20 @@ OWN_FLAGS = tuple(c.spelling for c in _COMMANDS if c.is_flag)
 SUBCOMMANDS = tuple(c.spelling for c in _COMMANDS if not c.is_flag)
 
 
+def documented_commands() -> "list[Command]":
+    """Return every command in the order help and docs show them: subcommands,
+    then flags (pyrust's own first, then those that send an op)."""
+    flags = sorted((c for c in _COMMANDS if c.is_flag), key=lambda c: c not in LOCAL_COMMANDS)
+    return [c for c in _COMMANDS if not c.is_flag] + flags
+
+
 def usage() -> str:
     """Return ``pyrust --help``'s text: the commands' lines come from their declarations."""
-    flags = sorted((c for c in _COMMANDS if c.is_flag), key=lambda c: c not in LOCAL_COMMANDS)
-    subcommands = [c for c in _COMMANDS if not c.is_flag]
-    lines = ["       pyrust %s\n" % c.usage for c in subcommands]
-    lines.append("       pyrust %s\n       pyrust --help\n" % " | ".join(c.usage for c in flags))
-    described = ["  %-15s  %s\n" % (c.spelling, c.help) for c in flags + subcommands]
+    commands = documented_commands()
+    flags = [c.usage for c in commands if c.is_flag]
+    lines = ["       pyrust %s\n" % c.usage for c in commands if not c.is_flag]
+    lines.append("       pyrust %s\n       pyrust --help\n" % " | ".join(flags))
+    described = ["  %-15s  %s\n" % (c.spelling, c.help) for c in commands]
     return _SYNOPSIS + "".join(lines) + _DESCRIPTION + "".join(described) + _EXIT_STATUS
 
 

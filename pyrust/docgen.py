@@ -61,9 +61,31 @@ def settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def commands_table() -> str:
+    """Return README's table of pyrust's commands, from their declarations
+    (pyrust/ops.py for those that send an op, pyrust/cli.py for the others)."""
+    from pyrust import cli
+
+    rows = ["| command | what it does |", "|---|---|"]
+    rows += ["| `pyrust %s` | %s |" % (c.usage, c.doc) for c in cli.documented_commands()]
+    return "\n".join(rows) + "\n"
+
+
+def ops_table() -> str:
+    """Return docs/protocol.md's table of ops (field 1), from pyrust/ops.py."""
+    from pyrust import ops
+
+    rows = ["| code | op | carried out by | what it does |", "|---|---|---|---|"]
+    rows += ["| `%s` | %s | %s | %s |" % (op.code.decode(), op.name, op.by, op.doc)
+             for op in ops.OPS]
+    return "\n".join(rows) + "\n"
+
+
 #: Every generated block.
 BLOCKS = [
     Block("README.md", "settings", settings_table),
+    Block("README.md", "commands", commands_table),
+    Block("docs/protocol.md", "ops", ops_table),
 ]
 
 

@@ -21,17 +21,18 @@ WORKER, SERVICE = "worker", "service"
 
 
 class Command:
-    """A command-line spelling that sends an op: a flag (``--stop-daemon``) or a
-    subcommand (``status``), its usage (``status [--json]``), its ``--help``
-    line, how the reply is shown (``show``: a function of pyrust.status, or ""
-    for the text as sent) and the exit status when no service answers."""
+    """A command-line spelling: a flag (``--stop-daemon``) or a subcommand
+    (``status``), its usage (``status [--json]``), its ``--help`` line, its
+    README line (``doc``; the ``--help`` line if not given), how the reply is
+    shown (``show``: a function of pyrust.status, or "" for the text as sent)
+    and the exit status when no service answers."""
 
-    __slots__ = ("spelling", "usage", "help", "show", "unavailable_exit")
+    __slots__ = ("spelling", "usage", "help", "doc", "show", "unavailable_exit")
 
-    def __init__(self, spelling: str, help: str, usage: str = "", show: str = "",
-                 unavailable_exit: int = 125) -> None:
+    def __init__(self, spelling: str, help: str, usage: str = "", doc: str = "",
+                 show: str = "", unavailable_exit: int = 125) -> None:
         self.spelling, self.usage, self.help = spelling, usage or spelling, help
-        self.show, self.unavailable_exit = show, unavailable_exit
+        self.doc, self.show, self.unavailable_exit = doc or help, show, unavailable_exit
 
     @property
     def is_flag(self) -> bool:
@@ -59,23 +60,32 @@ class Op:
 
 
 RUN = Op("run", b"r", WORKER,
-         "run a program (the default when field 1 is absent); the fields below say how")
+         "run a program (the default when field 1 is absent); fields 2-16 say how")
 STATUS = Op("status", b"s", SERVICE, "the service's state and its environments, as JSON", (
     Command("status", "the service's state and its environments (--json for every figure)",
-            usage="status [--json]", show="describe", unavailable_exit=1),
+            usage="status [--json]", show="describe", unavailable_exit=1, doc=(
+                "version, how the socket was obtained, its path, the service's and the "
+                "workers' pids, uptime, spares ready and workers busy, what a fork of a "
+                "template costs (p50, p99), runs served and failed (apart from control "
+                "requests such as `status` itself), p50 and p99 of the last 1000 runs, time "
+                "since the last failed run, memory per process, and every environment's "
+                "template: interpreter and version, venv, project, preloads, start-up "
+                "options, spares, runs served, memory, age and idle time")),
     Command("--daemon-status", "exit 0 if a service answers, 1 if not", show="one_line",
-            unavailable_exit=1),
+            unavailable_exit=1,
+            doc="exit 0 if a service answers (and say where), 1 if not; never starts one"),
 ))
 STOP = Op("stop", b"S", SERVICE,
           "stop the service as `systemctl stop` does: requests in flight finish", (
-              Command("--stop-daemon", "stop the running service (requests in flight finish)"),
+              Command("--stop-daemon", "stop the running service (requests in flight finish)",
+                      doc="stop the running service; requests in flight finish"),
           ))
 CLEAR_CACHE = Op("clear-cache", b"C", SERVICE, "clear every worker's compile cache", (
     Command("--clear-cache", "clear the running service's compile caches"),
 ))
 RELOAD = Op("reload", b"R", SERVICE,
             "read the configuration again and replace the templates, as `systemctl reload` does")
-VERSION = Op("version", b"v", SERVICE, "pyrust's version and the default environment's Python's")
+VERSION = Op("version", b"v", SERVICE, "pyrust's version and that of the Python the service runs on")
 ENSURE = Op("ensure", b"e", SERVICE,
             "start (or find) the template of the environment fields 11-14 name; the reply "
             "is its socket's path (see Environments)")

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import TIMEOUT, pyrust_env
+from pyrust import __version__
 
 TRACEBACK = ('Traceback (most recent call last):\n  File "<string>", line 1, in <module>\n'
              + ('    1/0\n    ~^~\n' if sys.version_info >= (3, 13) else '')  # as python shows it
@@ -37,7 +38,7 @@ TRANSCRIPTS = [
     # -V and --version are the interpreter's, as scripts that check it expect.
     (["--version"], "Python %s\n" % platform.python_version(), "", 0),
     (["-V"], "Python %s\n" % platform.python_version(), "", 0),
-    (["version"], "pyrust 0.1.0\n", "", 0),
+    (["version"], "pyrust %s\n" % __version__, "", 0),
     # python's options: per run, and start-up ones (a template of their own).
     (["-u", "-c", "2+3"], "5\n", "", 0),
     (["-uc", "import sys; print(sys.argv)", "-u"], "['-c', '-u']\n", "", 0),
@@ -201,7 +202,7 @@ def test_status_reports_the_running_service(make_server):
     result = pyrust(["status", "--json"], env={"PYRUST_SOCKET": server.path})
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
-    assert status["version"] == "0.1.0"
+    assert status["version"] == __version__
     assert status["socket"] == {"path": server.path, "obtained_from": "systemd"}
     assert status["supervisor"]["pid"] == server.proc.pid
     assert status["supervisor"]["rss"] == pytest.approx(

@@ -60,8 +60,10 @@ def test_replace_block_refuses_missing_or_misplaced_markers(text):
 
 
 def test_check_shows_a_diff_and_fails_until_the_generator_runs(tmp_path, capsys):
+    for block in docgen.BLOCKS:  # every file that holds a block
+        os.makedirs(os.path.dirname(tmp_path / block.path), exist_ok=True)
+        shutil.copy(os.path.join(ROOT, block.path), tmp_path / block.path)
     readme = tmp_path / "README.md"
-    shutil.copy(os.path.join(ROOT, "README.md"), readme)
     readme.write_text(readme.read_text().replace("| `workers` |", "| `workers` | x |", 1))
     assert docgen.main(["--check", "--root", str(tmp_path)]) == 1
     out, err = capsys.readouterr()

@@ -23,13 +23,30 @@ import sys
 from pyrust import protocol
 from pyrust.request import Job
 from pyrust.server import interactive, osutil, runoptions
-from pyrust.server.program import (FILENAME, Program, compile_program, is_zip, load, path0,
-                                   python_abspath, unknown_option)
-from pyrust.server.report import (echo as _echo, free_frames as _free_frames,
-                                  print_exception, stack_depth as _stack_depth,
-                                  system_exit_code as _system_exit_code, utf8 as _utf8)
-from pyrust.server.runstate import (Borrowed, Capture, client_streams, enter_for_good,
-                                    exit_sequence, fresh_main)
+from pyrust.server.program import (
+    FILENAME,
+    Program,
+    compile_program,
+    is_zip,
+    load,
+    path0,
+    python_abspath,
+    unknown_option,
+)
+from pyrust.server.report import echo as _echo
+from pyrust.server.report import free_frames as _free_frames
+from pyrust.server.report import print_exception
+from pyrust.server.report import stack_depth as _stack_depth
+from pyrust.server.report import system_exit_code as _system_exit_code
+from pyrust.server.report import utf8 as _utf8
+from pyrust.server.runstate import (
+    Borrowed,
+    Capture,
+    client_streams,
+    enter_for_good,
+    exit_sequence,
+    fresh_main,
+)
 
 #: Programs larger than this are compiled every time rather than cached, so
 #: the cache's memory stays bounded by ``entries × 1 MiB``.

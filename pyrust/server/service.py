@@ -32,9 +32,19 @@ from pyrust.environment import Environment, default_python, template_socket
 from pyrust.errors import PyrustError, StartupError
 from pyrust.server import control, osutil
 from pyrust.server.template import fingerprint
-from pyrust.server.templates import (FailureHold, Launcher, Template, answer, cannot_start,
-                                     describe, interpreter, kill, receive,
-                                     remove_stale_sockets, unlink_link)
+from pyrust.server.templates import (
+    FailureHold,
+    Launcher,
+    Template,
+    answer,
+    cannot_start,
+    describe,
+    interpreter,
+    kill,
+    receive,
+    remove_stale_sockets,
+    unlink_link,
+)
 from pyrust.server.terminals import describe_exit
 
 log = logging.getLogger("pyrust.service")

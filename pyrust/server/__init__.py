@@ -1,0 +1,1 @@
+"""pyrust's server: the service, its templates, their supervisors and workers."""
