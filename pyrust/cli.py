@@ -14,6 +14,15 @@ import sys
 from pyrust import __version__
 from pyrust.ops import COMMANDS, Command, Op
 
+MYPY = False
+if MYPY:  # for the type checker only: the client imports no typing at run time
+    from _socket import socket
+
+    from pyrust.config import Config
+    from pyrust.environment import Environment
+    from pyrust.project import Choice
+    from pyrust.pyoptions import CommandLine
+
 _SYNOPSIS = """\
 usage: pyrust [OPTION ...] -c CODE [ARG ...]
        pyrust [OPTION ...] -m MODULE [ARG ...]
@@ -137,7 +146,7 @@ def parse_args(argv: list) -> dict:
     return opts
 
 
-def load_settings(opts: dict):
+def load_settings(opts: dict) -> "tuple[str, Config | None]":
     """Return (socket path, Config or None): the config is read only if a file exists.
 
     Read once per command line: the result is kept in ``opts``.
@@ -156,7 +165,7 @@ def load_settings(opts: dict):
     return opts["settings"]
 
 
-def connect(opts: dict, autostart: bool = True):
+def connect(opts: dict, autostart: bool = True) -> "socket":
     """Return a socket connected to the service, autostarting a server if allowed.
 
     Raise PyrustError, saying what to do, when no service can be reached.
@@ -179,7 +188,7 @@ def connect(opts: dict, autostart: bool = True):
     return client.connect(path)
 
 
-def _working_directory():
+def _working_directory() -> "str | None":
     """Return the working directory (str), or None if it was removed."""
     try:
         return os.getcwd()
@@ -187,7 +196,7 @@ def _working_directory():
         return None
 
 
-def choose_environment(opts: dict):
+def choose_environment(opts: dict) -> "tuple[Choice, Environment]":
     """Return (project.Choice, environment.Environment) of this command line's run:
     the interpreter, preloads and echo the sources name, and the start-up options
     and ``PYTHON*`` variables of the key.  Raise ConfigError if a source is malformed."""
@@ -215,18 +224,18 @@ def exec_python(opts: dict) -> int:
     return EXIT_SERVICE  # not reached
 
 
-def program(line) -> "tuple[str, str, list]":
+def program(line: "CommandLine") -> "tuple[str, str, list[str]]":
     """Return (form, source, sys.argv) of the run ``line`` names.
 
     No program, or "-", with a terminal on stdin (or -i) is python's
     interactive prompt, form "i"; without one the program is read from stdin.
     """
-    form, source = line.form, line.source
-    if form in ("c", "m"):
-        return form, source, ["-" + form] + line.args
-    if form == "f":
-        return form, source, [source] + line.args
-    argv0 = source or ""  # "-", or "" when no program was named
+    from pyrust.request import default_argv0
+
+    form, source = line.form, line.source or ""
+    if form is not None and form != "-":  # c, m or f
+        return form, source, [default_argv0(form, source)] + line.args
+    argv0 = source  # "-", or "" when no program was named
     if os.isatty(0) or "-i" in line.pyopt:
         return "i", "", [argv0] + line.args
     code = sys.stdin.buffer.read() if sys.stdin is not None else b""
@@ -338,7 +347,7 @@ def service_command(opts: dict, op: "Op", command: Command) -> int:
     return 0
 
 
-def main(argv: list = None) -> int:
+def main(argv: "list[str] | None" = None) -> int:
     """Run the ``pyrust`` command line; return the exit status."""
     from pyrust.errors import PyrustError
 

@@ -10,11 +10,23 @@ import _socket
 from pyrust import environment, ops, protocol, trust
 from pyrust.errors import PyrustError, ServiceUnavailable, UntrustedService
 
+MYPY = False
+if MYPY:  # for the type checker only: the client imports no typing at run time
+    from types import FrameType
+    from typing import Callable, Optional, Sequence, Tuple, Union
+
+    from pyrust.environment import Environment
+
+    Socket = _socket.socket
+    #: A request as sent: (header, payload, the fds attached to the payload or None).
+    Message = Tuple[bytes, bytes, Optional[Sequence[int]]]
+    Reply = Tuple[int, bytes]
+
 #: What the client sends on the connection when Ctrl-C is pressed during a run.
 INTERRUPT = b"\x03"
 
 
-def connect(path: str):
+def connect(path: str) -> "Socket":
     """Return a socket connected to the service at ``path``, verified as the user's own.
 
     Raise ServiceUnavailable, with a one-line reason, if nothing accepts there.
@@ -50,19 +62,20 @@ class NotDelivered(ServiceUnavailable):
     """
 
 
-def v1_request(code: bytes):
+def v1_request(code: bytes) -> "Message":
     """Return the message (header, payload, fds) of a v1 request for ``code``."""
     return protocol.HEADER.pack(len(code)), code, None
 
 
-def extended_request(fields, fds=None):
+def extended_request(fields: "Sequence[tuple[int, bytes]]",
+                     fds: "Sequence[int] | None" = None) -> "Message":
     """Return the message of an extended request; ``fds`` (0, 1, 2, then those the
     fd-numbers field names) travel with it."""
     header, payload = protocol.encode_extended(fields)
     return header, payload, fds
 
 
-def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, bytes]":
+def execute(sock: "Socket", message: "Message", forward_interrupts: bool = False) -> "Reply":
     """Send ``message`` on ``sock``; return the reply's ``(status, payload)``.
 
     With ``forward_interrupts``, Ctrl-C while waiting is sent to the server,
@@ -110,7 +123,7 @@ def execute(sock, message, forward_interrupts: bool = False) -> "tuple[int, byte
 MAX_REPLY_BYTES = 1024 ** 3
 
 
-def read_reply(sock: "_socket.socket") -> "tuple[int, bytes]":
+def read_reply(sock: "Socket") -> "Reply":
     """Read one reply; raise ServiceUnavailable if it announces a length no pyrust
     service sends (before allocating room for it), ConnectionClosed if the
     server closes before it is whole."""
@@ -125,12 +138,12 @@ class _Interrupts:
     """The SIGINT handler of a run: each Ctrl-C becomes an INTERRUPT byte on the
     connection, sent once the whole request is (never inside its frame)."""
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock: "Socket") -> None:
         self.sock = sock
         self.sent = False
         self.pending = 0
 
-    def __call__(self, signum, frame) -> None:
+    def __call__(self, signum: int, frame: "FrameType | None") -> None:
         if self.sent:
             self.sock.send(INTERRUPT)
         else:
@@ -142,7 +155,7 @@ class _Interrupts:
             self.sock.send(INTERRUPT * self.pending)
 
 
-def _send(sock, message) -> None:
+def _send(sock: "Socket", message: "Message") -> None:
     """Send the (header, payload, fds) ``message``; the fds ride on the payload."""
     header, payload, fds = message
     if fds is None:
@@ -160,7 +173,7 @@ def _not_delivered(exc: OSError) -> NotDelivered:
                         "(%s)" % exc.strerror)
 
 
-def _refusal(sock):
+def _refusal(sock: "Socket") -> "Reply | None":
     """Return the ``(status, payload)`` a server sent before closing on an unread request,
     or None if it sent none.  Whatever it sent is already queued here, so nothing waits."""
     sock.setblocking(False)
@@ -174,7 +187,8 @@ def _refusal(sock):
 DELIVERY_ATTEMPTS = 3
 
 
-def request(connect_fn, message, forward_interrupts: bool = False) -> "tuple[int, bytes]":
+def request(connect_fn: "Callable[[], Socket]", message: "Union[Message, bytes]",
+            forward_interrupts: bool = False) -> "Reply":
     """Send ``message`` on a connection from ``connect_fn()``; return ``(status, payload)``.
 
     A request the server closed without reading (NotDelivered) is sent again
@@ -214,7 +228,7 @@ class _NoTemplate(Exception):
     """Nothing accepts on an environment's template socket (yet): ask the service."""
 
 
-def _template_connection(path: str):
+def _template_connection(path: str) -> "Socket":
     """Return a connection to the template socket ``path``; raise _NoTemplate if
     nothing accepts there, or if it is not to be trusted: then the main socket,
     in the same directory, is refused with a message that names it, or the
@@ -225,7 +239,7 @@ def _template_connection(path: str):
         raise _NoTemplate() from None
 
 
-def ensure(connect_main, env) -> str:
+def ensure(connect_main: "Callable[[], Socket]", env: "Environment") -> str:
     """Return the socket of the template of Environment ``env``, which the service
     (on a connection from ``connect_main()``) starts if it has none.
 
@@ -241,8 +255,8 @@ def ensure(connect_main, env) -> str:
     return payload.decode("utf-8", "surrogateescape")
 
 
-def run(main_path: str, env, message, connect_main,
-        forward_interrupts: bool = True) -> "tuple[int, bytes]":
+def run(main_path: str, env: "Environment", message: "Message",
+        connect_main: "Callable[[], Socket]", forward_interrupts: bool = True) -> "Reply":
     """Send the run ``message`` to the template of Environment ``env``; return the reply.
 
     The template's socket beside the service's main socket ``main_path`` is
@@ -254,16 +268,17 @@ def run(main_path: str, env, message, connect_main,
     still take a connection while it ends; the last WRONG_TEMPLATE is
     returned to the caller.  Delivery follows ``request``.
     """
-    path = environment.template_socket(main_path, env.key())
+    own = environment.template_socket(main_path, env.key())
     try:
-        reply = request(lambda: _template_connection(path), message, forward_interrupts)
+        reply = request(lambda: _template_connection(own), message, forward_interrupts)
         if reply[0] != protocol.WRONG_TEMPLATE:
             return reply
     except _NoTemplate:
         pass
     for _ in range(ENSURE_ATTEMPTS):
-        path = ensure(connect_main, env)
-        reply = request(lambda: connect(path), message, forward_interrupts)
+        named = ensure(connect_main, env)
+        # The lambda runs within this iteration, so it sees this iteration's path.
+        reply = request(lambda: connect(named), message, forward_interrupts)  # noqa: B023
         if reply[0] != protocol.WRONG_TEMPLATE:
             break
     return reply

@@ -85,7 +85,8 @@ CLEAR_CACHE = Op("clear-cache", b"C", SERVICE, "clear every worker's compile cac
 ))
 RELOAD = Op("reload", b"R", SERVICE,
             "read the configuration again and replace the templates, as `systemctl reload` does")
-VERSION = Op("version", b"v", SERVICE, "pyrust's version and that of the Python the service runs on")
+VERSION = Op("version", b"v", SERVICE,
+             "pyrust's version and that of the Python the service runs on")
 ENSURE = Op("ensure", b"e", SERVICE,
             "start (or find) the template of the environment fields 11-14 name; the reply "
             "is its socket's path (see Environments)")

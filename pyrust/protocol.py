@@ -15,6 +15,14 @@ This is a leaf module: it imports nothing from the package, and only the C
 
 from _struct import Struct
 
+MYPY = False
+if MYPY:  # for the type checker only: the client imports no typing at run time
+    from _socket import socket
+    from typing import Any, Iterable
+
+    #: A decoded extended payload: {tag: value}, a list of values for repeated tags.
+    Fields = dict[int, Any]
+
 #: Status codes of a response.  Codes 3 and up are failures of the request that
 #: are not the code's fault; clients treat any code they do not know as failure.
 OK = 0              #: the code ran; the payload is its output
@@ -109,7 +117,7 @@ def encode_response(status: int, output: bytes) -> bytes:
     return RESPONSE_HEADER.pack(status, len(output)) + output
 
 
-def recv_exact(sock, size: int, started: bool = False) -> bytes:
+def recv_exact(sock: "socket", size: int, started: bool = False) -> bytes:
     """Return exactly ``size`` bytes read from ``sock``.
 
     Raise ConnectionClosed if the peer closes first; it is ``partial`` when
@@ -156,7 +164,7 @@ def decode_code(payload: bytes) -> str:
         ) from None
 
 
-def read_response(sock, max_size: int = 1 << 32) -> "tuple[int, bytes]":
+def read_response(sock: "socket", max_size: int = 1 << 32) -> "tuple[int, bytes]":
     """Read one response from ``sock``; return ``(status, output)``.
 
     Raise ProtocolError (fatal) if it announces more than ``max_size`` bytes,
@@ -170,23 +178,23 @@ def read_response(sock, max_size: int = 1 << 32) -> "tuple[int, bytes]":
     return status, recv_exact(sock, length, started=True)
 
 
-def encode_fields(fields) -> bytes:
+def encode_fields(fields: "Iterable[tuple[int, bytes]]") -> bytes:
     """Return the extended payload for ``fields``: (tag, bytes value) pairs."""
     return b"".join(FIELD.pack(tag, len(value)) + value for tag, value in fields)
 
 
-def encode_extended(fields) -> "tuple[bytes, bytes]":
+def encode_extended(fields: "Iterable[tuple[int, bytes]]") -> "tuple[bytes, bytes]":
     """Return (header, payload) of an extended request; send the fds with the payload."""
     payload = encode_fields(fields)
     return HEADER.pack(EXTENDED_FLAG | len(payload)), payload
 
 
-def decode_fields(payload: bytes) -> dict:
+def decode_fields(payload: bytes) -> "Fields":
     """Return {tag: value} (a list of values for repeated tags) from an extended payload.
 
     Raise ProtocolError (not fatal: the payload was read whole) if malformed.
     """
-    fields = {tag: [] for tag in REPEATED}
+    fields: "Fields" = {tag: [] for tag in REPEATED}
     offset = 0
     while offset < len(payload):
         if offset + FIELD.size > len(payload):

@@ -5,12 +5,19 @@ import os
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyrust import ops, protocol
 from pyrust.environment import Environment
-from pyrust.request import (FORMS, MAX_EXTRA_FDS, SIMPLE_OPTIONS, decode_extended,
-                            decode_v1, run_fields)
+from pyrust.request import (
+    FORMS,
+    MAX_EXTRA_FDS,
+    SIMPLE_OPTIONS,
+    decode_extended,
+    decode_v1,
+    run_fields,
+)
 
 LIMIT = 30.0
 

@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import time
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from pyrust import __version__, ops, protocol
 from pyrust.environment import Environment
@@ -22,11 +22,16 @@ from pyrust.request import Request, decode_extended
 from pyrust.server import osutil
 from pyrust.server.templates import answer, interpreter
 
+if TYPE_CHECKING:
+    from pyrust.server.scoreboard import Scoreboard, WorkerState
+    from pyrust.server.service import Service
+    from pyrust.server.templates import Template
+
 #: A handler's answer: (status, payload) to send now, or None if it answers later.
 Answer = Optional[Tuple[int, bytes]]
 
 
-def handle(service, payload: bytes, reply: socket.socket) -> None:
+def handle(service: Service, payload: bytes, reply: socket.socket) -> None:
     """Carry out the service op a worker forwarded as ``payload`` (its request's
     fields) for ``service``, and answer on ``reply``: at once, or (op ensure)
     once the environment's template serves."""
@@ -41,34 +46,35 @@ def handle(service, payload: bytes, reply: socket.socket) -> None:
         answer(reply, *answered)
 
 
-def op_status(service, request: Request, reply: socket.socket) -> Answer:
+def op_status(service: Service, request: Request, reply: socket.socket) -> Answer:
     return protocol.OK, json.dumps(status(service), indent=2).encode() + b"\n"
 
 
-def op_version(service, request: Request, reply: socket.socket) -> Answer:
+def op_version(service: Service, request: Request, reply: socket.socket) -> Answer:
     return protocol.OK, ("pyrust %s (Python %s)\n" % (
         __version__, sys.version.split()[0])).encode()
 
 
-def op_clear_cache(service, request: Request, reply: socket.socket) -> Answer:
+def op_clear_cache(service: Service, request: Request, reply: socket.socket) -> Answer:
     for template in service.templates.values():
         template.board.bump_cache_epoch()
     return protocol.OK, b"compile caches cleared\n"
 
 
-def op_stop(service, request: Request, reply: socket.socket) -> Answer:
+def op_stop(service: Service, request: Request, reply: socket.socket) -> Answer:
     service.stopping = True
     return protocol.OK, b"stopping\n"
 
 
-def op_reload(service, request: Request, reply: socket.socket) -> Answer:
+def op_reload(service: Service, request: Request, reply: socket.socket) -> Answer:
     service.reload_asked = True
     return protocol.OK, b"reloading\n"
 
 
-def op_ensure(service, request: Request, reply: socket.socket) -> Answer:
+def op_ensure(service: Service, request: Request, reply: socket.socket) -> Answer:
     """Answer later, once the template of the environment the request names serves."""
     env = request.env
+    assert env is not None  # decode_extended gives op ensure its environment
     service.ensure(Environment(interpreter(env.python), env.preload, env.root, env.startup),
                    reply)
     return None
@@ -78,29 +84,37 @@ def op_ensure(service, request: Request, reply: socket.socket) -> Answer:
 HANDLERS = {op: globals()[op.handler_name] for op in ops.OPS if op.by == ops.SERVICE}
 
 
-def _merged(templates) -> dict:
+def _running(service: Service) -> "list[tuple[Template, Scoreboard]]":
+    """Return every template that has its scoreboard, with it."""
+    return [(t, t.board) for t in service.templates.values() if t.board is not None]
+
+
+def _merged(boards: "list[Scoreboard]") -> dict:
     """Return the totals, durations and forks of every template's scoreboard together."""
     served = failed = control = forks = 0
-    last_failure, durations, fork_times = None, [], []
-    for template in templates:
-        totals = template.board.totals()
+    last_failure: "float | None" = None
+    durations: "list[float]" = []
+    fork_times: "list[float]" = []
+    for board in boards:
+        totals = board.totals()
         served, failed, control = (served + totals.served, failed + totals.failed,
                                    control + totals.control)
         if totals.last_failure is not None:
             last_failure = max(last_failure or 0.0, totals.last_failure)
         durations += totals.durations
-        count, times = template.board.forks()
+        count, times = board.forks()
         forks += count
         fork_times += times
     return {"served": served, "failed": failed, "control": control, "forks": forks,
-            "last_failure": last_failure, "durations": durations, "fork_times": fork_times}
+            "last_failure": last_failure, "durations": durations, "fork_times": fork_times,
+            "start_failures": sum(board.start_failures() for board in boards)}
 
 
-def status(service) -> dict:
+def status(service: Service) -> dict:
     """Return the service's status as a JSON-ready dict."""
-    templates = [t for t in service.templates.values() if t.board is not None]
-    states = [(t, s) for t in templates for s in t.board.live_states()]
-    merged = _merged(templates)
+    running = _running(service)
+    states = [(t, s) for t, board in running for s in board.live_states()]
+    merged = _merged([board for _, board in running])
     now = time.time()
     default = service.default
     return {
@@ -108,7 +122,7 @@ def status(service) -> dict:
         "python": default.info.get("version") if default else None,
         "socket": {"path": service.listener.path, "obtained_from": service.listener.source},
         "supervisor": {"pid": os.getpid(), "rss": osutil.rss(os.getpid())},
-        "templates": [_template(t, time.monotonic()) for t in templates],
+        "templates": [_template(t, board, time.monotonic()) for t, board in running],
         "workers": [{"pid": s.pid, "state": _state_name(s), "served": s.served,
                      "failed": s.failed, "control": s.control, "rss": osutil.rss(s.pid),
                      "template": t.pid} for t, s in states],
@@ -116,7 +130,7 @@ def status(service) -> dict:
         "workers_busy": sum(1 for _, s in states if s.busy_since),
         "workers_idle": sum(1 for _, s in states if not s.busy_since),
         "forks": dict(_latency(merged["fork_times"]), total=merged["forks"]),
-        "workers_failing_at_start": sum(t.board.start_failures() for t in templates),
+        "workers_failing_at_start": merged["start_failures"],
         "uptime_seconds": round(now - service.started_wall, 3),
         "runs_served": merged["served"],
         "runs_failed": merged["failed"],
@@ -132,10 +146,10 @@ def status(service) -> dict:
     }
 
 
-def _template(template, now: float) -> dict:
+def _template(template: Template, board: Scoreboard, now: float) -> dict:
     """Return one template's part of the status."""
-    states = template.board.live_states()
-    totals = template.board.totals(recent=0)
+    states = board.live_states()
+    totals = board.totals(recent=0)
     rss = [osutil.rss(pid) for pid in [template.pid] + [s.pid for s in states]]
     return {
         "default": template.default,
@@ -158,26 +172,27 @@ def _template(template, now: float) -> dict:
     }
 
 
-def status_line(service) -> str:
+def status_line(service: Service) -> str:
     """Return the one-line status shown by ``systemctl status``."""
-    templates = [t for t in service.templates.values() if t.board is not None]
-    states = [s for t in templates for s in t.board.live_states()]
-    merged = _merged(templates)
+    boards = [board for _, board in _running(service)]
+    states = [s for board in boards for s in board.live_states()]
+    merged = _merged(boards)
     spares = sum(1 for s in states if s.spare)
     line = ("%d environment%s, %d spares, %d busy, %d runs served, %d failed, up %ds"
-            % (len(templates), "" if len(templates) == 1 else "s", spares, len(states) - spares, merged["served"],
-               merged["failed"], time.monotonic() - service.started))
-    failing = sum(t.board.start_failures() for t in templates)
+            % (len(boards), "" if len(boards) == 1 else "s", spares,
+               len(states) - spares, merged["served"], merged["failed"],
+               time.monotonic() - service.started))
+    failing = merged["start_failures"]
     if failing:
         line += "; workers fail at start (%d in a row, see the log)" % failing
     return line
 
 
-def _latency(durations: list) -> dict:
+def _latency(durations: "list[float]") -> dict:
     """Return the count, p50 and p99 (milliseconds, nearest rank) of run ``durations``."""
     ordered = sorted(durations)
 
-    def percentile(p):
+    def percentile(p: int) -> "float | None":
         if not ordered:
             return None
         return round(ordered[max(0, -(-len(ordered) * p // 100) - 1)] * 1000, 3)
@@ -185,7 +200,7 @@ def _latency(durations: list) -> dict:
     return {"count": len(ordered), "p50_ms": percentile(50), "p99_ms": percentile(99)}
 
 
-def _state_name(state) -> str:
+def _state_name(state: WorkerState) -> str:
     if state.busy_since:
         return "busy"
     return "spare" if state.spare else "connected"

@@ -16,6 +16,8 @@ to the supervisor, runs the program, ends as python ends, and the supervisor
 sends its exit status to the client.
 """
 
+from __future__ import annotations
+
 import _signal
 import errno
 import logging
@@ -25,6 +27,8 @@ import signal
 import socket
 import struct
 import time
+from types import FrameType
+from typing import TYPE_CHECKING, Iterable
 
 from pyrust import ops, protocol
 from pyrust.request import MAX_EXTRA_FDS, Job, Request, decode_extended, decode_v1, v1_job
@@ -33,6 +37,11 @@ from pyrust.server.executor import Executor
 from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
 from pyrust.server.template import fingerprint
 from pyrust.trust import peer_credentials
+
+if TYPE_CHECKING:
+    from pyrust.config import Config
+    from pyrust.server.freshness import Freshness
+    from pyrust.server.scoreboard import Scoreboard, Slot
 
 log = logging.getLogger("pyrust.worker")
 
@@ -84,7 +93,7 @@ def _receive_with_fds(conn: socket.socket, length: int) -> "tuple[bytes, tuple]"
     return data, tuple(fds)
 
 
-def _close_all(fds) -> None:
+def _close_all(fds: Iterable[int]) -> None:
     for fd in fds:
         try:
             os.close(fd)
@@ -95,19 +104,19 @@ def _close_all(fds) -> None:
 class ServiceInfo:
     """What the supervisor tells its workers about the service at fork time."""
 
-    def __init__(self, source: str, path: str, started: float, scoreboard,
-                 freshness=None) -> None:
+    def __init__(self, source: str, path: str, started: float, scoreboard: Scoreboard,
+                 freshness: Freshness | None = None) -> None:
         self.source, self.path, self.started = source, path, started  # started: time.time()
         self.scoreboard = scoreboard
         self.freshness = freshness  # the preloaded modules' watch (freshness.Freshness)
         #: The key of the template's environment: a run that names another is refused.
-        self.env_key = None
+        self.env_key: bytes | None = None
         #: The files whose change makes the template stale, and their fingerprint
         #: when it started (template.environment_files, template.fingerprint).
-        self.watched, self.born = [], []
-        #: The datagram socket to the service, where control operations go.
-        self.service = None
-
+        self.watched: list = []
+        self.born: list = []
+        #: The datagram socket to the service, where the service's ops go.
+        self.service: socket.socket | None = None
 
 
 class Refused(Exception):
@@ -125,13 +134,14 @@ class Worker:
     supervisor; ``supervisor_pid`` the only process it ever signals.
     """
 
-    def __init__(self, listener: socket.socket, config, slot, channel: socket.socket,
-                 info, supervisor_pid: int, executor: Executor = None) -> None:
+    def __init__(self, listener: socket.socket, config: Config, slot: Slot,
+                 channel: socket.socket, info: ServiceInfo, supervisor_pid: int,
+                 executor: Executor | None = None) -> None:
         self.listener = listener
         self.config = config
         self.slot = slot
         self.channel = channel
-        self.info = info  # control.ServiceInfo
+        self.info = info
         self.supervisor_pid = supervisor_pid
         # Made (and calibrated) once by the template: a fork copies it for free.
         self.executor = executor or new_executor(config)
@@ -139,14 +149,14 @@ class Worker:
         self.uid = os.getuid()
         self.alive = True
         self.phase = IN_ACCEPT
-        self.conn = None
+        self.conn: socket.socket | None = None
         self.peer_pid = 0  # the client of the connection being served (0: unknown)
         # One line per run at debug; the check is made once, not per request.
         self._log_runs = log.isEnabledFor(logging.DEBUG)
         seconds = config.idle_timeout
         self._timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
 
-    def _on_stop(self, signum, frame) -> None:
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM: finish the request in flight, then exit.
 
         Recording the flag is not enough when the worker sleeps in a system
@@ -215,7 +225,7 @@ class Worker:
         log.debug("worker %d done after %d requests", os.getpid(), self.slot.requests)
         return 0
 
-    def _accept(self):
+    def _accept(self) -> socket.socket | None:
         """Return the next connection, or None once told to stop."""
         while self.alive:
             try:
@@ -421,8 +431,8 @@ class Worker:
             # pyrust bug; the worker's state is suspect, so it ends.
             log.exception("internal error while running a request")
             self.slot.end(ok=False)
-            conn.sendall(protocol.encode_response(
-                protocol.SERVICE_ERROR, b"pyrust: internal error in the worker; see the service log"))
+            self.reply(conn, protocol.SERVICE_ERROR,
+                       b"pyrust: internal error in the worker; see the service log")
             return False
         duration = self.slot.end(ok=result.status == protocol.OK)
         if self._log_runs:
@@ -433,7 +443,7 @@ class Worker:
         reply = result.output
         if extended and result.status != protocol.BAD_REQUEST:  # a refusal is only its reason
             reply = protocol.EXIT_CODE.pack(result.exit_code) + reply
-        conn.sendall(protocol.encode_response(result.status, reply))
+        self.reply(conn, result.status, reply)
         return True
 
     def _run_to_exit(self, job: Job, conn: socket.socket) -> None:
@@ -479,7 +489,7 @@ class Worker:
             self.executor.install_signals()
 
 
-def new_executor(config) -> Executor:
+def new_executor(config: Config) -> Executor:
     """Return the Executor a worker under ``config`` runs programs with, calibrated
     where it is made (call it where workers are forked, as the template does)."""
     executor = Executor(config.compile_cache_size, config.max_reply_bytes,
