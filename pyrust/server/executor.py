@@ -12,6 +12,8 @@ echoed as the interactive interpreter does, unless the job asks for python's
 exact ``-c`` (``echo`` false).
 """
 
+from __future__ import annotations
+
 import _signal
 import collections
 import linecache
@@ -48,6 +50,11 @@ from pyrust.server.runstate import (
     fresh_main,
 )
 
+MYPY = False
+if MYPY:  # true for the type checker only: a run's sys.modules must not gain typing
+    from types import FrameType
+    from typing import Any, Callable, TextIO
+
 #: Programs larger than this are compiled every time rather than cached, so
 #: the cache's memory stays bounded by ``entries × 1 MiB``.
 CACHE_MAX_SOURCE = 1 << 20
@@ -70,6 +77,8 @@ EXIT_SIGINT = -signal.SIGINT
 EXIT_REFUSED = 125
 #: After the first interrupt, how often it is raised again in code that catches it.
 REINTERRUPT_INTERVAL = 1.0
+
+
 class RequestTimeout(BaseException):
     """Raised inside a program that runs past its time limit.
 
@@ -95,16 +104,20 @@ class Executor:
                  max_program: int = 1 << 62) -> None:
         self.cache_size = cache_size
         self.max_program = max_program  # bytes of a program file (max_request_bytes)
-        self._cache = collections.OrderedDict()
+        self._cache: collections.OrderedDict[tuple[str, bool], Program] = \
+            collections.OrderedDict()  # (source, echo) -> compiled
         self._borrowed = Borrowed()
         self._capture = Capture(max_output)
         self._time_limit = 0.0  # of the run in progress; 0 when none runs
-        self._hidden_depth = None  # recursion the interpreter counts beyond Python frames
+        # Recursion the interpreter counts beyond Python frames; see calibrate.
+        self._hidden_depth: int | None = None
         # What the template's python built at start, for runs to build theirs from.
         self._paths = runoptions.PathTemplate()
         self._warnings = runoptions.WarningsTemplate()
-        self._own_env_options = {}  # per-run options (tuple) -> RunOptions, own environment
-        self._plan = (None, None, None, None, None)  # see _start
+        # Per-run options -> RunOptions, under the worker's own environment.
+        self._own_env_options: dict[tuple[str, ...], runoptions.RunOptions] = {}
+        # (options, sys.path before, sys.flags, dont_write_bytecode, sys.path): see _start
+        self._plan: tuple[runoptions.RunOptions, list[str], Any, bool, list[str]] | None = None
 
     def calibrate(self) -> None:
         """Measure the recursion the interpreter counts below the caller beyond its
@@ -127,7 +140,7 @@ class Executor:
         # _signal's getsignal: the signal module's wraps the answer in an Enum.
         return _signal.getsignal(signal.SIGALRM) == self._on_alarm
 
-    def _on_alarm(self, signum, frame) -> None:
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         if self._time_limit:  # only inside a run: never in pyrust's own code around it
             raise RequestTimeout(self._time_limit)
 
@@ -201,7 +214,7 @@ class Executor:
             self._own_env_options[job.options] = options
         return options
 
-    def refuse_file(self, job: Job):
+    def refuse_file(self, job: Job) -> str | None:
         """Return the refusal of a program file over ``max_program`` bytes, or None.
 
         Checked before a run takes the client's terminal, so the refusal can
@@ -219,7 +232,7 @@ class Executor:
             return None
         return protocol.too_large("request", size, self.max_program, "max_request_bytes")
 
-    def run_to_exit(self, job: Job, announce=None) -> None:
+    def run_to_exit(self, job: Job, announce: Callable[[int], object] | None = None) -> None:
         """Run ``job`` on the client's own fds; this process then ends as python ends.
 
         The process becomes the run's: the client's fds at their numbers (none
@@ -252,14 +265,15 @@ class Executor:
             code = EXIT_REFUSED
         except OSError as exc:  # the client's directory is gone
             os.write(2, b"pyrust: cannot enter %s: %s\n" % (
-                os.fsencode(job.cwd or "."), exc.strerror.encode()))
+                os.fsencode(job.cwd or "."), (exc.strerror or str(exc)).encode()))
         finally:
             code = exit_sequence(EXIT_TIMEOUT if code == _TIMED_OUT else code)
             if code >= 0 and announce is not None:
                 announce(code & 0xFF)
             osutil.exit_as(code)
 
-    def _execute(self, job: Job, options, namespace: dict, err) -> int:
+    def _execute(self, job: Job, options: runoptions.RunOptions, namespace: dict[str, Any],
+                 err: TextIO) -> int:
         """Start as python starts with ``options``, run the job's program in
         ``namespace`` (then python's prompt, where it would enter it); return
         python's exit code."""
@@ -280,13 +294,14 @@ class Executor:
             return code
         return self._guarded(job, 0, err, interactive.after_program, options, code)
 
-    def _start(self, job: Job, options) -> bool:
+    def _start(self, job: Job, options: runoptions.RunOptions) -> bool:
         """Set up what python's start-up sets up for ``options``: flags, sys.path
         (PYTHONPATH, sys.path[0]), warnings; on the client's terminal the steps
         around the prompt (readline, the banner).  Return whether the program
         is a directory or zip file run by its ``__main__``."""
         plan = self._plan  # the last v1-like start, kept: the hot path repeats it
-        if plan[0] is options and job.form == "c" and job.fds is None and sys.path == plan[1]:
+        if plan is not None and plan[0] is options and job.form == "c" and job.fds is None \
+                and sys.path == plan[1]:
             sys.flags, sys.dont_write_bytecode, sys.path[:] = plan[2:]
             return False
         before = sys.path[:]
@@ -310,7 +325,8 @@ class Executor:
             interactive.after_path0(options, job.form != "i")
         return job.form == "f" and first is not None and first == python_abspath(job.source)
 
-    def _main(self, job: Job, options, package: bool, namespace: dict, err) -> int:
+    def _main(self, job: Job, options: runoptions.RunOptions, package: bool,
+              namespace: dict[str, Any], err: TextIO) -> int:
         """Run the job's program (or the prompt) in ``namespace``; return its exit
         code.  Exceptions propagate, except those python reports before the
         program starts (a file it cannot open, a syntax error)."""
@@ -319,7 +335,9 @@ class Executor:
         if job.form == "m" or package:
             # Exactly what python -m does, down to its frames in tracebacks;
             # a package runs as python runs it: "__main__", argv left alone.
-            runpy._run_module_as_main(*((job.source,) if job.form == "m" else ("__main__", False)))
+            # _run_module_as_main is private (typeshed omits it), but what python -m calls.
+            runpy._run_module_as_main(  # type: ignore[attr-defined]
+                *((job.source,) if job.form == "m" else ("__main__", False)))
             return 0
         program = load(job, namespace, err, self._compiled, self.max_program)
         if not isinstance(program, Program):
@@ -332,7 +350,8 @@ class Executor:
             _echo(eval(program.echo, namespace))
         return 0
 
-    def _guarded(self, job: Job, inspect: int, err, call, *args) -> int:
+    def _guarded(self, job: Job, inspect: int, err: TextIO, call: Callable[..., int],
+                 *args: Any) -> int:
         """Return ``call(*args)``'s exit code with the job's recursion and time
         limits in force, turning what it raises into python's exit code (a
         SystemExit under -i is reported as an error, as python does)."""
@@ -343,6 +362,7 @@ class Executor:
         # the limit as python would show it.
         if self._hidden_depth is None:
             self.calibrate()
+        assert self._hidden_depth is not None  # calibrate() sets it
         offset = _stack_depth() + 1 + self._hidden_depth + _EXTRA_DEPTH
         _set_recursion_limit(limit + offset)
         sys.getrecursionlimit = lambda: _get_recursion_limit() - offset
@@ -384,7 +404,7 @@ _HANDLER_CODES = (Executor._on_alarm.__code__,)
 _OWN_CODES = (Executor._guarded.__code__, Executor._main.__code__)
 
 
-def _result(exit_code: int, capture) -> Result:
+def _result(exit_code: int, capture: Capture | None) -> Result:
     """Return the Result of a run that ended with ``exit_code``."""
     output = b""
     if capture is not None:
@@ -397,7 +417,7 @@ def _result(exit_code: int, capture) -> Result:
     return Result(protocol.OK if exit_code == 0 else protocol.ERROR, output, exit_code)
 
 
-def _print_exception(exc: BaseException, err) -> None:
+def _print_exception(exc: BaseException, err: TextIO) -> None:
     """Print ``exc`` as python does: without pyrust's frames (Executor._guarded,
     which caught it, and _main, which called the program; the time limit's
     handler where an interrupt was raised)."""

@@ -15,12 +15,22 @@ python ignores them.
 Stdlib only, and 3.9-compatible: the template runs the user's interpreter.
 """
 
+from __future__ import annotations
+
 import collections
 import functools
 import io
 import operator
 import os
 import sys
+
+MYPY = False
+if MYPY:  # true for the type checker only: a run's sys.modules must not gain typing
+    from types import CodeType, ModuleType
+    from typing import Any, Mapping
+
+    #: An entry of warnings.filters: (action, message, category, module, lineno).
+    _Filter = tuple[str, object, object, object, int]
 
 _FLAGS = sys.flags
 #: Python 3.13 shows inspect, interactive and quiet as 0 or 1, whatever the count.
@@ -30,7 +40,7 @@ _HAS_SAFE_PATH = sys.version_info >= (3, 11)
 _STDLIB_ZIP = "python%d%d.zip" % sys.version_info[:2]
 
 
-def env_flag(value) -> int:
+def env_flag(value: str | None) -> int:
     """Return the level a flag variable sets, as python reads it: unset or
     empty is 0, a decimal integer is itself, anything else (or negative) is 1."""
     if not value:
@@ -52,7 +62,7 @@ class RunOptions(collections.namedtuple("RunOptions", (
     ``unknown``: options this interpreter does not have (-P before 3.11)."""
 
 
-def run_options(options, env) -> RunOptions:
+def run_options(options: tuple[str, ...], env: Mapping[str, str]) -> RunOptions:
     """Return the RunOptions of per-run ``options`` under environment ``env``
     (a mapping: the run's variables), ignoring ``PYTHON*`` under -E/-I."""
     get = env.get if not _FLAGS.ignore_environment else (lambda name: None)
@@ -80,7 +90,7 @@ def _template_safe_path() -> bool:
 # -- sys.path -------------------------------------------------------------------------
 
 
-def pythonpath_entries(value) -> list:
+def pythonpath_entries(value: str | None) -> list[str]:
     """Return the sys.path entries python makes of PYTHONPATH ``value`` in the
     current directory: absolute and normalized (site does it, and 3.11's
     path computation), as written before 3.11 without site; empty entries
@@ -102,16 +112,17 @@ class PathTemplate:
         value = None if _FLAGS.ignore_environment else os.environ.get("PYTHONPATH")
         self.own_entries = frozenset(pythonpath_entries(value))
         self.has_path0 = not _template_safe_path()
-        self._built = {}  # (current path, PYTHONPATH[, cwd]) -> path without path0
+        # (current path, PYTHONPATH[, cwd]) -> path without path0
+        self._built: dict[tuple[object, ...], tuple[str, ...]] = {}
 
-    def run_path(self, current: list, pythonpath) -> list:
+    def run_path(self, current: list[str], pythonpath: str | None) -> list[str]:
         """Return the sys.path python would give a run under PYTHONPATH
         ``pythonpath`` (None: unset), without sys.path[0]: what precedes the
         standard library in ``current`` (eggs a .pth put first) but the
         template's path0 and PYTHONPATH entries, then the run's PYTHONPATH
         entries, then the rest of ``current``; duplicates removed as site does
         (first kept), unless site is off.  Built once for each combination."""
-        key = (tuple(current), pythonpath)
+        key: tuple[object, ...] = (tuple(current), pythonpath)
         if pythonpath and _has_relative(pythonpath):
             key += (os.getcwd(),)  # relative entries: a place in the working directory
         built = self._built.get(key)
@@ -121,7 +132,7 @@ class PathTemplate:
             built = self._built[key] = self._build(current, pythonpath_entries(pythonpath))
         return list(built)
 
-    def _build(self, current: list, entries: list) -> tuple:
+    def _build(self, current: list[str], entries: list[str]) -> tuple[str, ...]:
         start = 1 if self.has_path0 and current else 0
         stop = _stdlib_index(current, start)
         head = current[start:stop]
@@ -140,7 +151,7 @@ def _has_relative(pythonpath: str) -> bool:
     return not all(os.path.isabs(part) for part in pythonpath.split(os.pathsep))
 
 
-def _stdlib_index(path: list, start: int) -> int:
+def _stdlib_index(path: list[str], start: int) -> int:
     """Return the index of the standard library's zip entry (python puts it in
     sys.path whether or not it exists), where PYTHONPATH entries end; ``start``
     if it is not there."""
@@ -154,7 +165,7 @@ def _stdlib_index(path: list, start: int) -> int:
 # -- warnings ---------------------------------------------------------------------------
 
 
-def warnoptions(env_value, cmdline) -> tuple:
+def warnoptions(env_value: str | None, cmdline: list[str]) -> tuple[str, ...]:
     """Return sys.warnoptions as python builds it: "default" under dev mode,
     PYTHONWARNINGS' comma-separated entries, the -W values, the -b filter;
     each once, in that order."""
@@ -168,7 +179,7 @@ def warnoptions(env_value, cmdline) -> tuple:
     return tuple(dict.fromkeys(options))
 
 
-def _default_filters() -> list:
+def _default_filters() -> list[_Filter]:
     """Return the filters the interpreter starts with, before -W options."""
     if hasattr(sys, "gettotalrefcount"):  # a debug build shows every warning
         return []
@@ -188,14 +199,14 @@ class WarningsTemplate:
 
         self.module = warnings
         self.options = tuple(sys.warnoptions)
-        self.filters = list(warnings.filters)
+        self.filters: list[_Filter] = list(warnings.filters)
         self._lists = sys.warnoptions, warnings.filters  # the objects themselves
-        self.defaults = _default_filters()
+        self.defaults: list[_Filter] | None = _default_filters()
         if _built(self.defaults, self.options) != self.filters:
             # Something in the template changed the filters; build on them.
             self.defaults = None
 
-    def apply(self, options: tuple) -> None:
+    def apply(self, options: tuple[str, ...]) -> None:
         """Make sys.warnoptions and the filters what python builds for ``options``,
         reporting invalid ones on sys.stderr as python does at start."""
         if options == self.options:
@@ -210,6 +221,7 @@ class WarningsTemplate:
             # What python says when its start-up import of warnings fails; the
             # module is then not imported, and the program's import tries again.
             sys.stderr.write("'import warnings' failed; traceback:\n")
+            assert exc.__traceback__ is not None  # it was raised, so it has one
             tb = exc.__traceback__.tb_next
             sys.__excepthook__(type(exc), exc.with_traceback(tb), tb)
             del sys.modules["warnings"]
@@ -222,9 +234,12 @@ class WarningsTemplate:
         sys.warnoptions = warnoptions
         if len(warnoptions) != len(self.options) or tuple(warnoptions) != self.options:
             warnoptions[:] = self.options
-        warnings.filters = filters
+        # The program may have rebound or changed the filters: put back the list
+        # and its entries (mypy sees self.module as a ModuleType, and typeshed
+        # declares filters a read-only Sequence).
+        warnings.filters = filters  # type: ignore[attr-defined]
         if filters != self.filters:
-            filters[:] = self.filters
+            filters[:] = self.filters  # type: ignore[index]
         # Every module's registry of warnings already shown is stale now, as
         # in a new process: "default" shows each warning again, once.
         warnings._filters_mutated()
@@ -233,33 +248,39 @@ class WarningsTemplate:
 
 
 @functools.lru_cache(maxsize=1)
-def _processing(warnings):
+def _processing(warnings: ModuleType) -> CodeType:
     """Return code that processes sys.warnoptions as warnings.py does when python
     imports it at start: a traceback through it shows the module's own line."""
     call = "_processoptions(sys.warnoptions)"
-    try:
-        with open(warnings.__file__, encoding="utf-8") as f:
-            lineno = [line.rstrip() for line in f].index(call) + 1
-    except (OSError, ValueError, TypeError, AttributeError):
-        return compile(call, "<warnings>", "exec")
-    return compile("\n" * (lineno - 1) + call, warnings.__file__, "exec")
+    filename: str | None = getattr(warnings, "__file__", None)
+    if filename is not None:  # else no source to show
+        try:
+            with open(filename, encoding="utf-8") as f:
+                lineno = [line.rstrip() for line in f].index(call) + 1
+        except (OSError, ValueError):
+            pass
+        else:
+            return compile("\n" * (lineno - 1) + call, filename, "exec")
+    return compile(call, "<warnings>", "exec")
 
 
-def _built(defaults: list, options: tuple) -> list:
+def _built(defaults: list[_Filter], options: tuple[str, ...]) -> list[_Filter]:
     """Return the filters processing ``options`` onto ``defaults`` gives (the
     process's filters and stderr are left as they were)."""
     import warnings
 
+    # filters is a list at run time (typeshed: a read-only Sequence);
+    # _processoptions and _filters_mutated are private: what python's start-up calls.
     saved, saved_err = warnings.filters[:], sys.stderr
     try:
         sys.stderr = io.StringIO()
-        warnings.filters[:] = defaults
-        warnings._processoptions(list(options))
-        return warnings.filters[:]
+        warnings.filters[:] = defaults  # type: ignore[index]
+        warnings._processoptions(list(options))  # type: ignore[attr-defined]
+        return list(warnings.filters)
     finally:
-        warnings.filters[:] = saved
+        warnings.filters[:] = saved  # type: ignore[index]
         sys.stderr = saved_err
-        warnings._filters_mutated()
+        warnings._filters_mutated()  # type: ignore[attr-defined]
 
 
 # -- sys.flags --------------------------------------------------------------------------
@@ -285,7 +306,7 @@ def _flags_class() -> type:
 _Flags = _flags_class()
 
 
-def run_flags(options: RunOptions):
+def run_flags(options: RunOptions) -> Any:
     """Return the ``sys.flags`` a run with ``options`` sees: the template's own
     object when nothing per run differs, else a look-alike with the run's values."""
     key = (options.inspect, options.interactive, options.quiet, options.dont_write_bytecode,
@@ -296,10 +317,10 @@ def run_flags(options: RunOptions):
     return flags
 
 
-_run_flags = {}
+_run_flags: dict[tuple[int, int, int, bool, bool], Any] = {}
 
 
-def _make_flags(options: RunOptions):
+def _make_flags(options: RunOptions) -> Any:
     level = (lambda n: int(bool(n))) if _FLAGS_CLAMPED else int
     values = {"inspect": level(options.inspect), "interactive": level(options.interactive),
               "quiet": level(options.quiet),

@@ -26,6 +26,7 @@ import select
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING, Callable
 
 from pyrust import protocol
 from pyrust.environment import Environment, default_python, template_socket
@@ -47,6 +48,13 @@ from pyrust.server.templates import (
 )
 from pyrust.server.terminals import describe_exit
 
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from pyrust.config import Config
+    from pyrust.server.activation import Listener
+    from pyrust.server.notify import Notifier
+
 log = logging.getLogger("pyrust.service")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -60,14 +68,15 @@ LRU_GRACE = 1.0
 class Service:
     """Runs the templates behind ``listener`` until told to stop; see the module doc."""
 
-    def __init__(self, config, listener, notifier, reload_config=None,
+    def __init__(self, config: Config, listener: Listener, notifier: Notifier,
+                 reload_config: Callable[[], Config] | None = None,
                  log_file: str | None = None, journal: str | None = None) -> None:
         self.config = config
         self.listener = listener
         self.notifier = notifier
         self.reload_config = reload_config
-        self.templates: dict = {}     # key -> the current Template of each environment
-        self.ending: dict = {}        # pid -> Template told to stop
+        self.templates: dict[bytes, Template] = {}  # key -> each environment's current one
+        self.ending: dict[int, Template] = {}       # pid -> Template told to stop
         self.launcher = Launcher(listener, log_file, journal)
         self.holds = FailureHold()
         self.started = time.monotonic()
@@ -77,7 +86,7 @@ class Service:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._watchdog = notifier.watchdog_interval()
         self._next_status = 0.0
-        self.default = None
+        self.default: Template | None = None  # the default environment's, once it served
 
     # -- environments ----------------------------------------------------------
 
@@ -123,7 +132,8 @@ class Service:
         watched = template.info.get("watched")
         return bool(watched) and fingerprint(watched) != template.info.get("fingerprint")
 
-    def _replace(self, template: Template, why: str = "its configuration was reloaded"):
+    def _replace(self, template: Template,
+                 why: str = "its configuration was reloaded") -> Template:
         """Start a successor of ``template`` (which ends once the successor serves),
         saying ``why`` in the log; return the successor, or ``template`` if it
         cannot start."""
@@ -180,6 +190,7 @@ class Service:
 
     def _messages(self, template: Template) -> None:
         """Take every message waiting on ``template``'s channel."""
+        assert template.channel is not None  # callers take only templates with one
         while True:
             try:
                 data, fds = receive(template.channel)
@@ -271,7 +282,7 @@ class Service:
             raise
         return self._shutdown()
 
-    def _step(self, timeout) -> None:
+    def _step(self, timeout: float | None) -> None:
         """Wait for a signal, a template's message or ``timeout``; handle what came."""
         channels = {t.channel.fileno(): t for t in self._all() if t.channel is not None}
         try:
@@ -294,7 +305,7 @@ class Service:
         self._reap()
         self._check_starts()
 
-    def _all(self) -> list:
+    def _all(self) -> list[Template]:
         return list(self.templates.values()) + list(self.ending.values()) + \
             [t.predecessor for t in self.templates.values() if t.predecessor is not None]
 
@@ -366,8 +377,8 @@ class Service:
 
     def _next_duty(self) -> float | None:
         waits = [self._watchdog, STATUS_INTERVAL if self.notifier.active else None, 1.0]
-        waits = [w for w in waits if w is not None]
-        return min(waits) if waits else None
+        present = [w for w in waits if w is not None]
+        return min(present) if present else None
 
     def _timed_duties(self) -> None:
         now = time.monotonic()
@@ -419,5 +430,5 @@ class Service:
         return 0
 
 
-def _record_only(signum, frame) -> None:
+def _record_only(signum: int, frame: FrameType | None) -> None:
     """Signal handler: the number already went to the wake-up fd."""
