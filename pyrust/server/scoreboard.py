@@ -2,96 +2,141 @@
 
 Each worker writes only its own slot; the supervisor reads them (and resets a
 slot when its worker is gone), so no lock is needed.  A request costs the
-worker a few ``pack_into`` calls: nothing on the hot path waits or polls.
+worker a few ctypes field assignments: nothing on the hot path waits or polls.
 
-Layout: the header; every slot's state in one array; every slot's counters; every slot's ring of
-recent run durations (it outlives its worker, so the latency of recent runs
-survives the workers, which now live one connection each); every slot's
-request kind and retire mark; the ring of the supervisor's fork durations.
-A state is the time.monotonic() at which the running request began, or one
-of the markers below.
+The layout is declared with ctypes structures over the shared mapping (`_layout`):
+a `_Header` (the totals of workers that are gone, the epochs, the ring of the
+supervisor's fork durations), then one `_SlotRecord` per slot: its worker's pid
+and counters, its `State`, when the request in flight began, that request's
+`Kind`, the retire mark, the exit status its worker announced, and the ring of
+its recent runs (it outlives its worker, so the latency of recent runs survives
+the workers, which live one connection each).  Every field is 8 bytes wide, so
+there is no padding, every interpreter (CPython 3.9 to 3.13) that maps the same
+memory sees the same layout, and each field is written in one aligned store.
 """
 
 from __future__ import annotations
 
+import ctypes
+import enum
+import functools
 import mmap
 import os
 import time
-from struct import Struct
+from ctypes import c_double, c_int64
 
-# header: slots in use (high-water mark); runs served, runs failed and control
-# requests of workers that are gone; the compile-cache epoch (bumped to make
-# every worker clear its cache); the wall-clock time of the last failed run;
-# workers that failed at start in a row; the monotonic time of the last
-# activity of workers that are gone; forks so far; the stale epoch (bumped when
-# a preloaded module's file may have changed: workers forked before are stale).
-_HEADER = Struct("=qqqqqdqdqq")
-_COUNT = Struct("=q")
-_RETIRED = Struct("=qqq")
-_RETIRED_OFFSET = 8
-_Q = Struct("=q")
-_D = Struct("=d")
-_EPOCH_OFFSET = 32
-_LAST_FAILURE_OFFSET = 40
-_START_FAILURES_OFFSET = 48
-_LAST_ACTIVITY_OFFSET = 56
-_FORKS_OFFSET = 64
-_STALE_OFFSET = 72
-_STATE = Struct("=d")
-_COUNTERS = Struct("=qqqqd")   # pid, runs served, runs failed, control requests, idle since
 #: Runs each slot remembers, for the latency of recent runs.
 RING = 64
-_RING_HEAD = Struct("=q")      # runs ever recorded in this slot's ring
-_RING_ENTRY = Struct("=dd")    # time.time() the run ended, its duration in seconds
-_RING_SIZE = _RING_HEAD.size + RING * _RING_ENTRY.size
-_MARKS = Struct("=qqq")        # kind of the request in flight; retire mark; announced exit + 1
 #: Forks whose duration the supervisor remembers.
 FORK_RING = 256
-ACCEPTING = 0.0   # in accept(): a spare, free to take a new connection
-CONNECTED = -2.0  # holds a connection, waiting for its next request
-FREE = -1.0       # no worker in this slot
 
-# What the supervisor owes the client if the worker dies during the request
-# in flight (read only while the slot's state says busy).
-V1 = 1        #: a v1 request: a status-4 reply saying how the worker died
-CAPTURED = 2  #: an extended request whose output is captured: the exit code
-TERMINAL = 3  #: a run on the client's own fds: the worker closed the connection
-#             and ends with the program's exit status, which the supervisor sends
+
+class State(enum.IntEnum):
+    """What the worker in a slot does (a zeroed slot is FREE)."""
+
+    FREE = 0       #: no worker in this slot
+    ACCEPTING = 1  #: in accept(): a spare, free to take a new connection
+    CONNECTED = 2  #: holds a connection, waiting for its next request
+    BUSY = 3       #: runs a request, which began at the slot's ``began``
+
+
+FREE, ACCEPTING, CONNECTED, BUSY = State.FREE, State.ACCEPTING, State.CONNECTED, State.BUSY
+_STATES = tuple(State)  # by value: quicker than State(value) on the supervisor's reads
+
+
+class Kind(enum.IntEnum):
+    """What the supervisor owes the client if the worker dies during the request
+    in flight (read only while the slot's state is BUSY)."""
+
+    NONE = 0      #: no request begun yet
+    V1 = 1        #: a v1 request: a status-4 reply saying how the worker died
+    CAPTURED = 2  #: an extended request whose output is captured: the exit code
+    TERMINAL = 3  #: a run on the client's fds: the worker closed the connection, the
+    #               supervisor sends the exit status the worker ends with
+
+
+V1, CAPTURED, TERMINAL = Kind.V1, Kind.CAPTURED, Kind.TERMINAL
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [
+        ("slots_in_use", c_int64),     # high-water mark: no slot above it was ever claimed
+        ("retired_served", c_int64),   # runs served, runs failed and control requests
+        ("retired_failed", c_int64),   # of workers that are gone
+        ("retired_control", c_int64),
+        ("cache_epoch", c_int64),      # bumped to make every worker clear its compile cache
+        ("last_failure", c_double),    # time.time() of the last failed run, 0.0 if none
+        ("start_failures", c_int64),   # workers that failed at start in a row
+        ("last_activity", c_double),   # time.monotonic() a gone worker's last request ended
+        ("forks", c_int64),            # forks so far
+        ("stale_epoch", c_int64),      # bumped when a preloaded module's file may have
+        #                                changed: workers forked before are stale
+        ("fork_durations", c_double * FORK_RING),  # seconds; fork n is at n % FORK_RING
+    ]
+
+
+class _Run(ctypes.Structure):
+    _fields_ = [("wall", c_double), ("duration", c_double)]  # time.time() it ended; seconds
+
+
+class _SlotRecord(ctypes.Structure):
+    _fields_ = [
+        ("state", c_int64),            # a State
+        ("began", c_double),           # time.monotonic() the request in flight began
+        ("pid", c_int64),
+        ("served", c_int64),           # runs that ended with status 0
+        ("failed", c_int64),           # other runs
+        ("control", c_int64),          # status, stop and the like: counted apart from work
+        ("idle_since", c_double),      # time.monotonic() the last request ended
+        ("kind", c_int64),             # the Kind of the request last begun
+        ("retire", c_int64),           # 1: the supervisor asks the worker to end
+        ("exiting", c_int64),          # 1: the worker announced it exits with exit_status
+        ("exit_status", c_int64),
+        ("recorded", c_int64),         # runs ever recorded in the ring: run n is at n % RING
+        ("ring", _Run * RING),
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(size: int) -> type[ctypes.Structure]:
+    """Return the structure of a whole scoreboard of ``size`` slots."""
+
+    class _Board(ctypes.Structure):
+        _fields_ = [("header", _Header), ("slots", _SlotRecord * size)]
+
+    return _Board
 
 
 class Slot:
     """A worker's view of its own slot."""
 
-    __slots__ = ("_mm", "_busy", "_counters", "_ring", "_marks", "_scoreboard", "_began",
-                 "_kind", "pid", "served", "failed", "control", "recorded")
+    __slots__ = ("_record", "_header", "_entries", "_began", "_kind",
+                 "pid", "served", "failed", "control", "recorded")
 
-    def __init__(self, scoreboard: "Scoreboard", index: int, pid: int) -> None:
-        self._scoreboard = scoreboard
-        self._mm = scoreboard._mm
-        self._busy = scoreboard._busy_offset(index)
-        self._counters = scoreboard._counters_offset(index)
-        self._ring = scoreboard._ring_offset(index)
-        self._marks = scoreboard._marks_offset(index)
-        (self.recorded,) = _RING_HEAD.unpack_from(self._mm, self._ring)
+    def __init__(self, scoreboard: Scoreboard, index: int, pid: int) -> None:
+        self._record = record = scoreboard._records[index]
+        self._header = scoreboard._header
+        self._entries = list(record.ring)  # views of the ring, made once, not per run
+        self.recorded = record.recorded
         self.pid = pid
         self.served = self.failed = self.control = 0
         self._began = 0.0
-        self._kind = 0
-        _COUNTERS.pack_into(self._mm, self._counters, pid, 0, 0, 0, time.monotonic())
-        _MARKS.pack_into(self._mm, self._marks, 0, 0, 0)
-        _STATE.pack_into(self._mm, self._busy, ACCEPTING)
+        self._kind: int = Kind.NONE
+        _reset(record, pid)
+        record.state = ACCEPTING
 
     def connected(self) -> None:
         """Mark the worker taken by a connection: no longer a spare."""
-        _STATE.pack_into(self._mm, self._busy, CONNECTED)
+        self._record.state = CONNECTED
 
     def begin(self, kind: int = V1) -> None:
         """Mark the worker busy with a request of ``kind`` (V1, CAPTURED, TERMINAL)."""
+        record = self._record
         if kind != self._kind:  # a session's requests are mostly of one kind
-            self._kind = kind
-            _Q.pack_into(self._mm, self._marks, kind)
-        self._began = time.monotonic()
-        _STATE.pack_into(self._mm, self._busy, self._began)
+            self._kind = record.kind = kind
+        # ``began`` before ``state``: a reader that sees BUSY finds this request's time.
+        self._began = record.began = time.monotonic()
+        record.state = BUSY
 
     def end(self, ok: bool) -> float:
         """Mark a run done (``ok``: it ended with status 0) and the worker idle.
@@ -101,31 +146,32 @@ class Slot:
         """
         now = time.monotonic()
         duration = now - self._began
+        record = self._record
         if ok:
-            self.served += 1
+            self.served = record.served = self.served + 1
         else:
-            self.failed += 1
-        self.recorded = _record_run(self._mm, self._ring, self.recorded, ok, duration)
-        self._idle(now)
+            self.failed = record.failed = self.failed + 1
+        entry = self._entries[self.recorded % RING]
+        self.recorded = _record_run(self._header, record, entry, ok, duration)
+        record.idle_since = now
+        record.state = CONNECTED
         return duration
 
     def end_control(self) -> None:
         """Mark a control request (status, stop, ...) done and the worker idle."""
-        self.control += 1
-        self._idle(time.monotonic())
-
-    def _idle(self, now: float) -> None:
-        _COUNTERS.pack_into(self._mm, self._counters, self.pid, self.served, self.failed,
-                            self.control, now)
-        _STATE.pack_into(self._mm, self._busy, CONNECTED)
+        record = self._record
+        self.control = record.control = self.control + 1
+        record.idle_since = time.monotonic()
+        record.state = CONNECTED
 
     def retiring(self) -> bool:
         """Return whether the supervisor asked this worker to end after its request."""
-        return bool(_Q.unpack_from(self._mm, self._marks + _Q.size)[0])
+        return bool(self._record.retire)
 
     def announce_exit(self, code: int) -> None:
         """Say that this process is about to exit with status ``code`` (0-255)."""
-        _Q.pack_into(self._mm, self._marks + 2 * _Q.size, code + 1)
+        self._record.exit_status = code
+        self._record.exiting = 1  # after the status: a reader that sees 1 finds the status
 
     @property
     def requests(self) -> int:
@@ -133,32 +179,40 @@ class Slot:
         return self.served + self.failed + self.control
 
 
-def _record_run(mm, ring: int, recorded: int, ok: bool, duration: float) -> int:
-    """Put a run that took ``duration`` seconds in the ring at offset ``ring``, which
-    holds ``recorded`` runs so far (a failure's time in the header too); return
-    the new count."""
+def _reset(record: _SlotRecord, pid: int) -> None:
+    """Give slot ``record`` to a worker of ``pid`` (0: not forked yet), idle from now:
+    no counts, no kind, no retire mark, no exit announced.  Its state and ring stay."""
+    record.pid = pid
+    record.served = record.failed = record.control = 0
+    record.idle_since = time.monotonic()
+    record.kind = record.retire = record.exiting = record.exit_status = 0
+
+
+def _record_run(header: _Header, record: _SlotRecord, entry: _Run, ok: bool,
+                duration: float) -> int:
+    """Put a run that took ``duration`` seconds in ``entry``, the next place in the
+    ring of ``record`` (a failure's time in ``header`` too); return the runs the
+    ring has recorded so far."""
     wall = time.time()
     if not ok:
-        _D.pack_into(mm, _LAST_FAILURE_OFFSET, wall)
-    _RING_ENTRY.pack_into(mm, ring + _RING_HEAD.size + (recorded % RING) * _RING_ENTRY.size,
-                          wall, duration)
-    _RING_HEAD.pack_into(mm, ring, recorded + 1)
-    return recorded + 1
+        header.last_failure = wall
+    entry.wall = wall
+    entry.duration = duration
+    recorded: int = record.recorded + 1
+    record.recorded = recorded
+    return recorded
 
 
 class WorkerState:
     """What the supervisor reads from one slot."""
 
-    __slots__ = ("state", "pid", "served", "failed", "control", "idle_since")
+    __slots__ = ("state", "busy_since", "pid", "served", "failed", "control", "idle_since")
 
-    def __init__(self, state, pid, served, failed, control, idle_since) -> None:
+    def __init__(self, state: State, busy_since: float, pid: int, served: int, failed: int,
+                 control: int, idle_since: float) -> None:
         self.state, self.pid, self.served, self.failed = state, pid, served, failed
+        self.busy_since = busy_since  # when the running request began, or 0.0 if none runs
         self.control, self.idle_since = control, idle_since
-
-    @property
-    def busy_since(self) -> float:
-        """When the running request began, or 0.0 if the worker runs none."""
-        return self.state if self.state > 0 else 0.0
 
     @property
     def spare(self) -> bool:
@@ -171,7 +225,8 @@ class Totals:
 
     __slots__ = ("served", "failed", "control", "last_failure", "durations")
 
-    def __init__(self, served, failed, control, last_failure, durations) -> None:
+    def __init__(self, served: int, failed: int, control: int, last_failure: float | None,
+                 durations: list[float]) -> None:
         self.served, self.failed, self.control = served, failed, control
         self.last_failure = last_failure  # time.time() of the last failed run, or None
         self.durations = durations        # seconds, of the most recent runs, oldest first
@@ -184,8 +239,6 @@ def _map_shared(fileno: int, size: int) -> memoryview:
     the fd open for the mapping's life, and every run forked from a template
     would find it among its open files.  The mapping lives as long as the process.
     """
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
@@ -210,32 +263,18 @@ class Scoreboard:
         self.size = size
         size_bytes = self.bytes_needed(size)
         self._mm = mmap.mmap(-1, size_bytes) if fileno < 0 else _map_shared(fileno, size_bytes)
-        self._busy_all = memoryview(self._mm)[_HEADER.size:_HEADER.size + size * _STATE.size].cast("d")
-        for index in range(size):
-            self._busy_all[index] = FREE
+        board = _layout(size).from_buffer(self._mm)
+        self._header: _Header = board.header
+        self._records: list[_SlotRecord] = list(board.slots)  # made once, not per read
+        for record in self._records:
+            record.state = FREE
         self._free = list(range(size - 1, -1, -1))  # pop() hands out the lowest index
         self._high_water = 0
 
     @staticmethod
     def bytes_needed(size: int) -> int:
         """Return the bytes a scoreboard of ``size`` slots maps."""
-        return _HEADER.size + size * (_STATE.size + _COUNTERS.size + _RING_SIZE + _MARKS.size) \
-            + FORK_RING * _D.size
-
-    def _busy_offset(self, index: int) -> int:
-        return _HEADER.size + index * _STATE.size
-
-    def _counters_offset(self, index: int) -> int:
-        return _HEADER.size + self.size * _STATE.size + index * _COUNTERS.size
-
-    def _ring_offset(self, index: int) -> int:
-        return self._counters_offset(self.size) + index * _RING_SIZE
-
-    def _marks_offset(self, index: int) -> int:
-        return self._ring_offset(self.size) + index * _MARKS.size
-
-    def _fork_ring_offset(self) -> int:
-        return self._marks_offset(self.size)
+        return ctypes.sizeof(_layout(size))
 
     # -- the supervisor's side --------------------------------------------------
 
@@ -244,18 +283,18 @@ class Scoreboard:
         index = self._free.pop()
         # A spare from the fork on, so no second one is forked for the same
         # need; idle from now, not from the epoch.
-        self._busy_all[index] = ACCEPTING
-        _COUNTERS.pack_into(self._mm, self._counters_offset(index), 0, 0, 0, 0, time.monotonic())
-        _MARKS.pack_into(self._mm, self._marks_offset(index), 0, 0, 0)
+        record = self._records[index]
+        _reset(record, 0)
+        record.state = ACCEPTING
         if index >= self._high_water:
             self._high_water = index + 1
-            _COUNT.pack_into(self._mm, 0, self._high_water)
+            self._header.slots_in_use = self._high_water
         return index
 
     def set_pid(self, index: int, pid: int) -> None:
         """Record the pid of the worker just forked into slot ``index`` (the
         service counts it from now, not from when the worker attaches)."""
-        _Q.pack_into(self._mm, self._counters_offset(index), pid)
+        self._records[index].pid = pid
 
     def attach(self, index: int, pid: int) -> Slot:
         """Return the worker-side Slot ``index`` (called in the worker)."""
@@ -267,14 +306,16 @@ class Scoreboard:
         Its counts move to the header's totals, so they survive the worker.
         """
         state = self.read(index)
-        served, failed, control = _RETIRED.unpack_from(self._mm, _RETIRED_OFFSET)
-        _RETIRED.pack_into(self._mm, _RETIRED_OFFSET, served + state.served,
-                           failed + state.failed, control + state.control)
+        header = self._header
+        header.retired_served += state.served
+        header.retired_failed += state.failed
+        header.retired_control += state.control
         if state.served + state.failed + state.control:
-            last = max(_D.unpack_from(self._mm, _LAST_ACTIVITY_OFFSET)[0], state.idle_since)
-            _D.pack_into(self._mm, _LAST_ACTIVITY_OFFSET, last)
-        _COUNTERS.pack_into(self._mm, self._counters_offset(index), 0, 0, 0, 0, 0.0)
-        self._busy_all[index] = FREE
+            header.last_activity = max(header.last_activity, state.idle_since)
+        record = self._records[index]
+        record.pid = record.served = record.failed = record.control = 0
+        record.idle_since = 0.0
+        record.state = FREE
         self._free.append(index)
         self._free.sort(reverse=True)
         return state
@@ -285,67 +326,72 @@ class Scoreboard:
         state = self.read(index)
         now = time.monotonic()
         duration = now - state.busy_since if state.busy_since else 0.0
-        served, failed = state.served + ok, state.failed + (not ok)
-        ring = self._ring_offset(index)
-        _record_run(self._mm, ring, _RING_HEAD.unpack_from(self._mm, ring)[0], ok, duration)
-        _COUNTERS.pack_into(self._mm, self._counters_offset(index), state.pid, served, failed,
-                            state.control, now)
-        self._busy_all[index] = CONNECTED
+        record = self._records[index]
+        entry = record.ring[record.recorded % RING]
+        _record_run(self._header, record, entry, ok, duration)
+        record.served, record.failed = state.served + ok, state.failed + (not ok)
+        record.idle_since = now
+        record.state = CONNECTED
         return duration
 
-    def kind(self, index: int) -> int:
-        """Return the kind of the request last begun in slot ``index`` (V1, CAPTURED, TERMINAL)."""
-        return _Q.unpack_from(self._mm, self._marks_offset(index))[0]
+    def kind(self, index: int) -> Kind:
+        """Return the kind of the request last begun in slot ``index`` (V1, CAPTURED,
+        TERMINAL; NONE before the first)."""
+        return Kind(self._records[index].kind)
 
-    def announced_exit(self, index: int):
+    def announced_exit(self, index: int) -> int | None:
         """Return the exit status the worker in slot ``index`` announced it is about to
         exit with (Slot.announce_exit), or None."""
-        code = _Q.unpack_from(self._mm, self._marks_offset(index) + 2 * _Q.size)[0]
-        return code - 1 if code else None
+        record = self._records[index]
+        return record.exit_status if record.exiting else None
 
     def ask_to_retire(self, index: int) -> None:
         """Ask the worker in slot ``index`` to end after the request it runs."""
-        _Q.pack_into(self._mm, self._marks_offset(index) + _Q.size, 1)
+        self._records[index].retire = 1
 
     def record_fork(self, seconds: float) -> None:
         """Remember how long one fork took (the supervisor's side of it)."""
-        forks = _Q.unpack_from(self._mm, _FORKS_OFFSET)[0]
-        _D.pack_into(self._mm, self._fork_ring_offset() + (forks % FORK_RING) * _D.size, seconds)
-        _Q.pack_into(self._mm, _FORKS_OFFSET, forks + 1)
+        header = self._header
+        header.fork_durations[header.forks % FORK_RING] = seconds
+        header.forks += 1
 
     def bump_stale_epoch(self) -> None:
         """Mark every worker forked so far as possibly stale (see ``freshness``)."""
-        _Q.pack_into(self._mm, _STALE_OFFSET, self.stale_epoch() + 1)
+        self._header.stale_epoch += 1
 
     def unbump_stale_epoch(self) -> None:
         """Take the last mark back: the change was nothing the preloads depend on."""
-        _Q.pack_into(self._mm, _STALE_OFFSET, self.stale_epoch() - 1)
+        self._header.stale_epoch -= 1
 
     def stale_epoch(self) -> int:
         """Return the stale epoch: a worker forked at another one may run stale code."""
-        return _Q.unpack_from(self._mm, _STALE_OFFSET)[0]
+        return self._header.stale_epoch
 
     def set_start_failures(self, count: int) -> None:
         """Publish how many workers in a row failed at start (0: they start)."""
-        _Q.pack_into(self._mm, _START_FAILURES_OFFSET, count)
+        self._header.start_failures = count
 
     # -- anyone's side ------------------------------------------------------------
 
     def read(self, index: int) -> WorkerState:
         """Return the current state of slot ``index``."""
-        return WorkerState(self._busy_all[index],
-                           *_COUNTERS.unpack_from(self._mm, self._counters_offset(index)))
+        record = self._records[index]
+        state = _STATES[record.state]
+        # ``state`` before ``began``: the worker writes them the other way round.
+        began = record.began if state == BUSY else 0.0
+        return WorkerState(state, began, record.pid, record.served, record.failed,
+                           record.control, record.idle_since)
 
-    def live_states(self) -> list:
+    def live_states(self) -> list[WorkerState]:
         """Return the states of the slots that hold a worker."""
-        (count,) = _COUNT.unpack_from(self._mm, 0)
-        states = [self.read(i) for i in range(count) if self._busy_all[i] != FREE]
+        records = self._records[:self._header.slots_in_use]
+        states = [self.read(i) for i, record in enumerate(records) if record.state != FREE]
         return [s for s in states if s.pid]
 
     def last_activity(self) -> float:
         """Return the monotonic time a request last ended, in any worker, live or gone
         (0.0 if none ever did).  Whether one runs now is the caller's to ask."""
-        last = _D.unpack_from(self._mm, _LAST_ACTIVITY_OFFSET)[0]
+        last: float = self._header.last_activity
         for state in self.live_states():
             if state.served + state.failed + state.control:
                 last = max(last, state.idle_since)
@@ -354,42 +400,37 @@ class Scoreboard:
     def totals(self, recent: int = 1000) -> Totals:
         """Return the counts over every worker, live or gone, with the durations of
         the ``recent`` most recent runs."""
-        served, failed, control = _RETIRED.unpack_from(self._mm, _RETIRED_OFFSET)
+        header = self._header
+        served, failed = header.retired_served, header.retired_failed
+        control = header.retired_control
         for state in self.live_states():
             served += state.served
             failed += state.failed
             control += state.control
-        (last_failure,) = _D.unpack_from(self._mm, _LAST_FAILURE_OFFSET)
-        return Totals(served, failed, control, last_failure or None, self._recent_runs(recent))
+        return Totals(served, failed, control, header.last_failure or None,
+                      self._recent_runs(recent))
 
-    def _recent_runs(self, recent: int) -> list:
+    def _recent_runs(self, recent: int) -> list[float]:
         if not recent:
             return []
-        (count,) = _COUNT.unpack_from(self._mm, 0)
         runs = []
-        for index in range(count):
-            offset = self._ring_offset(index)
-            (recorded,) = _RING_HEAD.unpack_from(self._mm, offset)
-            runs += [_RING_ENTRY.unpack_from(self._mm, offset + _RING_HEAD.size
-                                             + i * _RING_ENTRY.size)
-                     for i in range(min(recorded, RING))]
+        for record in self._records[:self._header.slots_in_use]:
+            runs += [(run.wall, run.duration) for run in record.ring[:min(record.recorded, RING)]]
         runs.sort()
         return [duration for _, duration in runs[-recent:]]
 
-    def forks(self) -> "tuple[int, list]":
+    def forks(self) -> tuple[int, list[float]]:
         """Return (forks so far, durations in seconds of the last FORK_RING of them)."""
-        forks = _Q.unpack_from(self._mm, _FORKS_OFFSET)[0]
-        base = self._fork_ring_offset()
-        return forks, [_D.unpack_from(self._mm, base + i * _D.size)[0]
-                       for i in range(min(forks, FORK_RING))]
+        forks: int = self._header.forks
+        return forks, self._header.fork_durations[:min(forks, FORK_RING)]
 
     def start_failures(self) -> int:
         """Return how many workers in a row failed at start."""
-        return _Q.unpack_from(self._mm, _START_FAILURES_OFFSET)[0]
+        return self._header.start_failures
 
     def cache_epoch(self) -> int:
         """Return the compile-cache epoch: a worker that saw another one clears its cache."""
-        return _Q.unpack_from(self._mm, _EPOCH_OFFSET)[0]
+        return self._header.cache_epoch
 
     def bump_cache_epoch(self) -> None:
         """Ask every worker to clear its compile cache before its next request.
@@ -397,4 +438,4 @@ class Scoreboard:
         Two workers bumping at the same instant may count once; both asked for
         the same thing, and it is done.
         """
-        _Q.pack_into(self._mm, _EPOCH_OFFSET, self.cache_epoch() + 1)
+        self._header.cache_epoch += 1
