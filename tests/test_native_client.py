@@ -115,6 +115,18 @@ def _limit_memory():
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
 
+def test_an_error_of_the_clients_own_end_is_not_called_a_dead_worker():
+    """A reply that does not come in time (a timeout is the only error the Python
+    client's own end meets; the native client has none) says what happened."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.settimeout(0.05)
+        with pytest.raises(client.ServiceUnavailable) as caught:
+            client.execute(ours, client.v1_request(b"2+3"))
+    assert str(caught.value) == ("lost the connection to the service (timed out), so the "
+                                 "code may have run part way")
+
+
 @pytest.mark.parametrize("name", HOSTILE)
 def test_a_hostile_reply_is_a_clear_error(pyrust_command_sanitized, tmp_path, name):
     reply, message = HOSTILE[name]

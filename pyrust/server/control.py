@@ -56,8 +56,8 @@ def op_version(service: Service, request: Request, reply: socket.socket) -> Answ
 
 
 def op_clear_cache(service: Service, request: Request, reply: socket.socket) -> Answer:
-    for template in service.templates.values():
-        template.board.bump_cache_epoch()
+    for _, board in _running(service):
+        board.bump_cache_epoch()
     return protocol.OK, b"compile caches cleared\n"
 
 

@@ -27,8 +27,6 @@ import signal
 import socket
 import struct
 import time
-from types import FrameType
-from typing import TYPE_CHECKING, Iterable
 
 from pyrust import ops, protocol
 from pyrust.request import MAX_EXTRA_FDS, Job, Request, decode_extended, decode_v1, v1_job
@@ -38,7 +36,11 @@ from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
 from pyrust.server.template import fingerprint
 from pyrust.trust import peer_credentials
 
-if TYPE_CHECKING:
+MYPY = False
+if MYPY:  # for the type checker only: runs must not find typing imported by pyrust
+    from types import FrameType
+    from typing import Iterable
+
     from pyrust.config import Config
     from pyrust.server.freshness import Freshness
     from pyrust.server.scoreboard import Scoreboard, Slot
