@@ -14,7 +14,8 @@ import resource
 import signal
 import sys
 
-log = logging.getLogger("pyrust.worker")
+log = logging.getLogger("pyrust.osutil")
+
 
 class _Libc:
     """The C library, loaded on first use and kept: the template loads it once
