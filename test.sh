@@ -2,6 +2,10 @@
 # Run the whole pyrust test suite in a private virtual environment (.venv).
 # Extra arguments go to pytest, e.g. ./test.sh -k server -x
 #
+# Before the tests, the static checks: ruff (pycodestyle, pyflakes, isort,
+# bugbear) and mypy on pyrust/ and bench/, configured in pyproject.toml; any
+# finding fails the script before a test runs.
+#
 # The suite runs a real systemd user manager and builds systemd-python, so it
 # needs Debian's systemd, libsystemd-dev and pkg-config, and it builds the
 # native client (client/pyrust.c), so gcc and libc6-dev: installed here when
@@ -27,6 +31,21 @@ pip_install() {
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 pip_install '.[test,systemd]' || pip_install '.[test]'
+
+static_checks() {  # ruff, then mypy: print the findings and fail on any
+    local output
+    if ! output=$(.venv/bin/ruff check pyrust bench 2>&1); then
+        printf '%s\n' "$output"
+        echo "test.sh: ruff found problems in pyrust/ or bench/ (see above)" >&2
+        return 1
+    fi
+    if ! output=$(.venv/bin/mypy 2>&1); then
+        printf '%s\n' "$output"
+        echo "test.sh: mypy found type errors in pyrust/ or bench/ (see above)" >&2
+        return 1
+    fi
+}
+static_checks
 
 # The native client, warnings as errors, and a sanitized build of it (address
 # and undefined behaviour) for the differential table; both hand off to the

@@ -55,7 +55,7 @@ def start_daemon(path: str, config: str | None, announce: bool = True) -> int:
     raise StartupError("the server did not start:\n%s" % (tail or "(no output; see %s)" % log_path))
 
 
-def _spawn(path: str, config: str | None):
+def _spawn(path: str, config: str | None) -> tuple[subprocess.Popen[bytes], str, int, bool]:
     """Start ``pyrust serve`` detached; return (process, log path, log offset, ready)."""
     log_path = default_log_path()
     os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)

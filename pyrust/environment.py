@@ -17,6 +17,15 @@ import sys
 
 from pyrust import protocol
 
+# Typing-only imports: mypy takes any name TYPE_CHECKING as true, python never
+# runs this block (the client's hot path imports no typing).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Mapping
+
+    #: A decoded request: bytes for a single field, a list of bytes for a repeated one.
+    Fields = dict[int, Any]
+
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 _MASK = (1 << 64) - 1
@@ -54,13 +63,14 @@ class Environment:
 
     __slots__ = ("python", "preload", "root", "startup")
 
-    def __init__(self, python: str, preload=(), root: str = "", startup=()) -> None:
+    def __init__(self, python: str, preload: "Iterable[str]" = (), root: str = "",
+                 startup: "Iterable[str]" = ()) -> None:
         self.python = python
         self.preload = tuple(preload)
         self.root = root
         self.startup = tuple(startup)
 
-    def fields(self) -> list:
+    def fields(self) -> "list[tuple[int, bytes]]":
         """Return the environment as extended-request fields, in canonical order."""
         fields = [(protocol.PYTHON, os.fsencode(self.python))]
         fields += [(protocol.PRELOAD, name.encode()) for name in self.preload]
@@ -73,7 +83,7 @@ class Environment:
         """Return the bytes that identify the environment: its encoded fields."""
         return protocol.encode_fields(self.fields())
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Environment) and self.key() == other.key()
 
     def __hash__(self) -> int:
@@ -84,7 +94,7 @@ class Environment:
                                                 self.startup)
 
     @classmethod
-    def from_fields(cls, fields: dict):
+    def from_fields(cls, fields: "Fields") -> "Environment | None":
         """Return the Environment a decoded request names, or None if it names none.
 
         Raise ValueError if the fields are not a valid environment.
@@ -106,7 +116,7 @@ class Environment:
         return cls(path, preload, root, [os.fsdecode(s) for s in fields[protocol.STARTUP]])
 
 
-def key_of(fields: dict) -> bytes:
+def key_of(fields: "Fields") -> bytes:
     """Return the key of the environment decoded request ``fields`` name (which
     must hold a PYTHON field): the same bytes as ``Environment.key()``."""
     items = [(protocol.PYTHON, fields[protocol.PYTHON])]
@@ -146,7 +156,7 @@ PER_RUN_VARIABLES = (
 IGNORE_ENVIRONMENT = ("-E", "-I")
 
 
-def startup_items(options, environ) -> list:
+def startup_items(options: "Iterable[str]", environ: "Mapping[str, str]") -> "list[str]":
     """Return an environment's start-up items: ``options`` (start-up options in
     canonical order, see pyrust/pyoptions.py), then the start-up ``PYTHON*``
     variables of ``environ`` as "NAME=value", sorted by name.

@@ -26,6 +26,13 @@ business of the tools that own those tables, and ``read`` may still give the
 table where tomllib refuses the whole document.
 """
 
+# For mypy only, which takes any name TYPE_CHECKING as true; python never runs
+# this block (and the module imports nothing, not even typing).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    #: A value read (None: a skimmed value, outside the table).
+    Value = str | bool | list["Value"] | None
+
 TABLE = ("tool", "pyrust")
 KEYS = frozenset(("python", "preload", "echo"))
 _WS = frozenset(" \t")
@@ -43,7 +50,7 @@ class Unsupported(Exception):
     """The document holds something this reader does not read: use a full TOML parser."""
 
 
-def read(text: str):
+def read(text: str) -> "dict[str, Value] | None":
     """Return the ``[tool.pyrust]`` table of TOML document ``text`` as a dict
     (what tomllib gives for it), or None if the document has no such table.
 
@@ -54,7 +61,7 @@ def read(text: str):
     return reader.document()
 
 
-def _touches(path: tuple) -> bool:
+def _touches(path: "tuple[str, ...]") -> bool:
     """Return whether key path ``path`` is ``tool``, ``tool.pyrust`` or below it."""
     return path[:len(TABLE)] == TABLE[:len(path)]
 
@@ -65,9 +72,10 @@ class _Reader:
     def __init__(self, text: str) -> None:
         self.text, self.pos, self.end = text, 0, len(text)
 
-    def document(self):
+    def document(self) -> "dict[str, Value] | None":
         """Return the table (or None), reading the whole document."""
-        table, current = None, ()
+        table: "dict[str, Value] | None" = None
+        current: "tuple[str, ...]" = ()
         while True:
             self.blank()
             if self.pos >= self.end:
@@ -90,9 +98,9 @@ class _Reader:
                 self.value(strict=False)
                 self.line_end()
 
-    def table(self) -> dict:
+    def table(self) -> "dict[str, Value]":
         """Return the body of ``[tool.pyrust]``, up to the next header or the end."""
-        table = {}
+        table: "dict[str, Value]" = {}
         while True:
             self.blank()
             if self.pos >= self.end or self.peek() == "[":
@@ -108,7 +116,7 @@ class _Reader:
             table[name] = self.value(strict=True)
             self.line_end()
 
-    def header(self):
+    def header(self) -> "tuple[tuple[str, ...], bool]":
         """Return the key path of the header at ``pos`` and whether it is ``[[...]]``."""
         self.pos += 1
         array = self.peek() == "["
@@ -122,12 +130,14 @@ class _Reader:
         self.line_end()
         return path, array
 
-    def key(self) -> tuple:
+    def key(self) -> "tuple[str, ...]":
         """Return the (dotted) key at ``pos`` as a tuple, skipping the spaces after it."""
         parts = []
         while True:
             if self.peek() in _QUOTES:
-                parts.append(self.string(strict=True))
+                part = self.string(strict=True)
+                assert part is not None  # strict: a string it cannot read raises
+                parts.append(part)
             else:
                 start = self.pos
                 self.skip(_BARE)
@@ -140,7 +150,7 @@ class _Reader:
             self.pos += 1
             self.skip(_WS)
 
-    def value(self, strict: bool):
+    def value(self, strict: bool) -> "Value":
         """Return the value at ``pos``.  ``strict``: only the values the table may
         hold; otherwise skim any value and return None for what is not read."""
         char = self.peek()
@@ -164,7 +174,7 @@ class _Reader:
                 raise Unsupported("not a value")
         return None
 
-    def string(self, strict: bool):
+    def string(self, strict: bool) -> "str | None":
         """Return the string at ``pos`` (None for a skimmed multi-line or escaped one)."""
         text, quote, start = self.text, self.peek(), self.pos + 1
         if text.startswith(quote * 3, self.pos):
@@ -199,10 +209,10 @@ class _Reader:
                 return close
             start = backslash + 2
 
-    def array(self, strict: bool) -> list:
+    def array(self, strict: bool) -> "list[Value]":
         """Return the array at ``pos``; ``strict``: an array of strings."""
         self.pos += 1
-        items = []
+        items: "list[Value]" = []
         while True:
             self.blank()
             if self.peek() == "]":
@@ -268,7 +278,7 @@ class _Reader:
         """Return the character at ``pos``, or "" at the end."""
         return self.text[self.pos] if self.pos < self.end else ""
 
-    def skip(self, chars: frozenset) -> None:
+    def skip(self, chars: "frozenset[str]") -> None:
         """Move ``pos`` past any of ``chars``."""
         text, pos, end = self.text, self.pos, self.end
         while pos < end and text[pos] in chars:

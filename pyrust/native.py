@@ -132,7 +132,7 @@ def compile_client(out: str, launcher: str, python: str, source: str = SOURCE_DI
     return result
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m pyrust.native``: write the launcher, build the client."""
     parser = argparse.ArgumentParser(prog="python -m pyrust.native")
     parser.add_argument("--out", required=True, help="the native client to build")

@@ -39,7 +39,7 @@ def default_socket_path() -> str:
                         "%s-%d" % (APP, os.getuid()), SOCKET_NAME)
 
 
-def socket_unit_file(path: str):
+def socket_unit_file(path: str) -> "str | None":
     """Return the installed service-manager file that owns socket ``path``, or None.
 
     pyrust's systemd socket unit listens on the default path, and so does its
@@ -57,7 +57,7 @@ def socket_unit_file(path: str):
     return candidate if os.path.exists(candidate) else None
 
 
-def resolve_socket_path(cli_value, config_value) -> str:
+def resolve_socket_path(cli_value: "str | None", config_value: "str | None") -> str:
     """Return the socket path: ``--socket``, ``$PYRUST_SOCKET``, config, default."""
     for candidate in (cli_value, os.environ.get("PYRUST_SOCKET"), config_value):
         if candidate:

@@ -25,8 +25,17 @@ also gives the errors.
 """
 
 import os
+import sys
 
 from pyrust.errors import ConfigError
+
+# Typing-only imports: mypy takes any name TYPE_CHECKING as true, python never
+# runs this block (the client's hot path imports no typing, nor the config).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable, Mapping, NoReturn
+
+    from pyrust.config import Config
 
 PYPROJECT = "pyproject.toml"
 MARKER = b"[tool.pyrust]"
@@ -39,7 +48,8 @@ class Project:
 
     __slots__ = ("path", "root", "python", "preload", "echo")
 
-    def __init__(self, path: str, python=None, preload=None, echo=None) -> None:
+    def __init__(self, path: str, python: "str | None" = None,
+                 preload: "list[str] | None" = None, echo: "bool | None" = None) -> None:
         self.path, self.root = path, os.path.dirname(path)
         self.python, self.preload, self.echo = python, preload, echo
 
@@ -51,12 +61,13 @@ class Choice:
 
     __slots__ = ("python", "preload", "root", "echo", "project")
 
-    def __init__(self, python: str, preload, root: str, echo: bool, project) -> None:
+    def __init__(self, python: str, preload: "Iterable[str]", root: str, echo: bool,
+                 project: "Project | None") -> None:
         self.python, self.preload, self.root = python, list(preload), root
         self.echo, self.project = echo, project
 
 
-def find_pyproject(start: str):
+def find_pyproject(start: str) -> "str | None":
     """Return the path of the nearest pyproject.toml in ``start`` (absolute) or
     above it, or None if there is none."""
     directory = start
@@ -70,7 +81,7 @@ def find_pyproject(start: str):
         directory = parent
 
 
-def load_project(path: str):
+def load_project(path: str) -> "Project | None":
     """Return the Project of pyproject.toml ``path``, or None if it has no
     ``[tool.pyrust]`` table.
 
@@ -97,9 +108,9 @@ def load_project(path: str):
 
 def _parse(path: str, data: bytes) -> dict:
     """Return the TOML document ``data``; raise ConfigError if it is not TOML."""
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python < 3.11
+    else:
         try:
             import tomli as tomllib
         except ImportError:
@@ -111,14 +122,15 @@ def _parse(path: str, data: bytes) -> dict:
         raise ConfigError("%s: not valid TOML: %s" % (path, exc)) from None
 
 
-def _project(path: str, table) -> Project:
+def _project(path: str, table: object) -> Project:
     """Return the Project ``table`` (the parsed ``[tool.pyrust]``) describes."""
-    def bad(key, expected):
+    if not isinstance(table, dict):
+        raise ConfigError("%s: [tool.pyrust] must be a table" % path)
+
+    def bad(key: str, expected: str) -> "NoReturn":
         raise ConfigError("%s: [tool.pyrust] key %r: expected %s, got %r"
                           % (path, key, expected, table[key]))
 
-    if not isinstance(table, dict):
-        raise ConfigError("%s: [tool.pyrust] must be a table" % path)
     unknown = sorted(set(table) - {"python", "preload", "echo"})
     if unknown:
         raise ConfigError("%s: [tool.pyrust]: unknown key %r (known keys: echo, preload, "
@@ -136,7 +148,7 @@ def _project(path: str, table) -> Project:
     return Project(path, python, preload, echo)
 
 
-def nearest_project(cwd):
+def nearest_project(cwd: "str | None") -> "Project | None":
     """Return the Project of the nearest pyproject.toml from ``cwd`` upwards, or
     None (no such file, no ``[tool.pyrust]`` in it, or ``cwd`` is None).
 
@@ -155,7 +167,8 @@ def interpreter_path(value: str, base: str) -> str:
     return path
 
 
-def choose(cli_python, config, cwd, environ) -> Choice:
+def choose(cli_python: "str | None", config: "Config | None", cwd: "str | None",
+           environ: "Mapping[str, str]") -> Choice:
     """Return the environment a run in ``cwd`` (None if it is gone) asks for.
 
     ``cli_python`` is ``--python``'s absolute path or None; ``config`` the user
@@ -175,7 +188,8 @@ def choose(cli_python, config, cwd, environ) -> Choice:
     return Choice(python, preload, root, echo, project)
 
 
-def _interpreter(cli_python, config, cwd, environ, project) -> str:
+def _interpreter(cli_python: "str | None", config: "Config | None", cwd: "str | None",
+                 environ: "Mapping[str, str]", project: "Project | None") -> str:
     """Return the interpreter's absolute path, from the first source that names one."""
     if cli_python:
         return interpreter_path(cli_python, "/")

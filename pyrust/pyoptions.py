@@ -24,6 +24,12 @@ long options (``--socket PATH``...) may appear anywhere before the program.
 A leaf module: it imports nothing, so the client's start-up stays short.
 """
 
+# Typing-only imports: mypy takes any name TYPE_CHECKING as true, python never
+# runs this block.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Container, Sequence
+
 #: Start-up flags that count when repeated (``-OO``, ``-vv``), in canonical order.
 COUNTED = "Obdv"
 #: The start-up options' canonical order: flags by letter, then -X, then the pyc mode.
@@ -59,20 +65,20 @@ class CommandLine:
     """
 
     def __init__(self) -> None:
-        self.own = {}
-        self.flag = None
+        self.own: "dict[str, str | None]" = {}
+        self.flag: "str | None" = None
         self.help = False
-        self.fallback = None
-        self.form = None
-        self.source = None
-        self.args = []
-        self.options = []
-        self.python_args = []
-        self.startup = []
-        self.pyopt = []
-        self._counts = {}
-        self._xoptions = []
-        self._pyc_mode = None
+        self.fallback: "str | None" = None
+        self.form: "str | None" = None
+        self.source: "str | None" = None
+        self.args: "list[str]" = []
+        self.options: "list[str]" = []
+        self.python_args: "list[str]" = []
+        self.startup: "list[str]" = []
+        self.pyopt: "list[str]" = []
+        self._counts: "dict[str, int]" = {}
+        self._xoptions: "list[str]" = []
+        self._pyc_mode: "str | None" = None
         self._stop = False
 
     def __repr__(self) -> str:
@@ -80,7 +86,8 @@ class CommandLine:
             self.form, self.source, self.startup, self.pyopt, self.fallback)
 
 
-def parse(argv, own_options=(), own_flags=()) -> CommandLine:
+def parse(argv: "Sequence[str]", own_options: "Container[str]" = (),
+          own_flags: "Container[str]" = ()) -> CommandLine:
     """Return the CommandLine ``argv`` (without the command's name) states.
 
     ``own_options`` are the caller's long options with a value (``--socket PATH``
@@ -116,7 +123,7 @@ def parse(argv, own_options=(), own_flags=()) -> CommandLine:
     return _finish(line)
 
 
-def _own_option(line: CommandLine, argv, i: int, name: str) -> int:
+def _own_option(line: CommandLine, argv: "Sequence[str]", i: int, name: str) -> int:
     """Record the caller's option at ``argv[i]``; return the index after it."""
     arg = argv[i]
     if arg != name:
@@ -126,7 +133,8 @@ def _own_option(line: CommandLine, argv, i: int, name: str) -> int:
     return i + 2
 
 
-def _program(line: CommandLine, form: str, source: str, rest, separate: bool = True) -> None:
+def _program(line: CommandLine, form: str, source: str, rest: "Sequence[str]",
+             separate: bool = True) -> None:
     """Record the program and the arguments after it; ``separate``: the source was an
     argument of its own (not attached, as in ``-cCODE``), so python's argv has it."""
     line.form, line.source, line.args = form, source, list(rest)
@@ -135,7 +143,7 @@ def _program(line: CommandLine, form: str, source: str, rest, separate: bool = T
     line.python_args += line.args
 
 
-def _short_options(line: CommandLine, argv, i: int) -> int:
+def _short_options(line: CommandLine, argv: "Sequence[str]", i: int) -> int:
     """Parse the group of short options ``argv[i]`` (``-uBc``); return the next index."""
     arg = argv[i]
     for j in range(1, len(arg)):
@@ -191,7 +199,7 @@ def _flag(line: CommandLine, letter: str) -> bool:
     return True
 
 
-def _long_option(line: CommandLine, argv, i: int) -> int:
+def _long_option(line: CommandLine, argv: "Sequence[str]", i: int) -> int:
     """Parse the long option ``argv[i]``; return the next index."""
     arg = argv[i]
     if arg == "--help":
@@ -212,7 +220,7 @@ def _long_option(line: CommandLine, argv, i: int) -> int:
 
 #: -X options whose value python checks at start-up: the values every python
 #: 3.9-3.13 accepts.  Any other value falls back to python, which decides.
-_X_CHECKS = {
+_X_CHECKS: "dict[str, Callable[[str | None], bool]]" = {
     "utf8": lambda v: v in (None, "0", "1"),
     "int_max_str_digits": lambda v: _number(v, 0, 0) or _number(v, 640, 2 ** 31 - 1),
     "tracemalloc": lambda v: v is None or _number(v, 0, 65535),
@@ -222,9 +230,10 @@ _X_CHECKS = {
 }
 
 
-def _number(value, low: int, high: int) -> bool:
+def _number(value: "str | None", low: int, high: int) -> bool:
     """Return whether ``value`` is plain decimal digits for a number from ``low`` to ``high``."""
-    return bool(value) and value.isascii() and value.isdigit() and \
+    # "".isdigit() is False, so the empty string is no number either.
+    return value is not None and value.isascii() and value.isdigit() and \
         len(value) <= 10 and low <= int(value) <= high
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 
-def _mib(value) -> str:
+def _mib(value: float | None) -> str:
     return "?" if value is None else "%.1f MiB" % (value / 1048576)
 
 

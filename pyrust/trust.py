@@ -8,15 +8,21 @@ server that another user runs, before it sends anything (a program, its
 environment and its terminal are the user's secrets).
 """
 
+import _socket
 import os
 import stat
-import _socket
 from _struct import Struct
+
+# Typing-only imports: mypy takes any name TYPE_CHECKING as true, python never
+# runs this block, so the client's hot path imports no ctypes.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
 
 _UCRED = Struct("3i")  # Linux struct ucred: pid, uid, gid
 
 
-def peer_uid(sock, libc=None) -> int:
+def peer_uid(sock: "_socket.socket", libc: "ctypes.CDLL | None" = None) -> int:
     """Return the uid of the process at the other end of the Unix socket ``sock``.
 
     On the server's side that is the client; on the client's side, the process
@@ -26,7 +32,8 @@ def peer_uid(sock, libc=None) -> int:
     return peer_credentials(sock, libc)[1]
 
 
-def peer_credentials(sock, libc=None) -> "tuple[int, int]":
+def peer_credentials(sock: "_socket.socket",
+                     libc: "ctypes.CDLL | None" = None) -> "tuple[int, int]":
     """Return ``(pid, uid)`` of the process at the other end of the Unix socket ``sock``.
 
     Linux: ``SO_PEERCRED``.  macOS and the BSDs: ``getpeereid(2)``, which
@@ -59,7 +66,7 @@ def describe_uid(uid: int) -> str:
         return "uid %d" % uid
 
 
-def directory_problem(directory: str):
+def directory_problem(directory: str) -> "str | None":
     """Return why ``directory`` may not hold this user's socket, with the fix; None if it may.
 
     It may when it is a real directory (not a symbolic link) that this user
@@ -84,7 +91,7 @@ def directory_problem(directory: str):
     return None
 
 
-def server_problem(sock):
+def server_problem(sock: "_socket.socket") -> "str | None":
     """Return why the server at the other end of ``sock`` is not to be trusted; None if it is.
 
     Trusted means: it runs as this very user (root's service for root only).

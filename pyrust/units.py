@@ -11,6 +11,7 @@ import os
 import plistlib
 import re
 import sys
+from typing import Any
 
 from pyrust.paths import LAUNCHD_LABEL
 
@@ -20,7 +21,7 @@ MAX_DARWIN_SOCKET_PATH = 103
 _PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 
 
-def _substitute(text: str, values: dict) -> str:
+def _substitute(text: str, values: dict[str, str]) -> str:
     """Return ``text`` with every ``@NAME@`` replaced; raise KeyError naming a missing value."""
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
@@ -31,7 +32,7 @@ def systemd_quote(path: str) -> str:
     return '"%s"' % escaped
 
 
-def render_systemd(template_dir: str, python: str) -> dict:
+def render_systemd(template_dir: str, python: str) -> dict[str, str]:
     """Return ``{unit name: text}`` for the user units, running ``python -m pyrust``."""
     values = {"PYRUST_PYTHON": systemd_quote(python)}
     units = {}
@@ -71,7 +72,8 @@ def render_launcher(python: str) -> str:
             "sys.exit(main())\n" % (python, site))
 
 
-def _substitute_tree(node, values):
+def _substitute_tree(node: Any, values: dict[str, str]) -> Any:
+    """Return the parsed plist ``node`` with ``@NAME@`` replaced in every string."""
     if isinstance(node, dict):
         return {_substitute(k, values): _substitute_tree(v, values) for k, v in node.items()}
     if isinstance(node, list):
@@ -81,7 +83,7 @@ def _substitute_tree(node, values):
     return node
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m pyrust.units``: write the rendered files into ``--out``."""
     parser = argparse.ArgumentParser(prog="python -m pyrust.units")
     parser.add_argument("kind", choices=("systemd", "launchd", "launcher"))

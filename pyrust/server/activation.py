@@ -91,7 +91,7 @@ def systemd_listener() -> Listener | None:
     return _passed_listener(fd, "systemd")
 
 
-def launchd_listener(lib=None) -> Listener | None:
+def launchd_listener(lib: ctypes.CDLL | None = None) -> Listener | None:
     """Return the socket launchd passed (``launch_activate_socket``), or None.
 
     None when launchd did not start this process (``ESRCH``) or on systems

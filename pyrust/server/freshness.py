@@ -24,7 +24,15 @@ import logging
 import sys
 import time
 
-from pyrust.server.watch import changed_since, modules_to_watch, open_watcher
+from pyrust.server.watch import AnyWatcher, changed_since, modules_to_watch, open_watcher
+
+# For mypy only, which takes any name TYPE_CHECKING as true (python never runs
+# this block).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Iterable
+
+    from pyrust.server.scoreboard import Scoreboard
 
 log = logging.getLogger("pyrust.supervisor")
 
@@ -32,14 +40,14 @@ log = logging.getLogger("pyrust.supervisor")
 class Freshness:
     """The preloaded modules, their watcher and the stale mark in the scoreboard."""
 
-    def __init__(self, scoreboard) -> None:
+    def __init__(self, scoreboard: Scoreboard) -> None:
         self.scoreboard = scoreboard
-        self.names: set = set()   # modules the preload imported
-        self.files: dict = {}     # their files
-        self.watcher = None
+        self.names: set[str] = set()        # modules the preload imported
+        self.files: dict[str, str] = {}     # their files
+        self.watcher: AnyWatcher | None = None
         self.born = 0             # the stale epoch a worker was forked at
 
-    def preload(self, load) -> None:
+    def preload(self, load: Callable[[], object]) -> None:
         """Call ``load()`` (which imports the preload list), then watch what it imported."""
         before, since = set(sys.modules), time.time_ns()
         load()
@@ -52,23 +60,23 @@ class Freshness:
             self.scoreboard.bump_stale_epoch()  # edited while it was being imported
         self.born = self.scoreboard.stale_epoch()
 
-    def fileno(self):
+    def fileno(self) -> int | None:
         """Return the watcher's fd for the template's loop to wait on, or None."""
         if self.watcher is None or self.watcher.fileno() < 0:
             return None
         return self.watcher.fileno()
 
-    def changes(self) -> list:
+    def changes(self) -> list[str]:
         """Template side, when the watcher's fd is readable: mark the workers stale,
         read the events, and return the relevant changed paths (the mark is taken
         back if there are none)."""
         self.scoreboard.bump_stale_epoch()
-        changed = self.watcher.read() if self.watcher is not None else []
+        changed: list[str] = self.watcher.read() if self.watcher is not None else []
         if not changed:
             self.scoreboard.unbump_stale_epoch()
         return changed
 
-    def rebuild(self, load) -> None:
+    def rebuild(self, load: Callable[[], object]) -> None:
         """Template side: drop the preloaded modules and import them afresh."""
         _drop(self.names)
         self.preload(load)
@@ -93,7 +101,7 @@ class Freshness:
         return stale
 
 
-def _drop(names) -> None:
+def _drop(names: Iterable[str]) -> None:
     for name in names:
         sys.modules.pop(name, None)
     importlib.invalidate_caches()

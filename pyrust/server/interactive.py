@@ -19,6 +19,15 @@ import sys
 from pyrust.server.osutil import libc
 from pyrust.server.report import system_exit_code
 
+# For mypy only, which takes any name TYPE_CHECKING as true: a worker imports
+# no typing (the programs it runs would find it already imported).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Any, Callable
+
+    from pyrust.server.runoptions import RunOptions
+
 COPYRIGHT = 'Type "help", "copyright", "credits" or "license" for more information.'
 #: 3.11 imports readline and rlcompleter before sys.path[0] exists; 3.9 only readline, after.
 READLINE_FIRST = sys.version_info >= (3, 11)
@@ -26,12 +35,12 @@ READLINE_FIRST = sys.version_info >= (3, 11)
 PYREPL = sys.version_info >= (3, 13)
 
 
-def stdin_is_interactive(options) -> bool:
+def stdin_is_interactive(options: "RunOptions") -> bool:
     """Return whether python treats stdin as interactive: a terminal, or -i."""
     return options.interactive > 0 or os.isatty(0)
 
 
-def before_path0(options, program: bool) -> None:
+def before_path0(options: "RunOptions", program: bool) -> None:
     """Do what python's start-up does on the client's terminal before it puts
     sys.path[0] in place: -u's unbuffered C streams; on 3.11+, readline."""
     if options.unbuffered:
@@ -40,7 +49,7 @@ def before_path0(options, program: bool) -> None:
         import_readline(options, program)
 
 
-def after_path0(options, program: bool) -> None:
+def after_path0(options: "RunOptions", program: bool) -> None:
     """Do what python's start-up does on the client's terminal after it puts
     sys.path[0] in place: the banner; before 3.11, readline."""
     banner(options, program)
@@ -48,7 +57,7 @@ def after_path0(options, program: bool) -> None:
         import_readline(options, program)
 
 
-def banner(options, program: bool) -> None:
+def banner(options: "RunOptions", program: bool) -> None:
     """Write python's start-up banner to fd 2 where python writes it: not under
     -q, and only for the prompt without a program (any time under -v)."""
     if options.quiet:
@@ -61,7 +70,7 @@ def banner(options, program: bool) -> None:
     os.write(2, text.encode("utf-8", "backslashreplace"))
 
 
-def import_readline(options, program: bool) -> None:
+def import_readline(options: "RunOptions", program: bool) -> None:
     """Import readline (and on 3.11+ rlcompleter) as python does before its
     prompt on a terminal; failures are ignored, as python ignores them."""
     if sys.flags.isolated or (not options.inspect and program) or not os.isatty(0):
@@ -73,7 +82,7 @@ def import_readline(options, program: bool) -> None:
             pass
 
 
-def main(options):
+def main(options: "RunOptions") -> "int | None":
     """Run the prompt without a program (``python`` with stdin interactive, or a
     program read from stdin otherwise); return python's exit code, or None if a
     step before the prompt ended it with the code it gave."""
@@ -85,13 +94,15 @@ def main(options):
         if code is not None:
             return code
     if PYREPL and os.isatty(0) and not options.basic_repl:
-        return _module_code(runpy._run_module_as_main, "_pyrepl", False)
+        # python -m's own runner, private: typeshed does not declare it.
+        run_as_main = runpy._run_module_as_main  # type: ignore[attr-defined]
+        return _module_code(run_as_main, "_pyrepl", False)
     if interactive:
         return int(_c_loop() != 0)
     return int(_c_api().PyRun_SimpleFileExFlags(_c_stdin(), b"<stdin>", 0, None) != 0)
 
 
-def after_program(options, code: int) -> int:
+def after_program(options: "RunOptions", code: int) -> int:
     """Enter the prompt after a program as python's -i (or PYTHONINSPECT, also
     when the program set it) does on an interactive stdin; return the exit
     code: the program's ``code`` when there is no prompt, else the prompt's."""
@@ -119,7 +130,7 @@ def _getenv_set(name: str) -> bool:
     return bool(getenv(name.encode()))
 
 
-def run_startup(options):
+def run_startup(options: "RunOptions") -> "int | None":
     """Run the PYTHONSTARTUP file in ``__main__`` as python does before its
     prompt; return None to go on, or an exit code if it raised SystemExit
     while python's own handling still returns."""
@@ -137,7 +148,7 @@ def run_startup(options):
     return None
 
 
-def run_hook():
+def run_hook() -> "int | None":
     """Call ``sys.__interactivehook__`` as python does before its prompt; return
     None to go on, or the exit code of a SystemExit it raised."""
     hook = getattr(sys, "__interactivehook__", None)
@@ -148,11 +159,18 @@ def run_hook():
         hook()
     except BaseException as exc:
         sys.stderr.write("Failed calling sys.__interactivehook__\n")
-        return _print_error(exc, exc.__traceback__.tb_next)
+        return _print_error(exc, _below_caller(exc))
     return None
 
 
-def _print_error(exc: BaseException, tb):
+def _below_caller(exc: BaseException) -> "TracebackType | None":
+    """Return the traceback of a caught ``exc`` without its first entry (the
+    frame that caught it), as python's start-up shows it."""
+    tb = exc.__traceback__
+    return tb.tb_next if tb is not None else None
+
+
+def _print_error(exc: BaseException, tb: "TracebackType | None") -> "int | None":
     """Report ``exc`` as python's start-up does (``pymain_err_print``): return
     the exit code of a SystemExit, else print it and return None."""
     if isinstance(exc, SystemExit):
@@ -164,7 +182,7 @@ def _print_error(exc: BaseException, tb):
     return None
 
 
-def _module_code(run, *args, **kwargs) -> int:
+def _module_code(run: "Callable[..., object]", *args: "Any", **kwargs: "Any") -> int:
     """Run the new REPL: ``run(*args, **kwargs)``; return 0, or 1 if it raised
     (printed as python prints it): python 3.13 turns any other outcome into 1."""
     try:
@@ -174,7 +192,7 @@ def _module_code(run, *args, **kwargs) -> int:
         if isinstance(exc, SystemExit):
             code = system_exit_code(exc, sys.stderr)
         else:
-            _print_error(exc, exc.__traceback__.tb_next)
+            _print_error(exc, _below_caller(exc))
         return int(code != 0)
     return 0
 
@@ -189,17 +207,17 @@ class _CApi:
 
     def __init__(self) -> None:
         api = ctypes.pythonapi
-        for name in ("PyRun_InteractiveLoopFlags", "PyRun_SimpleFileExFlags"):
-            function = getattr(api, name)
+        self.PyRun_InteractiveLoopFlags = api.PyRun_InteractiveLoopFlags
+        self.PyRun_SimpleFileExFlags = api.PyRun_SimpleFileExFlags
+        for function in (self.PyRun_InteractiveLoopFlags, self.PyRun_SimpleFileExFlags):
             function.restype = ctypes.c_int
-            setattr(self, name, function)
         self.PyRun_InteractiveLoopFlags.argtypes = (ctypes.c_void_p, ctypes.c_char_p,
                                                     ctypes.c_void_p)
         self.PyRun_SimpleFileExFlags.argtypes = (ctypes.c_void_p, ctypes.c_char_p,
                                                  ctypes.c_int, ctypes.c_void_p)
 
 
-_api = None
+_api: "_CApi | None" = None
 
 
 def _c_api() -> _CApi:
@@ -209,8 +227,8 @@ def _c_api() -> _CApi:
     return _api
 
 
-def _c_stdin() -> int:
-    """Return C's ``stdin`` (a ``FILE *``), which reads fd 0."""
+def _c_stdin() -> "int | None":
+    """Return C's ``stdin`` (a ``FILE *``, None if NULL), which reads fd 0."""
     cdll = ctypes.CDLL(None)
     for name in ("stdin", "__stdinp"):  # glibc and musl; macOS
         try:

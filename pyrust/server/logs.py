@@ -30,6 +30,12 @@ import time
 
 from pyrust.errors import StartupError
 
+# For mypy only, which takes any name TYPE_CHECKING as true: a worker imports
+# no typing (the programs it runs would find it already imported).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, TextIO
+
 #: Seconds during which a warning of the same kind (logger, level, message
 #: template) is counted instead of logged again.
 REPEAT_WINDOW = 60.0
@@ -94,7 +100,7 @@ def _stderr_is_journal() -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-def _own_stderr():
+def _own_stderr() -> TextIO:
     """Return a line-buffered text stream on a copy of fd 2.
 
     A worker lends fd 2 to the client's terminal during a run; a line logged
@@ -116,11 +122,13 @@ class RepeatFilter(logging.Filter):
     last M s)".  One dict lookup per record; ``clock`` is for tests.
     """
 
-    def __init__(self, window: float = REPEAT_WINDOW, clock=time.monotonic) -> None:
+    def __init__(self, window: float = REPEAT_WINDOW,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.window = window
         self._clock = clock
-        self._kinds: dict = {}  # kind -> [time it was last let through, suppressed since]
+        # kind -> [time it was last let through, suppressed since]
+        self._kinds: dict[tuple[str, int, str], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < REPEAT_LEVEL:
@@ -227,7 +235,7 @@ class RotatingLog(logging.handlers.RotatingFileHandler):
                 os.close(lock)
         self._point_std_fds(old)
 
-    def _identity(self):
+    def _identity(self) -> tuple[int, int] | None:
         return None if self.stream is None else _identity(self.stream.fileno())
 
     def _reopen(self) -> None:
@@ -236,7 +244,7 @@ class RotatingLog(logging.handlers.RotatingFileHandler):
             self.stream.close()
         self.stream = self._open()
 
-    def _point_std_fds(self, old) -> None:
+    def _point_std_fds(self, old: tuple[int, int] | None) -> None:
         """Point fds 1 and 2 at the current file: both if ``old`` is None, else those
         that were on the file ``old`` identifies."""
         if self.stream is None:
@@ -244,13 +252,14 @@ class RotatingLog(logging.handlers.RotatingFileHandler):
         for fd, stream in ((1, sys.__stdout__), (2, sys.__stderr__)):
             if old is None or _identity(fd) == old:
                 try:
-                    stream.flush()  # what it buffered belongs before the switch
+                    if stream is not None:  # None: python started without it
+                        stream.flush()  # what it buffered belongs before the switch
                 except (AttributeError, ValueError, OSError):
                     pass
                 os.dup2(self.stream.fileno(), fd)
 
 
-def _identity(target) -> "tuple | None":
+def _identity(target: str | int) -> tuple[int, int] | None:
     """Return (device, inode) of a path or an open fd, or None if there is none."""
     try:
         st = os.stat(target)

@@ -23,6 +23,12 @@ import logging
 import os
 import socket
 
+# For mypy only, which takes any name TYPE_CHECKING as true (python never runs
+# this block: the server imports no typing).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
 log = logging.getLogger("pyrust.notify")
 
 #: Send errors meaning nobody will ever listen at the address again: the
@@ -30,7 +36,7 @@ log = logging.getLogger("pyrust.notify")
 LISTENER_GONE = (errno.ENOENT, errno.ECONNREFUSED)
 
 
-def _binding_sender():
+def _binding_sender() -> Callable[[str, str], None] | None:
     """Return a function sending with systemd-python's ``sd_notify``, or None without it."""
     try:
         from systemd import daemon

@@ -14,19 +14,28 @@ import resource
 import signal
 import sys
 
-log = logging.getLogger("pyrust.worker")
+# For mypy only, which takes any name TYPE_CHECKING as true: a worker imports
+# no typing (the programs it runs would find it already imported).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Any, Callable, Container, Iterable, Iterator
+
+log = logging.getLogger("pyrust.osutil")
+
 
 class _Libc:
     """The C library, loaded on first use and kept: the template loads it once
     and every worker it forks calls it without paying ``dlopen`` again."""
 
-    _cdll = None
+    _cdll: ctypes.CDLL | None = None
 
     def load(self) -> None:
         """Load the library now (in the template, before it forks)."""
         self.prctl  # noqa: B018 - the attribute lookup loads it
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
+        """Return the C function ``name`` (loading the library on first use)."""
         if _Libc._cdll is None:
             _Libc._cdll = ctypes.CDLL(None, use_errno=True)
         return getattr(_Libc._cdll, name)
@@ -56,7 +65,7 @@ def rss(pid: int) -> int | None:
         return None
 
 
-def exited_children():
+def exited_children() -> Iterator[tuple[int, int]]:
     """Yield ``(pid, waitpid status)`` of each child that has ended, reaping it,
     until none is left to collect right now."""
     while True:
@@ -117,7 +126,7 @@ def _copy_or_null(fd: int) -> int:
         return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
 
-def place_fds(fds, targets) -> None:
+def place_fds(fds: Iterable[int], targets: Iterable[int]) -> None:
     """Put the received ``fds`` at the client's numbers: the first three at 0, 1
     and 2, the others at ``targets`` (in order); close the received copies.
 
@@ -137,13 +146,15 @@ def place_fds(fds, targets) -> None:
 
 
 #: Signals a Python program starts with ignored (python's own start-up does that).
-_PYTHON_IGNORES = {getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)}
+_PYTHON_IGNORES = {getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ")
+                   if hasattr(signal, name)}
 
 
-def python_signals(keep=()) -> None:
+def python_signals(keep: Container[int] = ()) -> None:
     """Give every signal the disposition ``python`` starts with: SIGINT raises
     KeyboardInterrupt, SIGPIPE and SIGXFSZ are ignored, the rest default;
     the signal mask is empty.  Handlers of the signals in ``keep`` stay."""
+    handler: Callable[[int, FrameType | None], Any] | signal.Handlers
     for sig in signal.valid_signals():
         if sig in keep or sig in (signal.SIGKILL, signal.SIGSTOP):
             continue

@@ -13,6 +13,14 @@ import sys
 from pyrust import protocol
 from pyrust.server.report import print_like_python
 
+# For mypy only, which takes any name TYPE_CHECKING as true: a worker imports
+# no typing (the programs it runs would find it already imported).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, TextIO
+
+    from pyrust.server.executor import Job
+
 FILENAME = "<string>"  # what python -c names the code in tracebacks
 
 
@@ -21,14 +29,18 @@ class Program(collections.namedtuple("Program", "body echo")):
     final bare expression, or None)."""
 
 
-def compile_program(source, filename: str = FILENAME, echo: bool = True) -> Program:
+def compile_program(source: "str | bytes", filename: str = FILENAME,
+                    echo: bool = True) -> Program:
     """Return ``source`` compiled for a run; raise SyntaxError (or ValueError) if it
     does not compile.  With ``echo``, a final bare expression is compiled apart so
     its value can be shown as the interactive interpreter shows it."""
     tree = compile(source, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    assert isinstance(tree, ast.Module)  # what "exec" mode parses to
     last = None
-    if echo and tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = compile(ast.Expression(tree.body.pop().value), filename, "eval", dont_inherit=True)
+    final = tree.body[-1] if tree.body else None
+    if echo and isinstance(final, ast.Expr):
+        tree.body.pop()
+        last = compile(ast.Expression(final.value), filename, "eval", dont_inherit=True)
     return Program(compile(tree, filename, "exec", dont_inherit=True), last)
 
 
@@ -40,7 +52,7 @@ def python_abspath(path: str) -> str:
     return os.getcwd() + os.sep + path
 
 
-def main_importer(path: str):
+def main_importer(path: str) -> "str | None":
     """Return ``path`` if python runs it as a package (a directory or a zip file,
     by its ``__main__`` module), else None.
 
@@ -59,14 +71,15 @@ def main_importer(path: str):
                 continue
             except Exception as exc:  # python reports it, then runs the path as a file
                 sys.stderr.write("Failed checking if argv[0] is an import path entry\n")
-                sys.excepthook(type(exc), exc, exc.__traceback__.tb_next)
+                tb = exc.__traceback__  # never None for a caught exception
+                sys.excepthook(type(exc), exc, tb.tb_next if tb is not None else None)
                 return None
             cache[path] = importer
             break
     return path if importer is not None else None
 
 
-def path0(job, safe_path: bool):
+def path0(job: "Job", safe_path: bool) -> "str | None":
     """Return what python puts in sys.path[0] for ``job`` (None: nothing):
     "" for code, stdin and the prompt, the working directory for a module, the
     script's real directory for a file, the absolute path of a directory or
@@ -115,7 +128,8 @@ def is_zip(path: str) -> bool:
     return True
 
 
-def load(job, namespace: dict, err, compiled, limit: int):
+def load(job: "Job", namespace: "dict[str, object]", err: "TextIO",
+         compiled: "Callable[[str, bool], Program]", limit: int) -> "Program | int":
     """Return the job's program compiled (``-c`` code through ``compiled(source,
     echo)``), setting what python sets for its form in ``namespace``; or the
     exit code python gives when it cannot, the error written to ``err``.
@@ -146,7 +160,8 @@ def load(job, namespace: dict, err, compiled, limit: int):
 
 def cant_open(path: str, exc: OSError) -> str:
     """Return python's own words for a script it cannot open."""
-    return "%s: can't open file %r: [Errno %d] %s\n" % (
+    # %s: an OSError's errno is None when it was raised without one.
+    return "%s: can't open file %r: [Errno %s] %s\n" % (
         sys.executable, python_abspath(path), exc.errno, exc.strerror)
 
 

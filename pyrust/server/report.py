@@ -3,8 +3,16 @@ the -c echo; and the stack measures the recursion limit is corrected with."""
 
 import sys
 
+# For mypy only, which takes any name TYPE_CHECKING as true: a worker imports
+# no typing (the programs it runs would find it already imported).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import CodeType, FrameType, TracebackType
+    from typing import Container, TextIO
 
-def print_exception(exc: BaseException, err, own_codes=(), handler_codes=()) -> None:
+
+def print_exception(exc: BaseException, err: "TextIO", own_codes: "Container[CodeType]" = (),
+                    handler_codes: "Container[CodeType]" = ()) -> None:
     """Print ``exc`` with its traceback as python does, to ``err``: without the
     leading frames whose code is in ``own_codes`` (pyrust's, which caught it
     and called the program) nor a last frame in ``handler_codes`` (pyrust's
@@ -12,7 +20,7 @@ def print_exception(exc: BaseException, err, own_codes=(), handler_codes=()) -> 
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code in own_codes:
         tb = tb.tb_next
-    entries = []
+    entries: "list[TracebackType]" = []
     while tb is not None:
         entries.append(tb)
         tb = tb.tb_next
@@ -23,7 +31,7 @@ def print_exception(exc: BaseException, err, own_codes=(), handler_codes=()) -> 
     print_like_python(exc, entries[0] if entries else None, err)
 
 
-def print_like_python(exc: BaseException, tb, err) -> None:
+def print_like_python(exc: BaseException, tb: "TracebackType | None", err: "TextIO") -> None:
     """Print ``exc`` with python's own C printer (not the traceback module, whose
     carets differ), to ``err`` whatever the program did to ``sys.stderr``."""
     saved = sys.stderr
@@ -34,7 +42,7 @@ def print_like_python(exc: BaseException, tb, err) -> None:
         sys.stderr = saved
 
 
-def system_exit_code(exc: SystemExit, err) -> int:
+def system_exit_code(exc: SystemExit, err: "TextIO") -> int:
     """Return the exit code python gives for ``exc``, printing a message to
     ``err`` as it does for one that is not an integer."""
     code = exc.code
@@ -46,7 +54,7 @@ def system_exit_code(exc: SystemExit, err) -> int:
     return 1
 
 
-def echo(value) -> None:
+def echo(value: object) -> None:
     """Write ``value`` as ``sys.displayhook`` does, without touching ``builtins._``."""
     if value is not None:
         sys.stdout.write(repr(value) + "\n")
@@ -73,7 +81,8 @@ def free_frames() -> int:
 
 def stack_depth() -> int:
     """Return the number of Python frames on the stack, the caller's included."""
-    depth, frame = 0, sys._getframe(1)
+    depth = 0
+    frame: "FrameType | None" = sys._getframe(1)
     while frame is not None:
         depth, frame = depth + 1, frame.f_back
     return depth

@@ -23,6 +23,24 @@ from importlib.machinery import BuiltinImporter
 
 from pyrust.server.osutil import StandardFds
 
+# For mypy only, which takes any name TYPE_CHECKING as true: a worker imports
+# no typing (the programs it runs would find it already imported).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Mapping, TextIO
+
+    from _typeshed import ReadableBuffer
+
+    from pyrust.server.executor import Job
+
+    #: A run's sys.stdin, sys.stdout and sys.stderr.
+    Streams = tuple[TextIO, TextIO, TextIO]
+    #: pyrust's modules taken out of sys.modules: their names, and the modules.
+    Hidden = tuple[tuple[str, ...], tuple[types.ModuleType, ...]]
+    #: What Borrowed.enter saved for Borrowed.leave.
+    Saved = tuple[tuple[Any, ...], list[str], list[str], types.ModuleType | None,
+                  dict[str, str] | None, Streams, Hidden, int, int]
+
 #: ``sys`` attributes a program may rebind (or a run's options set) and the next
 #: one must not see.
 SYS_ATTRS = ("stdin", "stdout", "stderr", "argv", "displayhook", "excepthook", "flags",
@@ -43,30 +61,37 @@ class Capture(io.BytesIO):
         super().__init__()
         self.limit = limit
         self.size = 0
-        self._streams = None
+        self._streams: tuple[io.StringIO, io.TextIOWrapper, io.TextIOWrapper] | None = None
 
-    def write(self, data) -> int:
-        self.size += len(data)
+    def write(self, data: ReadableBuffer) -> int:
+        # Bytes from the text streams, or any buffer through sys.stdout.buffer
+        # (an array's len() counts items, not bytes).
+        try:
+            size = len(data) if type(data) is bytes else memoryview(data).nbytes
+        except TypeError:  # not a buffer: BytesIO's own error, as python gives it
+            return super().write(data)
+        self.size += size
         if self.size <= self.limit:
             return super().write(data)
-        return len(data)
+        return size
 
-    def close(self):
+    def close(self) -> None:
         pass
 
-    def begin(self):
+    def begin(self) -> tuple[io.StringIO, io.TextIOWrapper, io.TextIOWrapper]:
         """Empty the buffer; return (stdin, stdout, stderr) for a captured run:
         stdout and stderr interleave into this buffer in the order written,
         stdin is empty."""
         self.seek(0)
         self.truncate()
         self.size = 0
-        if not self._intact():
+        streams = self._streams
+        if streams is None or not self._intact():
             out = io.TextIOWrapper(self, encoding="utf-8", write_through=True)
             err = io.TextIOWrapper(self, encoding="utf-8", errors="backslashreplace",
                                    write_through=True)
-            self._streams = (io.StringIO(), out, err)
-        return self._streams
+            streams = self._streams = (io.StringIO(), out, err)
+        return streams
 
     def _intact(self) -> bool:
         """Whether the last run left the streams as they were made (not closed,
@@ -83,7 +108,7 @@ class Capture(io.BytesIO):
             return False
 
 
-def client_streams(env, unbuffered: bool = False):
+def client_streams(env: Mapping[str, str], unbuffered: bool = False) -> Streams:
     """Return (stdin, stdout, stderr) on fds 0-2 as python makes them at start-up
     under the environment ``env``: stdout line-buffered only on a terminal,
     stderr line-buffered; ``unbuffered`` (-u, PYTHONUNBUFFERED) write-through;
@@ -98,7 +123,7 @@ def client_streams(env, unbuffered: bool = False):
         except LookupError:
             encoding = ""
 
-    def text(fd, mode, default_errors):
+    def text(fd: int, mode: str, default_errors: str) -> io.TextIOWrapper:
         raw = io.FileIO(fd, mode, closefd=False)
         raw.name = _STREAM_NAMES[fd]
         if mode == "r":
@@ -121,7 +146,7 @@ _STREAM_NAMES = ("<stdin>", "<stdout>", "<stderr>")
 _LENIENT_LOCALES = {"C", "POSIX", "C.UTF-8", "C.utf8", "UTF-8"}
 
 
-def _lenient_locale(env) -> bool:
+def _lenient_locale(env: Mapping[str, str]) -> bool:
     """Return whether python, started with ``env``, would read and write its
     standard streams with "surrogateescape" (UTF-8 mode, or a C locale)."""
     if sys.flags.utf8_mode or env.get("PYTHONUTF8") == "1":
@@ -140,7 +165,7 @@ def fresh_main() -> types.ModuleType:
     return main
 
 
-def enter_for_good(job, main: types.ModuleType) -> None:
+def enter_for_good(job: Job, main: types.ModuleType) -> None:
     """Give this process to ``job`` for the rest of its life: argv, ``__main__``,
     working directory and environment (the client's fds are in place already).
 
@@ -206,11 +231,11 @@ class OwnModules:
     while a program runs and put back after it."""
 
     def __init__(self) -> None:
-        self._names = ()
-        self._get = None
+        self._names: tuple[str, ...] = ()
+        self._get = _getter(self._names)
         self._seen = -1  # len(sys.modules) when _names was right
 
-    def hide(self):
+    def hide(self) -> Hidden:
         """Take pyrust's modules out of ``sys.modules``; return them for :meth:`show`."""
         modules = sys.modules
         if len(modules) != self._seen:
@@ -228,7 +253,7 @@ class OwnModules:
         self._names = _own_names(sys.modules)
         self._get = _getter(self._names)
 
-    def show(self, hidden, size: int) -> None:
+    def show(self, hidden: Hidden, size: int) -> None:
         """Put back ``hidden``, replacing any pyrust the program imported from its
         own environment (``size``: len(sys.modules) after hide)."""
         modules = sys.modules
@@ -239,14 +264,15 @@ class OwnModules:
         self._seen = len(modules)
 
 
-def _getter(names: tuple):
+def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, types.ModuleType]],
+                                                  tuple[types.ModuleType, ...]]:
     """Return a function of a dict giving the values of ``names``, as a tuple."""
     if len(names) == 1:
         return lambda modules: (modules[names[0]],)
     return operator.itemgetter(*names) if names else (lambda modules: ())
 
 
-def _own_names(modules) -> tuple:
+def _own_names(modules: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name in modules if name == "pyrust" or name.startswith("pyrust."))
 
 
@@ -258,7 +284,7 @@ class Borrowed:
         # even if the program removed the directory or closed the fds.
         self._home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._std_fds = StandardFds()
-        self._saved = None
+        self._saved: Saved | None = None
         self._own = OwnModules()
         # pyrust's own code runs on after a session's program: a builtin the
         # program replaced (len, isinstance) is put back (0.5 us; names it
@@ -270,7 +296,7 @@ class Borrowed:
         os.close(self._home_fd)
         self._std_fds.close()
 
-    def enter(self, job, streams, main: types.ModuleType) -> None:
+    def enter(self, job: Job, streams: Streams, main: types.ModuleType) -> None:
         """Give the process to ``job``: its streams, argv, cwd, environment, ``__main__``.
 
         Raise OSError if the job's working directory cannot be entered (the
@@ -299,6 +325,7 @@ class Borrowed:
 
     def leave(self) -> None:
         """Put back everything :meth:`enter` changed, and what the program broke."""
+        assert self._saved is not None, "leave() without enter()"
         (attrs, path, saved_path, main, environ, streams, hidden, modules,
          importers) = self._saved
         # What the program wrote reaches the client before the reply, as at exit.
@@ -312,7 +339,10 @@ class Borrowed:
         sys.path = path
         if path != saved_path:
             path[:] = saved_path
-        sys.modules["__main__"] = main
+        if main is not None:
+            sys.modules["__main__"] = main
+        else:  # there was none before the run
+            sys.modules.pop("__main__", None)
         self._own.show(hidden, modules)
         if len(sys.path_importer_cache) > importers:
             _forget_relative_importers()

@@ -22,13 +22,27 @@ import time
 
 from pyrust.config import MAX_WORKERS
 from pyrust.errors import PyrustError
+from pyrust.server import osutil
 from pyrust.server.backoff import BOOT_GRACE, BootBackoff
 from pyrust.server.worker import ServiceInfo
 from pyrust.server.freshness import Freshness
 from pyrust.server.scoreboard import TERMINAL, Scoreboard
 from pyrust.server.terminals import Terminals, describe_exit, exit_code
-from pyrust.server import osutil
 from pyrust.server.worker import Worker, new_executor
+
+# For mypy only, which takes any name TYPE_CHECKING as true (python never runs
+# this block).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Callable, Iterable
+
+    from pyrust.config import Config
+    from pyrust.server.activation import Listener
+    from pyrust.server.executor import Executor
+    from pyrust.server.notify import Notifier
+    from pyrust.server.scoreboard import WorkerState
+    from pyrust.server.template import ChannelNotifier
 
 log = logging.getLogger("pyrust.supervisor")
 
@@ -62,13 +76,15 @@ class Supervisor:
     configuration are the service's, which reads the scoreboard.
     """
 
-    def __init__(self, config, listener, notifier, preload=lambda names: None,
-                 scoreboard=None) -> None:
+    def __init__(self, config: Config, listener: Listener,
+                 notifier: Notifier | ChannelNotifier,
+                 preload: Callable[[Iterable[str]], None] = lambda names: None,
+                 scoreboard: Scoreboard | None = None) -> None:
         self.config = config
         self.listener = listener
         self.notifier = notifier
         self._preload = preload
-        self.workers: dict = {}  # pid -> WorkerInfo
+        self.workers: dict[int, WorkerInfo] = {}  # pid -> WorkerInfo
         self.generation = 0
         self.scoreboard = scoreboard or Scoreboard(MAX_SLOTS)
         self.terminals = Terminals()
@@ -78,9 +94,10 @@ class Supervisor:
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._next_rss_check = 0.0
-        self._timed_out: set = set()  # pids killed for ignoring their time limit
+        self._timed_out: set[int] = set()  # pids killed for ignoring their time limit
         self.boot = BootBackoff()
-        self._executor = None  # made by the template, copied into every worker it forks
+        # Made by the template, copied into every worker it forks.
+        self._executor: Executor | None = None
 
     def preload(self) -> None:
         """Import the configuration's preload list into the template, and watch it.
@@ -232,7 +249,7 @@ class Supervisor:
         self.terminals.worker_ended(pid, status, state, kind, pid in self._timed_out)
         self._timed_out.discard(pid)
 
-    def _log_end(self, pid: int, status: int, info: WorkerInfo, state) -> None:
+    def _log_end(self, pid: int, status: int, info: WorkerInfo, state: WorkerState) -> None:
         """Log how a worker ended; count it as a start-up failure if it is one."""
         requests = state.served + state.failed + state.control
         lived = time.monotonic() - info.started
@@ -374,5 +391,5 @@ class Supervisor:
         return 0
 
 
-def _record_only(signum, frame) -> None:
+def _record_only(signum: int, frame: FrameType | None) -> None:
     """Signal handler: the number already went to the wake-up fd; nothing else to do."""

@@ -24,6 +24,15 @@ import os
 import socket
 import sys
 
+# For mypy only, which takes any name TYPE_CHECKING as true: a template imports
+# no typing (the programs its workers run would find it already imported).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable
+
+    from pyrust.server.control import ServiceInfo
+    from pyrust.server.supervisor import Supervisor
+
 #: The program the service passes to ``-c``.  It must run (and fail clearly)
 #: on any python, so it avoids everything newer than Python 2.7.
 BOOTSTRAP = "\n".join((
@@ -69,7 +78,7 @@ def forget_root(root: str) -> None:
     sys.path_importer_cache.pop(root, None)
 
 
-def preloader(root: str, extra_path=()):
+def preloader(root: str, extra_path: Iterable[str] = ()) -> Callable[[Iterable[str]], None]:
     """Return the Supervisor's ``preload(names)``: import each module, with the
     project directory ``root`` (if any) and then ``extra_path`` first on
     ``sys.path`` while it does.
@@ -80,7 +89,7 @@ def preloader(root: str, extra_path=()):
 
     added = ([root] if root else []) + [p for p in extra_path if p not in sys.path]
 
-    def preload(names) -> None:
+    def preload(names: Iterable[str]) -> None:
         at = 1 if sys.path and sys.path[0] == "" else 0
         sys.path[at:at] = added
         try:
@@ -98,7 +107,7 @@ def preloader(root: str, extra_path=()):
     return preload
 
 
-def describe(info) -> dict:
+def describe(info: ServiceInfo) -> dict[str, object]:
     """Return what the service shows of this interpreter in ``pyrust status``, and
     the environment's watched files with the fingerprint taken at start
     (``info``: the supervisor's ServiceInfo)."""
@@ -108,7 +117,7 @@ def describe(info) -> dict:
             "watched": info.watched, "fingerprint": info.born}
 
 
-def environment_files() -> list:
+def environment_files() -> list[str]:
     """Return the files whose change makes this interpreter's start-up stale: the
     executable (a venv recreated with another python replaces it), the venv's
     pyvenv.cfg, and the site-packages directories whose ``.pth`` files python
@@ -119,7 +128,7 @@ def environment_files() -> list:
     return files
 
 
-def fingerprint(files) -> list:
+def fingerprint(files: Iterable[str]) -> list[list[int]]:
     """Return each of ``files``' identity and modification time (lstat: the
     executable is often a symlink), [0, 0] for one that is missing."""
     marks = []
@@ -132,7 +141,7 @@ def fingerprint(files) -> list:
     return marks
 
 
-def main(args: list) -> int:
+def main(args: list[str]) -> int:
     """Serve as the template ``args`` (ROOT, FD, SPEC as JSON) describe; return the exit code."""
     root, channel = args[0], socket.socket(fileno=int(args[1]))
     forget_root(root)
@@ -155,7 +164,7 @@ def main(args: list) -> int:
     return supervisor.run()
 
 
-def _supervisor(spec: dict, channel: socket.socket):
+def _supervisor(spec: dict[str, Any], channel: socket.socket) -> Supervisor:
     """Return the Supervisor ``spec`` describes, its logging set up."""
     from pyrust.config import Config
     from pyrust.environment import Environment

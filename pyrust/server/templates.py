@@ -25,6 +25,15 @@ from pyrust.server.scoreboard import Scoreboard
 from pyrust.server.supervisor import MAX_SLOTS
 from pyrust.server.template import BOOTSTRAP
 
+# For mypy only, which takes any name TYPE_CHECKING as true (python never runs
+# this block).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Sequence
+
+    from pyrust.config import Config
+    from pyrust.server.activation import Listener
+
 log = logging.getLogger("pyrust.service")
 
 #: The most bytes of a message on a template's channel (a forwarded control request).
@@ -41,14 +50,18 @@ class Template:
     def __init__(self, env: Environment, path: str, default: bool) -> None:
         self.env, self.key, self.path, self.default = env, env.key(), path, default
         self.pid = 0
-        self.channel = None           # the service's end of the datagram socketpair
-        self.board = None             # its scoreboard, mapped here too
+        # The service's end of the datagram socketpair.
+        self.channel: socket.socket | None = None
+        self.board: Scoreboard | None = None  # its scoreboard, mapped here too
         self.state = "starting"       # then "ready", or "stopping"
         self.started = time.monotonic()
         self.ready_at = 0.0
-        self.info: dict = {}          # what the template said it is (template.describe)
-        self.waiting: list = []       # reply sockets of OP_ENSURE requests waiting for it
-        self.predecessor = None       # the Template it replaces (reload), ended once ready
+        # What the template said it is (template.describe).
+        self.info: dict[str, Any] = {}
+        # Reply sockets of OP_ENSURE requests waiting for it.
+        self.waiting: list[socket.socket] = []
+        # The Template it replaces (reload), ended once ready.
+        self.predecessor: Template | None = None
         self.exited = False           # reaped: nothing to signal or wait for
 
     def idle_for(self, now: float) -> float:
@@ -66,13 +79,13 @@ class FailureHold:
     broken environment cost no interpreter start each."""
 
     def __init__(self) -> None:
-        self._failed: dict = {}  # key -> (until, count, message)
+        self._failed: dict[bytes, tuple[float, int, str]] = {}  # key -> (until, count, message)
 
     def failed(self, key: bytes, message: str) -> None:
         count = self._failed.get(key, (0, 0, ""))[1] + 1
         self._failed[key] = (time.monotonic() + min(2.0 ** (count - 1), 60.0), count, message)
 
-    def refusal(self, key: bytes):
+    def refusal(self, key: bytes) -> str | None:
         """Return the message of a failure still held for ``key``, or None."""
         entry = self._failed.get(key)
         if entry is None or time.monotonic() >= entry[0]:
@@ -92,11 +105,13 @@ class Launcher:
     templates' restarts, until ``forget``.
     """
 
-    def __init__(self, listener, log_file=None, journal=None) -> None:
+    def __init__(self, listener: Listener, log_file: str | None = None,
+                 journal: str | None = None) -> None:
         self.listener, self.log_file, self.journal = listener, log_file, journal
-        self.listeners: dict = {}  # key -> the socket of a non-default environment
+        # key -> the socket of a non-default environment
+        self.listeners: dict[bytes, socket.socket] = {}
 
-    def start(self, env: Environment, config, default: bool = False) -> Template:
+    def start(self, env: Environment, config: Config, default: bool = False) -> Template:
         """Start a template for ``env`` under ``config``; return it (still starting).
 
         Raise OSError if its interpreter cannot be executed.
@@ -129,7 +144,8 @@ class Launcher:
                 "starting the template of %s (pid %d)", describe(env), template.pid)
         return template
 
-    def _spec(self, env, config, template, fd, board_fd, default) -> dict:
+    def _spec(self, env: Environment, config: Config, template: Template, fd: int,
+              board_fd: int, default: bool) -> dict[str, Any]:
         """Return what a template needs to know, as its bootstrap reads it."""
         config = dataclasses.replace(config, preload=list(env.preload))
         return {"config": dataclasses.asdict(config), "python": env.python, "root": env.root,
@@ -143,7 +159,7 @@ class Launcher:
                 "preload_path": [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                  if p]}
 
-    def _template_environ(self, env: Environment) -> dict:
+    def _template_environ(self, env: Environment) -> dict[str, str]:
         """Return the template's environment: the service's, without any PYTHON*
         variable but those of the environment's key."""
         environ = {k: v for k, v in os.environ.items()
@@ -206,7 +222,7 @@ def cannot_start(env: Environment, reason: str) -> str:
     return "%s: cannot start it: %s" % (describe(env), reason)
 
 
-def _startup_options(env: Environment) -> list:
+def _startup_options(env: Environment) -> list[str]:
     """Return the interpreter's command-line options of ``env`` ("--x=y" as two words)."""
     options = []
     for item in env.startup:
@@ -231,7 +247,7 @@ def _shared_memory(size: int) -> int:
     return fd
 
 
-def _spawn(python: str, argv: list, environ: dict, fds) -> int:
+def _spawn(python: str, argv: list[str], environ: dict[str, str], fds: Sequence[int]) -> int:
     """Start ``argv`` with ``fds`` inherited (at the same numbers) and stdin on
     /dev/null; return its pid.  Raise OSError if it cannot be executed."""
     for fd in fds:
@@ -244,7 +260,7 @@ def _spawn(python: str, argv: list, environ: dict, fds) -> int:
             os.set_inheritable(fd, False)
 
 
-def receive(channel: socket.socket) -> "tuple[bytes, list]":
+def receive(channel: socket.socket) -> tuple[bytes, list[int]]:
     """Return one datagram waiting on ``channel`` and the fds attached to it;
     raise BlockingIOError if none waits.  (``socket.recv_fds`` ignores its flags
     before Python 3.13.)"""

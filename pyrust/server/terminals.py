@@ -8,9 +8,10 @@ and says so; from then on the supervisor plays the part a terminal plays for
 process group, the client going away becomes SIGHUP, and when the process
 ends the supervisor sends the client its exit status (or the signal that
 killed it): as soon as the worker announces a plain exit (its fds closed,
-about to exit), otherwise when it reaps the worker.  A worker that dies in the middle of any other request gets its
-client a reply saying how it died.  So no exit, however abrupt (``os._exit``,
-a segfault, the OOM killer, a program that closed every fd), goes unreported.
+about to exit), otherwise when it reaps the worker.  A worker that dies in
+the middle of any other request gets its client a reply saying how it died.
+So no exit, however abrupt (``os._exit``, a segfault, the OOM killer, a
+program that closed every fd), goes unreported.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ import socket
 from pyrust import protocol
 from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
 from pyrust.server.worker import TERMINAL_RUN, TOOK
+
+# For mypy only, which takes any name TYPE_CHECKING as true (python never runs
+# this block).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pyrust.server.scoreboard import WorkerState
 
 log = logging.getLogger("pyrust.supervisor")
 
@@ -119,11 +126,12 @@ class Terminals:
         finally:
             conn.close()
 
-    def run_of(self, pid: int):
+    def run_of(self, pid: int) -> Run | None:
         """Return the Run of worker ``pid`` on a client's terminal, answered or not, or None."""
         return self.running.get(pid) or self.answered.get(pid)
 
-    def worker_ended(self, pid: int, status: int, state, kind: int, timed_out: bool) -> None:
+    def worker_ended(self, pid: int, status: int, state: WorkerState, kind: int,
+                     timed_out: bool) -> None:
         """Answer for a worker that is gone, if its client still waits; close our copy.
 
         ``state`` is its last scoreboard state, ``kind`` the kind of its last
@@ -162,7 +170,8 @@ class Terminals:
 
 
 def describe_exit(status: int) -> str:
-    """Return how a process ended, from a ``waitpid`` status: 'exit status 3', 'killed by SIGKILL'."""
+    """Return how a process ended, from a ``waitpid`` status: 'exit status 3',
+    'killed by SIGKILL'."""
     if os.WIFSIGNALED(status):
         return "killed by %s" % _signal_name(os.WTERMSIG(status))
     return "exit status %d" % os.waitstatus_to_exitcode(status)
@@ -175,7 +184,7 @@ def exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _reply(status: int, kind: int, timed_out: bool):
+def _reply(status: int, kind: int, timed_out: bool) -> bytes | None:
     """Return the reply a client waiting on a dead worker gets, or None."""
     code = EXIT_TIMEOUT if timed_out else exit_code(status)
     if kind == TERMINAL:

@@ -38,7 +38,7 @@ import select
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import AbstractSet, Iterator, Mapping, NamedTuple, Sequence, Union
+from typing import AbstractSet, Iterator, Mapping, NamedTuple, Sequence, TypeVar, Union
 
 log = logging.getLogger("pyrust.watch")
 
@@ -78,7 +78,8 @@ READ_SIZE = 64 * 1024  # many events per read; one event is at most 16 + NAME_MA
 TIMESTAMP_SLACK_NS = 20_000_000
 
 
-def modules_to_watch(names_before: AbstractSet[str], modules: Mapping[str, object]) -> dict[str, str]:
+def modules_to_watch(names_before: AbstractSet[str],
+                     modules: Mapping[str, object]) -> dict[str, str]:
     """Return ``{module name: absolute file path}`` of the modules in ``modules``
     (``sys.modules`` after preloading) that are not in ``names_before`` and were
     loaded from a file that exists: not built-in or frozen modules, namespace
@@ -174,7 +175,7 @@ def _candidate_paths(plan: Mapping[str, _Directory]) -> list[str]:
     """Return the paths whose appearance would shadow a preloaded module, for
     this interpreter's suffixes (what polling and :func:`changed_since` stat)."""
     suffixes = [".py"] + importlib.machinery.EXTENSION_SUFFIXES
-    paths = set()
+    paths: set[str] = set()
     for directory, entry in plan.items():
         for stem in entry.stems:
             base = os.path.join(directory, stem)
@@ -239,12 +240,12 @@ def parse_events(buffer: bytes) -> list[Event]:
     return events
 
 
-_libc = None
+_libc: ctypes.CDLL | None = None
 
 
-def _inotify_init() -> int:
-    """Return a new non-blocking, close-on-exec inotify fd.  Raise OSError if
-    this system has no inotify or refuses another instance."""
+def _inotify_libc() -> ctypes.CDLL:
+    """Return the C library with its inotify functions declared, loaded on first
+    use.  Raise OSError if it has no inotify."""
     global _libc
     if _libc is None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -253,19 +254,33 @@ def _inotify_init() -> int:
         libc.inotify_init1.argtypes = [ctypes.c_int]
         libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         _libc = libc
-    fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    return _libc
+
+
+def _inotify_init() -> int:
+    """Return a new non-blocking, close-on-exec inotify fd.  Raise OSError if
+    this system has no inotify or refuses another instance."""
+    fd = _inotify_libc().inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
     if fd < 0:
         code = ctypes.get_errno()
         raise OSError(code, "inotify_init1: " + os.strerror(code))
     return fd
 
 
+_Self = TypeVar("_Self", bound="_Closing")
+
+
 class _Closing:
-    def __enter__(self):
+    """A context manager that calls :meth:`close` on exit."""
+
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
 class Watcher(_Closing):
@@ -297,7 +312,7 @@ class Watcher(_Closing):
         mask = FILE_DIR_MASK if entry.files else SHADOW_DIR_MASK
         # IN_MASK_ADD: two paths of one directory (a symlink) share a watch.
         mask |= IN_MASK_ADD | IN_ONLYDIR | IN_EXCL_UNLINK
-        wd = _libc.inotify_add_watch(self._fd, os.fsencode(directory), mask)
+        wd = _inotify_libc().inotify_add_watch(self._fd, os.fsencode(directory), mask)
         if wd < 0:
             code = ctypes.get_errno()
             gone = code in (errno.ENOENT, errno.ENOTDIR)
