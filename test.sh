@@ -14,6 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# --fast (first argument only): skip the slow tiers (pytest markers, see pyproject.toml).
+marks=()
+if [ "${1:-}" = --fast ]; then
+    shift
+    marks=(-m "not (soak or fuzz or systemd or bench)")
+fi
+
 debs="systemd libsystemd-dev pkg-config gcc libc6-dev"
 missing=$(for deb in $debs; do dpkg -s "$deb" >/dev/null 2>&1 || echo "$deb"; done)
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -71,4 +78,4 @@ elif [ $status = 3 ]; then
 else
     echo "test.sh: building the native client failed (.venv/native-build.log)"
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest "${marks[@]}" "$@"

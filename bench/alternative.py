@@ -16,16 +16,17 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
+from collections.abc import Callable
 
 from bench import servers
+from bench.userinstall import UserInstall
 
 # int(): numpy 2 echoes its scalars as np.int64(45).
 NUMPY_PYRUST = "import numpy; int(numpy.arange(10).sum())"
 NUMPY_PYTHON = "import numpy; print(int(numpy.arange(10).sum()))"
 
 
-def commands(install, base_python: str) -> list:
+def commands(install: UserInstall, base_python: str) -> list:
     """Return ``[(name, argv, expected stdout)]`` to time; pyrust's commands come first."""
     venv_python = install.python
     cases = [
@@ -67,7 +68,8 @@ def hyperfine(cases: list, env: dict, runs: int, export: str) -> list:
             for (name, command, _), r in zip(cases, raw)]
 
 
-def run(workdir: str, install, runs: int, progress) -> dict:
+def run(workdir: str, install: UserInstall | None, runs: int,
+        progress: Callable[[str], None]) -> dict:
     """Run the section against ``install`` (a UserInstall); return its figures."""
     if shutil.which("hyperfine") is None:
         return {"skipped": "hyperfine is not installed (Debian: apt-get install hyperfine)"}
@@ -84,7 +86,7 @@ def run(workdir: str, install, runs: int, progress) -> dict:
     with servers.start_pyrust(directory, python=install.python, preload=preload,
                               source_root=None) as server:
         env = servers.server_env(PYRUST_SOCKET=server.path, XDG_CONFIG_HOME=config_home)
-        cases = commands(install, sys._base_executable)
+        cases = commands(install, servers.BASE_PYTHON)
         _check(cases, env)
         progress("user's alternative: hyperfine, %d commands x %d runs" % (len(cases), runs))
         results = hyperfine(cases, env, runs, os.path.join(directory, "hyperfine.json"))

@@ -16,9 +16,25 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
+from typing import TextIO
 
-from bench import (alternative, coldstart, environments, hotpath, machine, memory, plot, report,
-                   servers, startup, targets, throughput, userinstall, warm)
+from bench import (
+    alternative,
+    coldstart,
+    environments,
+    hotpath,
+    machine,
+    memory,
+    plot,
+    report,
+    servers,
+    startup,
+    targets,
+    throughput,
+    userinstall,
+    warm,
+)
 
 SECTIONS = ("warm", "throughput", "cold", "alternative", "memory", "hotpath", "environments",
             "startup")
@@ -70,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 class Progress:
     """Progress lines on stderr: rewritten in place on a terminal, one per step otherwise."""
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.started = time.monotonic()
@@ -98,12 +114,15 @@ class Progress:
         self.stream.flush()
 
 
-def run_sections(args, workdir: str, progress: Progress) -> "tuple[dict, dict]":
+def run_sections(args: argparse.Namespace, workdir: str,
+                 progress: Progress) -> tuple[dict, dict]:
     """Run the chosen sections; return ``(results, warm samples)``."""
     only = set(args.only.split(","))
-    results, samples, install = {}, {}, None
+    results: dict = {}
+    samples: dict = {}
+    install: userinstall.UserInstall | None = None
 
-    def section(key, name, body):
+    def section(key: str, name: str, body: Callable[[], dict]) -> None:
         try:
             results[key] = body()
         except Exception as exc:  # one broken section must not hide the others' figures
@@ -179,7 +198,7 @@ def write_markdown(path: str, text: str) -> None:
         f.write(new)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the bench with command-line ``argv``; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -217,7 +236,8 @@ def main(argv=None) -> int:
     return _write_outputs(args, results, samples, text, all_verified(results), progress)
 
 
-def _write_outputs(args, results, samples, text, verified, progress) -> int:
+def _write_outputs(args: argparse.Namespace, results: dict, samples: dict, text: str,
+                   verified: bool, progress: Progress) -> int:
     """Write the files asked for; return the exit status."""
     if args.json:
         with open(args.json, "w") as f:

@@ -11,12 +11,13 @@ against the program.  Sockets are blocking and carry no Python-level timeout
 
 from __future__ import annotations
 
+import _socket
 import collections
 import contextlib
 import signal
 import time
-
-import _socket
+from collections.abc import Iterator
+from typing import Protocol
 
 from bench.programs import REPLY_HEADER, reply_frame
 
@@ -32,17 +33,29 @@ class Run(collections.namedtuple("Run", "samples verified wrong")):
     ``(status, output)``)."""
 
 
+class Request(Protocol):
+    """What the client sends and checks: a Program, or environments.ExtendedRun."""
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def frame(self) -> bytes: ...
+
+    def accepts(self, status: int, output: bytes) -> bool: ...
+
+
 class WrongReply(Exception):
     """The server's reply to a reference request was not the program's answer."""
 
 
 @contextlib.contextmanager
-def watchdog(count: int):
+def watchdog(count: int) -> Iterator[None]:
     """Raise TimeoutError in the block if it outlives an allowance for ``count`` requests.
 
     Uses SIGALRM, so it works only in the main thread; nothing is done per request.
     """
-    def expire(signum, frame):
+    def expire(signum: int, frame: object) -> None:
         raise TimeoutError("bench run of %d requests timed out" % count)
 
     previous = signal.signal(signal.SIGALRM, expire)
@@ -54,7 +67,7 @@ def watchdog(count: int):
         signal.signal(signal.SIGALRM, previous)
 
 
-def connect(path: str):
+def connect(path: str) -> _socket.socket:
     """Return a blocking socket connected to ``path``."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -65,7 +78,7 @@ def connect(path: str):
     return sock
 
 
-def read_reply(sock, data: bytes) -> "tuple[int, bytes]":
+def read_reply(sock: _socket.socket, data: bytes) -> "tuple[int, bytes]":
     """Return ``(status, output)`` of the reply that starts with ``data``, reading the rest.
 
     Raise ConnectionError if the server closes the connection first.
@@ -81,7 +94,7 @@ def read_reply(sock, data: bytes) -> "tuple[int, bytes]":
     return status, bytes(buf[REPLY_HEADER.size:REPLY_HEADER.size + length])
 
 
-def reference_reply(path: str, program) -> bytes:
+def reference_reply(path: str, program: Request) -> bytes:
     """Send ``program`` once on a new connection; return the reply frame.
 
     Raise WrongReply if the reply is not a correct answer to the program.
@@ -98,7 +111,7 @@ def reference_reply(path: str, program) -> bytes:
     return reply_frame(status, output)
 
 
-def time_persistent(path: str, program, count: int, warmup: int) -> Run:
+def time_persistent(path: str, program: Request, count: int, warmup: int) -> Run:
     """Time ``count`` round trips of ``program`` on one connection, after ``warmup``
     untimed ones.  Raise WrongReply if a reference request is answered wrongly."""
     expected = reference_reply(path, program)
@@ -112,9 +125,10 @@ def time_persistent(path: str, program, count: int, warmup: int) -> Run:
     return _verify(program, samples, odd)
 
 
-def _persistent_loop(sock, frame: bytes, expected: bytes, count: int):
+def _persistent_loop(sock: _socket.socket, frame: bytes, expected: bytes, count: int,
+                     ) -> tuple[list[int], list[tuple[int, bytes]]]:
     samples = [0] * count
-    odd = []
+    odd: list[tuple[int, bytes]] = []
     sendall, recv, clock = sock.sendall, sock.recv, time.perf_counter_ns
     for i in range(count):
         start = clock()
@@ -126,7 +140,7 @@ def _persistent_loop(sock, frame: bytes, expected: bytes, count: int):
     return samples, odd
 
 
-def time_per_connection(path: str, program, count: int, warmup: int) -> Run:
+def time_per_connection(path: str, program: Request, count: int, warmup: int) -> Run:
     """Time ``count`` requests of ``program`` that each use a new connection
     (``socket()`` to ``close()``), after ``warmup`` untimed ones.  Raise
     WrongReply if a reference request is answered wrongly."""
@@ -137,9 +151,10 @@ def time_per_connection(path: str, program, count: int, warmup: int) -> Run:
     return _verify(program, samples, odd)
 
 
-def _per_connection_loop(path: str, frame: bytes, expected: bytes, count: int):
+def _per_connection_loop(path: str, frame: bytes, expected: bytes, count: int,
+                         ) -> tuple[list[int], list[tuple[int, bytes]]]:
     samples = [0] * count
-    odd = []
+    odd: list[tuple[int, bytes]] = []
     new, clock = _socket.socket, time.perf_counter_ns
     family, kind = _socket.AF_UNIX, _socket.SOCK_STREAM
     for i in range(count):
@@ -155,7 +170,7 @@ def _per_connection_loop(path: str, frame: bytes, expected: bytes, count: int):
     return samples, odd
 
 
-def _verify(program, samples: list, odd: list) -> Run:
+def _verify(program: Request, samples: list[int], odd: list[tuple[int, bytes]]) -> Run:
     """Return the Run, with the odd replies that are not correct answers counted as wrong."""
     wrong = [reply for reply in odd if not program.accepts(*reply)]
     return Run(samples, len(samples) - len(wrong), wrong)

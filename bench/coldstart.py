@@ -19,14 +19,17 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from bench import client, servers
-from bench.programs import PROGRAMS
+from bench.programs import PROGRAMS, Program
+from bench.userinstall import UserInstall
 
 ACTIVATE = "systemd-socket-activate"
 
 
-def first_request(directory: str, command: list, env: dict, program) -> dict:
+def first_request(directory: str, command: list[str], env: dict[str, str],
+                  program: Program) -> dict:
     """Activate ``command`` on a new socket in ``directory`` with one request of ``program``.
 
     Return ``{"ms": latency, "ok": reply correct}``; raise RuntimeError if
@@ -38,6 +41,7 @@ def first_request(directory: str, command: list, env: dict, program) -> dict:
     proc = subprocess.Popen([ACTIVATE, "-l", path, *command], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                             cwd=directory)
+    assert proc.stderr is not None  # stderr=PIPE
     try:
         line = proc.stderr.readline().decode(errors="replace")
         if not line.startswith("Listening on"):
@@ -61,7 +65,8 @@ def first_request(directory: str, command: list, env: dict, program) -> dict:
     return {"ms": elapsed / 1e6, "ok": program.accepts(status, output)}
 
 
-def measure(directory: str, command: list, env: dict, runs: int, program) -> dict:
+def measure(directory: str, command: list[str], env: dict[str, str], runs: int,
+            program: Program) -> dict:
     """Repeat the cold start ``runs`` times; return the figures (ms)."""
     results = [first_request(directory, command, env, program) for _ in range(runs)]
     times = [r["ms"] for r in results]
@@ -70,7 +75,8 @@ def measure(directory: str, command: list, env: dict, runs: int, program) -> dic
             "max": max(times)}
 
 
-def run(workdir: str, runs: int, progress, install=None) -> dict:
+def run(workdir: str, runs: int, progress: Callable[[str], None],
+        install: UserInstall | None = None) -> dict:
     """Run the cold-start section; return its figures.
 
     ``install`` (a UserInstall) is the pyrust to activate; without one the
@@ -86,9 +92,9 @@ def run(workdir: str, runs: int, progress, install=None) -> dict:
         base = [sys.executable, "-m", "pyrust", "serve"]
         env = servers.server_env(PYTHONPATH=servers.ROOT)
         preloadable = importlib.util.find_spec("numpy") is not None
-    results = {"server": "pyrust serve" if install else "python -m pyrust serve",
+    results: dict = {"server": "pyrust serve" if install else "python -m pyrust serve",
                "install": "non-editable" if install else "checkout"}
-    cases = [("no preload", (), PROGRAMS[0])]
+    cases: list[tuple[str, tuple[str, ...], Program]] = [("no preload", (), PROGRAMS[0])]
     if preloadable:
         cases.append(("preload numpy", ("numpy",), PROGRAMS[0]))
     else:

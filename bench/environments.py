@@ -36,9 +36,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from bench import client, servers, stats
 from bench.programs import PROGRAMS
+
+if TYPE_CHECKING:  # for annotations only: the functions import pyrust where they use it
+    from pyrust.environment import Environment
 
 CODE = "2+3"
 EXPECTED = b"5\n"
@@ -56,7 +61,8 @@ class Command(collections.namedtuple("Command", "name argv expected cwd")):
     """A process to time: its report ``name``, ``argv``, the stdout it must print, and
     the directory it runs in (None: the caller's choice)."""
 
-    def __new__(cls, name, argv, expected=EXPECTED, cwd=None):
+    def __new__(cls, name: str, argv: list[str], expected: bytes = EXPECTED,
+                cwd: str | None = None) -> Command:
         return super().__new__(cls, name, argv, expected, cwd)
 
 
@@ -71,7 +77,7 @@ class ExtendedRun(collections.namedtuple("ExtendedRun", "code frame expected")):
         return status == 0 and output == self.expected
 
 
-def run_request(env, code: str = CODE, output: bytes = EXPECTED) -> ExtendedRun:
+def run_request(env: Environment, code: str = CODE, output: bytes = EXPECTED) -> ExtendedRun:
     """Return the extended request a client sends to run ``code`` (output captured) in
     Environment ``env``."""
     from pyrust import protocol
@@ -85,7 +91,7 @@ def run_request(env, code: str = CODE, output: bytes = EXPECTED) -> ExtendedRun:
 # -- what the section runs ------------------------------------------------------------
 
 
-def _version(python: str):
+def _version(python: str) -> tuple[int, ...] | None:
     """Return ``python``'s version as a tuple if it is CPython, else None."""
     query = "import platform, sys; print(platform.python_implementation(), *sys.version_info[:3])"
     try:
@@ -106,7 +112,7 @@ def _pyenv_root() -> str:
     return root or os.path.expanduser("~/.pyenv")
 
 
-def second_interpreter() -> "tuple[str, tuple]":
+def second_interpreter() -> tuple[str, tuple[int, ...]]:
     """Return ``(path, version)`` of the interpreter to make the venv from: pyenv's
     newest 3.12, else its newest other CPython 3.9+ (never the version of the bench's
     own base interpreter), else that base interpreter.  Paths are real
@@ -121,7 +127,7 @@ def second_interpreter() -> "tuple[str, tuple]":
     if found:
         _, version, path = max(found)
         return path, version
-    return sys._base_executable, tuple(sys.version_info[:3])
+    return servers.BASE_PYTHON, tuple(sys.version_info[:3])
 
 
 def make_venv(workdir: str, python: str) -> str:
@@ -153,7 +159,8 @@ def make_project(workdir: str) -> str:
     return path
 
 
-def client_env(server, config_home: str, **extra) -> dict:
+def client_env(server: servers.ServerProcess, config_home: str,
+               **extra: str) -> dict[str, str]:
     """Return the environment of the processes the section times: no venv active,
     no PYTHON* or PYRUST_* variable, the server's socket, no user configuration."""
     env = servers.server_env(PYRUST_SOCKET=server.path, XDG_CONFIG_HOME=config_home, **extra)
@@ -161,7 +168,7 @@ def client_env(server, config_home: str, **extra) -> dict:
     return env
 
 
-def time_process(command: Command, env: dict, cwd: str) -> "tuple[float, str | None]":
+def time_process(command: Command, env: dict[str, str], cwd: str) -> tuple[float, str | None]:
     """Run ``command``; return ``(wall ms from spawn to exit, None)``, or with what
     was wrong instead of None if it did not exit 0 printing ``command.expected``.
 
@@ -184,7 +191,7 @@ def time_process(command: Command, env: dict, cwd: str) -> "tuple[float, str | N
         command.name, proc.returncode, out[-200:], err.decode(errors="replace")[-500:])
 
 
-def time_checked(command: Command, env: dict, cwd: str) -> float:
+def time_checked(command: Command, env: dict[str, str], cwd: str) -> float:
     """Run ``command`` as time_process does; return its ms.  Raise RuntimeError if its
     output was wrong (for the untimed runs that prepare a case)."""
     elapsed, problem = time_process(command, env, cwd)
@@ -207,7 +214,7 @@ def summary_ms(results: list) -> dict:
 # -- the three measurements -----------------------------------------------------------
 
 
-def cold_case(launcher: str, venv_python: str, env: dict, cwd: str, runs: int,
+def cold_case(launcher: str, venv_python: str, env: dict[str, str], cwd: str, runs: int,
               first_seed: int) -> "tuple[dict, list]":
     """Time ``runs`` + 1 first runs of new environments (PYTHONHASHSEED from
     ``first_seed`` on); return the figures of all but the first, with the first's
@@ -247,22 +254,23 @@ def warm_commands(launcher: str, venv_python: str, label: str, project: str) -> 
     ]
 
 
-def interleaved(commands: list, env: dict, cwd: str, runs: int, warm_up: int,
-                time_one=None) -> dict:
+def interleaved(commands: list[Command], env: dict[str, str], cwd: str, runs: int, warm_up: int,
+                time_one: Callable[[Command, dict[str, str], str], Any] | None = None,
+                ) -> dict[str, list]:
     """Run every command ``warm_up`` times untimed (raising if its output is wrong),
     then ``runs`` times timed, interleaved; return {name: [time_one's answers]}
     (time_one defaults to time_process)."""
     for command in commands:
         for _ in range(warm_up):
             time_checked(command, env, cwd)
-    results = {c.name: [] for c in commands}
+    results: dict[str, list] = {c.name: [] for c in commands}
     for _ in range(runs):
         for command in commands:
             results[command.name].append((time_one or time_process)(command, env, cwd))
     return results
 
 
-def warm_runs(commands: list, env: dict, cwd: str, runs: int) -> list:
+def warm_runs(commands: list[Command], env: dict[str, str], cwd: str, runs: int) -> list:
     """Time every command ``runs`` times, interleaved, after WARM_UP untimed runs each
     (the first of which starts a template that is not up yet); return one row of
     figures per command."""
@@ -270,7 +278,7 @@ def warm_runs(commands: list, env: dict, cwd: str, runs: int) -> list:
     return [dict(summary_ms(results[c.name]), command=c.name) for c in commands]
 
 
-def ensure(main_path: str, env) -> str:
+def ensure(main_path: str, env: Environment) -> str:
     """Ask the service on ``main_path`` for ``env``'s template (op e); return its socket.
 
     Raise RuntimeError if the service refuses.
@@ -291,7 +299,9 @@ def ensure(main_path: str, env) -> str:
     return os.fsdecode(reply)
 
 
-def request_path(server, venv_python: str, counts: dict, progress, placement: str) -> list:
+def request_path(server: servers.ServerProcess, venv_python: str,
+                 counts: dict[str, tuple[int, int]], progress: Callable[[str], None],
+                 placement: str) -> list:
     """Time run requests on the venv's socket and on the main socket, each mode; return
     one row per case.  ``counts`` maps a mode to its ``(timed, untimed)`` counts."""
     from pyrust.environment import Environment, template_socket
@@ -301,9 +311,10 @@ def request_path(server, venv_python: str, counts: dict, progress, placement: st
     if venv_path != template_socket(server.path, venv.key()):
         raise RuntimeError("the service named %s for %s, not the socket the client computes"
                            % (venv_path, venv_python))
-    cases = [("venv, extended run", "its own socket", venv_path, run_request(venv)),
-             ("default, extended run", "main socket", server.path, run_request(default)),
-             ("default, v1", "main socket", server.path, PROGRAMS[0])]
+    cases: list[tuple[str, str, str, client.Request]] = [
+        ("venv, extended run", "its own socket", venv_path, run_request(venv)),
+        ("default, extended run", "main socket", server.path, run_request(default)),
+        ("default, v1", "main socket", server.path, PROGRAMS[0])]
     rows = []
     for mode, timer in (("persistent", client.time_persistent),
                         ("per-connection", client.time_per_connection)):
@@ -336,8 +347,8 @@ def default_python(path: str) -> str:
 # -- the section ------------------------------------------------------------------------
 
 
-def run_placement(workdir: str, placement, setup: dict, runs: int, counts: dict,
-                  progress) -> dict:
+def run_placement(workdir: str, placement: servers.Placement, setup: dict, runs: int,
+                  counts: dict[str, tuple[int, int]], progress: Callable[[str], None]) -> dict:
     """Measure the three parts in ``placement`` with a server of its own; return them."""
     tag = placement.name.replace(" ", "-")
     directory = servers.private_dir(workdir, "env-server-" + tag)
@@ -383,7 +394,7 @@ def max_templates(runs: int) -> int:
 
 
 def run(workdir: str, runs: int, count: int, warmup: int, connections: int,
-        progress) -> dict:
+        progress: Callable[[str], None]) -> dict:
     """Run the environments section; return its figures.
 
     ``runs`` processes per cold and warm case; the request path times ``count``

@@ -25,21 +25,25 @@ import os
 import socket
 import struct
 import sys
+import types
 
 HEADER = struct.Struct(">I")
 REPLY = struct.Struct(">BI")
 
 
-def compile_program(source):
+def compile_program(source: str) -> "tuple[types.CodeType, types.CodeType | None]":
     """Return ``(body, echo)`` code objects; ``echo`` evaluates a final bare expression."""
-    tree = compile(source, "<string>", "exec", ast.PyCF_ONLY_AST)
+    tree = ast.parse(source, "<string>")
     echo = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        echo = compile(ast.Expression(tree.body.pop().value), "<string>", "eval")
+    last = tree.body[-1] if tree.body else None
+    if isinstance(last, ast.Expr):
+        del tree.body[-1]
+        echo = compile(ast.Expression(last.value), "<string>", "eval")
     return compile(tree, "<string>", "exec"), echo
 
 
-def run(source, cache):
+def run(source: str, cache: "dict[str, tuple[types.CodeType, types.CodeType | None]]",
+        ) -> "tuple[int, bytes]":
     """Run ``source``; return ``(status, output bytes)``."""
     out = io.StringIO()
     saved, sys.stdout = sys.stdout, out
@@ -62,7 +66,7 @@ def run(source, cache):
     return status, out.getvalue().encode("utf-8")
 
 
-def recv_exact(conn, size):
+def recv_exact(conn: socket.socket, size: int) -> "bytes | None":
     """Return ``size`` bytes from ``conn``, or None if it closes first."""
     data = b""
     while len(data) < size:
@@ -73,7 +77,8 @@ def recv_exact(conn, size):
     return data
 
 
-def serve_connection(conn, cache):
+def serve_connection(conn: socket.socket,
+                     cache: "dict[str, tuple[types.CodeType, types.CodeType | None]]") -> None:
     """Answer requests on ``conn`` until the client closes it."""
     while True:
         header = recv_exact(conn, HEADER.size)
@@ -84,16 +89,16 @@ def serve_connection(conn, cache):
         conn.sendall(REPLY.pack(status, len(output)) + output)
 
 
-def serve(listener):
+def serve(listener: socket.socket) -> None:
     """Answer requests, one connection at a time, forever."""
-    cache = {}
+    cache: "dict[str, tuple[types.CodeType, types.CodeType | None]]" = {}
     while True:
         conn, _ = listener.accept()
         with conn:
             serve_connection(conn, cache)
 
 
-def serve_forking(listener):
+def serve_forking(listener: socket.socket) -> None:
     """Serve each connection in a child forked for it, forever."""
     while True:
         _reap()  # before waiting: the parent is charged the children it reaps
@@ -110,7 +115,7 @@ def serve_forking(listener):
         conn.close()
 
 
-def _reap():
+def _reap() -> None:
     """Collect every child that has ended, without waiting for the others."""
     try:
         while os.waitpid(-1, os.WNOHANG)[0]:
@@ -119,7 +124,8 @@ def _reap():
         pass
 
 
-def main(path, forking=False):
+def main(path: str, forking: bool = False) -> None:
+    """Listen on ``path``, tell the service manager, and serve forever."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(socket.SOMAXCONN)

@@ -25,9 +25,11 @@ import pstats
 import signal
 import socket
 import time
+import types
+from collections.abc import Callable, Sequence
 
 from bench import floor
-from bench.programs import PROGRAMS
+from bench.programs import PROGRAMS, Program
 
 
 class _Pyrust:
@@ -52,7 +54,7 @@ class _Pyrust:
         signal.signal(signal.SIGTERM, self.worker._on_stop)
         self.worker.executor.install_signals()  # the time limit is armed, as in a worker
 
-    def connection(self, conn) -> None:
+    def connection(self, conn: socket.socket) -> None:
         """Do what Worker.run does with its connection, but accept it."""
         worker = self.worker
         worker.slot.connected()
@@ -85,7 +87,7 @@ class _Floor:
     """The floor server's code driven by hand."""
 
     def __init__(self) -> None:
-        cache = {}
+        cache: dict[str, tuple[types.CodeType, types.CodeType | None]] = {}
         self.request = lambda conn: _floor_request(conn, cache)
         # The forking floor's child: a new process, an empty cache.
         self.connection = lambda conn: floor.serve_connection(conn, {})
@@ -97,14 +99,19 @@ class _Floor:
         pass
 
 
-def _floor_request(conn, cache) -> None:
+def _floor_request(conn: socket.socket,
+                   cache: dict[str, tuple[types.CodeType, types.CodeType | None]]) -> None:
+    """Answer one request on ``conn`` as floor.serve_connection does.  Raise
+    ConnectionError if the connection closes first."""
     header = floor.recv_exact(conn, floor.HEADER.size)
-    code = floor.recv_exact(conn, floor.HEADER.unpack(header)[0])
+    code = header and floor.recv_exact(conn, floor.HEADER.unpack(header)[0])
+    if code is None:
+        raise ConnectionError("the connection closed before a whole request")
     status, output = floor.run(code.decode("utf-8"), cache)
     conn.sendall(floor.REPLY.pack(status, len(output)) + output)
 
 
-def _requests(handle, frame: bytes, count: int) -> float:
+def _requests(handle: Callable[[socket.socket], object], frame: bytes, count: int) -> float:
     """Run ``count`` requests through ``handle`` on one connection; return ns per request."""
     ours, theirs = socket.socketpair()
     with ours, theirs:
@@ -116,7 +123,7 @@ def _requests(handle, frame: bytes, count: int) -> float:
         return (time.perf_counter_ns() - start) / count
 
 
-def _connections(server, frame: bytes, count: int) -> float:
+def _connections(server: _Pyrust | _Floor, frame: bytes, count: int) -> float:
     """Serve ``count`` one-request connections with ``server``; return ns per connection,
     counting only the server's code (the client's side and ``fresh`` are untimed)."""
     pair, shut, clock = socket.socketpair, socket.SHUT_WR, time.perf_counter_ns
@@ -136,13 +143,14 @@ def _connections(server, frame: bytes, count: int) -> float:
     return total / count
 
 
-def compare(count: int, programs=PROGRAMS[:1] + PROGRAMS[8:10]) -> list:
+def compare(count: int, programs: Sequence[Program] = PROGRAMS[:1] + PROGRAMS[8:10],
+            ) -> list[dict]:
     """Return, per program and path, the µs of pyrust's and the floor's code."""
     rows = []
     for program in programs:
         for path, timer in (("persistent", lambda s, *a: _requests(s.request, *a)),
                             ("per-connection", _connections)):
-            row = {"program": program.label, "mode": path}
+            row: dict = {"program": program.label, "mode": path}
             for name, server_class in (("pyrust", _Pyrust), ("floor", _Floor)):
                 server = server_class()
                 try:
@@ -154,7 +162,7 @@ def compare(count: int, programs=PROGRAMS[:1] + PROGRAMS[8:10]) -> list:
     return rows
 
 
-def profile(count: int, top: int = 15, program=PROGRAMS[0]) -> list:
+def profile(count: int, top: int = 15, program: Program = PROGRAMS[0]) -> list[dict]:
     """Return the ``top`` functions by own time in pyrust's per-request path, µs per request."""
     server = _Pyrust()
     profiler = cProfile.Profile()
@@ -168,9 +176,16 @@ def profile(count: int, top: int = 15, program=PROGRAMS[0]) -> list:
     rows = [{"function": "%s:%d(%s)" % (_short(f), line, name), "calls": calls / count,
              "own": tottime / count * 1e6, "cumulative": cumtime / count * 1e6}
             for (f, line, name), (_, calls, tottime, cumtime, _)
-            in pstats.Stats(profiler).stats.items() if "bench/" not in f]
+            in _stats_table(profiler).items() if "bench/" not in f]
     rows.sort(key=lambda r: r["own"], reverse=True)
     return rows[:top]
+
+
+def _stats_table(profiler: cProfile.Profile) -> dict:
+    """Return pstats' table of ``profiler``'s functions: ``{(file, line, name): (primitive
+    calls, calls, own s, cumulative s, callers)}``."""
+    # Stats.stats is how pstats' own printing reads it; typeshed does not declare it.
+    return pstats.Stats(profiler).stats  # type: ignore[attr-defined]
 
 
 def _short(filename: str) -> str:
@@ -180,7 +195,7 @@ def _short(filename: str) -> str:
     return filename.rsplit("/", 1)[-1]
 
 
-def run(count: int, progress) -> dict:
+def run(count: int, progress: Callable[[str], None]) -> dict:
     """Run the hot-path section; return the comparison and the profile."""
     progress("hot path: pyrust's and the floor's request handling in-process")
     return {"requests": count, "handlers": compare(count), "profile": profile(count)}

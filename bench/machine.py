@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from bench.servers import ROOT
+from bench.servers import BASE_PYTHON, ROOT
 
 
 def cpu_model() -> str:
@@ -73,7 +73,7 @@ class OtherLoad:
 
 def commit() -> str:
     """Return the checkout's commit (with ``+dirty`` when it has changes), or "unknown"."""
-    def git(*args):
+    def git(*args: str) -> str:
         return subprocess.run(["git", "-C", ROOT, *args], capture_output=True,
                               text=True).stdout.strip()
     try:
@@ -101,7 +101,7 @@ def describe() -> dict:
         "cpu_model": cpu_model(),
         "memory": "%.1f GiB" % (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
         "kernel": "%s %s" % (platform.system(), platform.release()),
-        "python": "%s (%s)" % (platform.python_version(), sys._base_executable),
+        "python": "%s (%s)" % (platform.python_version(), BASE_PYTHON),
         "commit": commit(),
         "load_before": load_average(),
     }

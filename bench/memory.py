@@ -30,9 +30,11 @@ installed, everything runs again with numpy preloaded.
 
 from __future__ import annotations
 
+import _socket
 import importlib.util
 import os
 import statistics
+from collections.abc import Callable
 
 import psutil
 
@@ -54,7 +56,7 @@ def _mean(footprints: list) -> dict:
     return {k: statistics.fmean(f[k] for f in footprints) for k in KINDS}
 
 
-def snapshot(template: int, session, session_pid: int, spares: int) -> dict:
+def snapshot(template: int, session: _socket.socket, session_pid: int, spares: int) -> dict:
     """Return the footprints of the template, of each spare (by pid) and of the session."""
     pids = sorted(w["pid"] for w in servers.ready_spares(session, spares)["workers"]
                   if w["state"] == "spare")
@@ -63,7 +65,7 @@ def snapshot(template: int, session, session_pid: int, spares: int) -> dict:
             "spare_mean": _mean(list(found.values())), "session": footprint(session_pid)}
 
 
-def _session_requests(sock, expected: list, first: int, count: int) -> int:
+def _session_requests(sock: _socket.socket, expected: list[bytes], first: int, count: int) -> int:
     """Send requests ``first`` to ``first + count`` on ``sock``, cycling through the
     program table; return how many replies were wrong."""
     frames = [p.frame for p in PROGRAMS]
@@ -77,7 +79,7 @@ def _session_requests(sock, expected: list, first: int, count: int) -> int:
     return wrong
 
 
-def _connections(path: str, expected: list, first: int, count: int) -> int:
+def _connections(path: str, expected: list[bytes], first: int, count: int) -> int:
     """Make connections ``first`` to ``first + count``, each carrying one program of
     the table in turn; return how many replies were wrong."""
     wrong = 0
@@ -100,7 +102,7 @@ def _growth(before: dict, after: dict) -> dict:
                               ("session", "session"))}
 
 
-def measure(directory: str, preload: tuple, connections: int, requests: int,
+def measure(directory: str, preload: tuple[str, ...], connections: int, requests: int,
             spares: int) -> dict:
     """Run one case (a fresh server with ``preload``); return its figures."""
     warm_conns, warm_reqs = max(1, connections // 100), max(1, requests // 100)
@@ -133,7 +135,8 @@ def measure(directory: str, preload: tuple, connections: int, requests: int,
             "wrong": wrong}
 
 
-def run(workdir: str, connections: int, requests: int, progress, spares=None) -> dict:
+def run(workdir: str, connections: int, requests: int, progress: Callable[[str], None],
+        spares: int | None = None) -> dict:
     """Run the section with pyrust's default spares, without a preload and (if numpy
     is installed) with numpy preloaded; return its figures.
 
@@ -141,7 +144,7 @@ def run(workdir: str, connections: int, requests: int, progress, spares=None) ->
     per case; the snapshots' status requests are not counted.
     """
     spares = spares or os.cpu_count() or 1
-    cases = [()]
+    cases: list[tuple[str, ...]] = [()]
     if importlib.util.find_spec("numpy") is not None:
         cases.append(("numpy",))
     results = []

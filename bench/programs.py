@@ -6,7 +6,6 @@ server, so it is checked by status and by the exception name it must contain.
 """
 
 import collections
-
 from _struct import Struct
 
 REQUEST_HEADER = Struct(">I")

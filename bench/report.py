@@ -6,6 +6,9 @@ every section it finds is shown, skipped ones with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 def table(headers: list, rows: list, align: str = "") -> str:
     """Return a Markdown pipe table, padded.  ``align`` has one letter per column,
@@ -14,7 +17,7 @@ def table(headers: list, rows: list, align: str = "") -> str:
     widths = [max([len(str(h))] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     align = align or "ll" + "r" * (len(headers) - 2)
 
-    def line(values):
+    def line(values: list[str]) -> str:
         return "| " + " | ".join(v.ljust(w) if a == "l" else v.rjust(w)
                                  for v, w, a in zip(values, widths, align)) + " |"
     rule = "|" + "|".join("-" * (w + 1) + ("-" if a == "l" else ":")
@@ -103,9 +106,10 @@ def throughput_section(t: dict) -> str:
             "parent µs/conn the share of it spent in the process that forks (pyrust's "
             "template, the floor's parent); faults/conn = minor page faults of the server's "
             "processes per connection (copy-on-write copies, and the code pages a fresh "
-            "process maps again), in brackets those of the parent; forks/conn = spares the template forked per connection made (from its status; "
-            "1.00: every connection had a fresh process); x floor compares with the forking "
-            "floor in the same placement. %d replies checked, %d wrong.\n\n"
+            "process maps again), in brackets those of the parent; forks/conn = spares the "
+            "template forked per connection made (from its status; 1.00: every connection "
+            "had a fresh process); x floor compares with the forking floor in the same "
+            "placement. %d replies checked, %d wrong.\n\n"
             % (t["program"], t["repeats"], t["duration"], t.get("default_spares", 0),
                total, wrong)
             + table(["configuration", "clients", "conn/s", "range", "srv CPU", "client CPU",
@@ -375,11 +379,14 @@ def targets_section(rows: list) -> str:
                                      for r in rows], align="llll")
 
 
-SECTIONS = (("machine", machine_section), ("warm", warm_section),
-            ("throughput", throughput_section), ("cold_start", cold_section),
-            ("alternative", alternative_section), ("memory", memory_section),
-            ("hot_path", hotpath_section), ("environments", environments_section),
-            ("startup", startup_section), ("targets", targets_section))
+#: Each part of the report: its key in the results, and what renders it (a section's
+#: dict, or the targets' list of rows).
+SECTIONS: tuple[tuple[str, Callable[[Any], str]], ...] = (
+    ("machine", machine_section), ("warm", warm_section),
+    ("throughput", throughput_section), ("cold_start", cold_section),
+    ("alternative", alternative_section), ("memory", memory_section),
+    ("hot_path", hotpath_section), ("environments", environments_section),
+    ("startup", startup_section), ("targets", targets_section))
 
 
 def render(results: dict) -> str:

@@ -9,6 +9,7 @@ its template to refill its spares is the one wait that polls.
 
 from __future__ import annotations
 
+import _socket
 import collections
 import contextlib
 import json
@@ -19,9 +20,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOOR = os.path.join(ROOT, "bench", "floor.py")
+#: The interpreter behind this one's venv (this one outside a venv).  typeshed does not
+#: declare the attribute, which every CPython the bench supports (3.9+) has.
+BASE_PYTHON: str = sys._base_executable  # type: ignore[attr-defined]
 READY_TIMEOUT = 120.0  # seconds; a heavy preload on a busy machine can be slow
 STOP_TIMEOUT = 40.0    # pyrust's graceful_timeout is 30 s
 #: Seconds pyrust's template may take to have its spares ready, and the polling step.
@@ -37,7 +42,7 @@ class Placement(collections.namedtuple("Placement", "name server_cpus client_cpu
             ",".join(map(str, self.server_cpus)), ",".join(map(str, self.client_cpus)))
 
 
-def placements() -> list:
+def placements() -> list[Placement]:
     """Return the pinned placements this machine allows: same CPU, and
     different CPUs when the process may use two or more."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -48,7 +53,7 @@ def placements() -> list:
 
 
 @contextlib.contextmanager
-def client_pinned(cpus):
+def client_pinned(cpus: Sequence[int] | None) -> Iterator[None]:
     """Run the block with this process pinned to ``cpus`` (None: leave it unpinned)."""
     saved = os.sched_getaffinity(0)
     if cpus:
@@ -66,7 +71,7 @@ def private_dir(base: str, name: str) -> str:
     return path
 
 
-def server_env(**extra) -> dict:
+def server_env(**extra: str) -> dict[str, str]:
     """Return this environment without service-manager and pyrust variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LISTEN_", "NOTIFY_SOCKET", "PYRUST_", "PYTHON"))}
@@ -101,14 +106,15 @@ class ServerProcess:
                 self.proc.kill()
         return self.proc.wait()
 
-    def __enter__(self):
+    def __enter__(self) -> ServerProcess:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def start(name: str, command: list, directory: str, cpus=None, env=None) -> ServerProcess:
+def start(name: str, command: list[str], directory: str, cpus: Sequence[int] | None = None,
+          env: dict[str, str] | None = None) -> ServerProcess:
     """Start ``command`` (pinned to ``cpus`` with taskset) in ``directory``; return it once ready.
 
     Its socket is ``directory/server.sock``.  Raise RuntimeError, with the
@@ -136,9 +142,10 @@ def start(name: str, command: list, directory: str, cpus=None, env=None) -> Serv
 def _wait_ready(notify: socket.socket, proc: subprocess.Popen) -> None:
     """Return when READY=1 arrives on ``notify``; raise RuntimeError if ``proc`` exits first."""
     pidfd = os.pidfd_open(proc.pid)
+    waited: list[socket.socket | int] = [notify, pidfd]
     try:
         while True:
-            readable, _, _ = select.select([notify, pidfd], [], [], READY_TIMEOUT)
+            readable, _, _ = select.select(waited, [], [], READY_TIMEOUT)
             if not readable:
                 raise RuntimeError("server %d not ready after %g s" % (proc.pid, READY_TIMEOUT))
             if notify in readable and b"READY=1" in notify.recv(4096).split(b"\n"):
@@ -150,7 +157,8 @@ def _wait_ready(notify: socket.socket, proc: subprocess.Popen) -> None:
         os.close(pidfd)
 
 
-def pyrust_config(directory: str, workers=None, preload=(), settings=()) -> str:
+def pyrust_config(directory: str, workers: int | None = None, preload: Sequence[str] = (),
+                  settings: Iterable[tuple[str, object]] = ()) -> str:
     """Write a pyrust configuration in ``directory``; return its path.
 
     ``workers`` is the number of spares pyrust keeps waiting in ``accept()``
@@ -160,9 +168,9 @@ def pyrust_config(directory: str, workers=None, preload=(), settings=()) -> str:
     ``(key, TOML value)`` pairs, which override the log level.
     """
     path = os.path.join(directory, "config.toml")
-    settings = dict(settings)
-    lines = ['log_level = %s' % settings.pop("log_level", '"warning"')]
-    lines += ["%s = %s" % item for item in settings.items()]
+    values = dict(settings)
+    lines = ['log_level = %s' % values.pop("log_level", '"warning"')]
+    lines += ["%s = %s" % item for item in values.items()]
     if workers:
         lines.append("workers = %d" % workers)
     if preload:
@@ -172,8 +180,10 @@ def pyrust_config(directory: str, workers=None, preload=(), settings=()) -> str:
     return path
 
 
-def start_pyrust(directory: str, python: str = sys.executable, workers=None, preload=(),
-                 cpus=None, source_root=ROOT, settings=()) -> ServerProcess:
+def start_pyrust(directory: str, python: str = sys.executable, workers: int | None = None,
+                 preload: Sequence[str] = (), cpus: Sequence[int] | None = None,
+                 source_root: str | None = ROOT,
+                 settings: Iterable[tuple[str, object]] = ()) -> ServerProcess:
     """Start ``python -m pyrust serve`` with ``workers`` spares (default: pyrust's),
     ``preload`` and further ``settings`` (see pyrust_config).
 
@@ -187,7 +197,7 @@ def start_pyrust(directory: str, python: str = sys.executable, workers=None, pre
     return start("pyrust", command, directory, cpus, env)
 
 
-def start_floor(directory: str, python: str = sys.executable, cpus=None,
+def start_floor(directory: str, python: str = sys.executable, cpus: Sequence[int] | None = None,
                 forking: bool = False) -> ServerProcess:
     """Start the floor server (bench/floor.py) in ``directory``; with ``forking``, the
     floor that forks a fresh process for every connection."""
@@ -196,7 +206,7 @@ def start_floor(directory: str, python: str = sys.executable, cpus=None,
     return start("forking floor" if forking else "floor", command, directory, cpus)
 
 
-def status_on(sock: socket.socket) -> dict:
+def status_on(sock: _socket.socket) -> dict:
     """Return pyrust's status, asked on the open connection ``sock`` (the extended
     protocol's status operation; v1 requests may share the connection).  Raise
     RuntimeError if the server refuses it."""
@@ -210,7 +220,7 @@ def status_on(sock: socket.socket) -> dict:
     return json.loads(reply)
 
 
-def ready_spares(sock: socket.socket, count: int) -> dict:
+def ready_spares(sock: _socket.socket, count: int) -> dict:
     """Return pyrust's status, asked on the open connection ``sock`` (so no spare is
     taken), once the template reports ``count`` spares and every one sleeps (in
     ``accept()``: nothing else puts a spare to sleep).
@@ -219,7 +229,7 @@ def ready_spares(sock: socket.socket, count: int) -> dict:
     """
     import psutil
 
-    def asleep(pid):
+    def asleep(pid: int) -> bool:
         try:
             return psutil.Process(pid).status() == psutil.STATUS_SLEEPING
         except psutil.NoSuchProcess:
@@ -281,7 +291,7 @@ def tree_cpu_ns(pid: int) -> int:
     return gone + sum(cpu_ns(p) for p in pids)
 
 
-def _stat_fields(pid: int) -> list:
+def _stat_fields(pid: int) -> list[str]:
     """Return the fields of ``/proc/PID/stat`` after the command name (state first)."""
     with open("/proc/%d/stat" % pid) as f:
         return f.read().rsplit(")", 1)[1].split()

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import resource
 import statistics
+from collections.abc import Callable, Sequence
 
 from bench import servers
 from bench.environments import Command, interleaved, time_process
+from bench.userinstall import UserInstall
 
 #: Untimed runs of each command before the timed ones (hyperfine's --warmup).
 WARM_UP = 5
@@ -53,7 +55,8 @@ def _children_cpu_ms() -> float:
     return (usage.ru_utime + usage.ru_stime) * 1000
 
 
-def time_with_cpu(command: Command, env: dict, cwd: str) -> tuple:
+def time_with_cpu(command: Command, env: dict[str, str],
+                  cwd: str) -> tuple[float, float, str | None]:
     """Run ``command`` as time_process does; return ``(wall ms, its own CPU ms, problem)``.
 
     The CPU time is the difference in this process's reaped children's rusage: the
@@ -64,7 +67,7 @@ def time_with_cpu(command: Command, env: dict, cwd: str) -> tuple:
     return elapsed, _children_cpu_ms() - before, problem
 
 
-def figures(name: str, results: list) -> dict:
+def figures(name: str, results: list[tuple[float, float, str | None]]) -> dict:
     """Return the hyperfine-style figures (ms) of ``results`` (time_with_cpu's answers)."""
     times = [ms for ms, _, _ in results]
     wrong = [problem for _, _, problem in results if problem]
@@ -76,14 +79,15 @@ def figures(name: str, results: list) -> dict:
             "cpu_median": statistics.median(cpu for _, cpu, _ in results)}
 
 
-def measure(commands: list, env: dict, cwd: str, runs: int) -> list:
+def measure(commands: list[Command], env: dict[str, str], cwd: str, runs: int) -> list[dict]:
     """Time every command ``runs`` times, interleaved, after WARM_UP untimed (and
     checked) runs of each; return one row of figures per command."""
     results = interleaved(commands, env, cwd, runs, WARM_UP, time_with_cpu)
     return [figures(c.name, results[c.name]) for c in commands]
 
 
-def _server(workdir: str, name: str, install, cpus: tuple, preload=()):
+def _server(workdir: str, name: str, install: UserInstall, cpus: Sequence[int],
+            preload: Sequence[str] = ()) -> tuple[servers.ServerProcess, str]:
     """Start a standalone server of the install in ``workdir/name/pyrust`` (pinned to
     ``cpus``); return it and the XDG_CONFIG_HOME whose pyrust/config.toml it reads."""
     config_home = servers.private_dir(workdir, name)
@@ -93,8 +97,9 @@ def _server(workdir: str, name: str, install, cpus: tuple, preload=()):
     return server, config_home
 
 
-def _placement(workdir: str, install, placement, plain: list, heavy: list, runs: int,
-               progress) -> dict:
+def _placement(workdir: str, install: UserInstall, placement: servers.Placement,
+               plain: list[Command], heavy: list[Command], runs: int,
+               progress: Callable[[str], None]) -> dict:
     """Measure ``plain`` (no configuration) and ``heavy`` (numpy preloaded) in one
     placement; return its figures."""
     tag = placement.name.replace(" ", "-")
@@ -122,7 +127,8 @@ def _placement(workdir: str, install, placement, plain: list, heavy: list, runs:
     return out
 
 
-def run(workdir: str, install, runs: int, progress) -> dict:
+def run(workdir: str, install: UserInstall | None, runs: int,
+        progress: Callable[[str], None]) -> dict:
     """Run the start-up section; return its figures: the same-CPU placement's rows
     at the top level (the issue's regime), every placement's in ``placements``."""
     if install is None:
@@ -155,7 +161,7 @@ def run(workdir: str, install, runs: int, progress) -> dict:
     return out
 
 
-def row(section: dict, name: str):
+def row(section: dict, name: str) -> dict | None:
     """Return the row of command ``name``, or None."""
     return next((r for r in section.get("rows", []) if r["command"] == name), None)
 

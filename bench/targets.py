@@ -15,7 +15,7 @@ COLD_START_LIMIT_MS = 150.0
 HEAVY_IMPORT_LIMIT = 10.0
 
 
-def _row(target: str, measured: str, met, note: str = "") -> dict:
+def _row(target: str, measured: str, met: bool | None, note: str = "") -> dict:
     verdict = "not run" if met is None else ("met" if met else "MISSED")
     return {"target": target, "measured": measured, "verdict": verdict, "note": note}
 
@@ -92,7 +92,7 @@ def throughput_targets(throughput: dict) -> list:
               for r in many["rows"] if r["concurrency"] >= 4 and single.get(r["concurrency"])}
     if not ratios:
         return [_row(target, "no point with 4 clients or more", None)]
-    worst = min(ratios, key=ratios.get)
+    worst = min(ratios, key=ratios.__getitem__)
     return [_row(target, "worst %.2fx (%d clients)" % (ratios[worst], worst),
                  ratios[worst] >= SCALING_LIMIT, _missed_by(ratios[worst], SCALING_LIMIT, True))]
 
@@ -158,6 +158,7 @@ def _startup_placement_targets(s: dict, placement: dict) -> list:
     if native is None:
         return [_row("native pyrust -c <= %.1fx python -c (%s)"
                      % (startup.PYTHON_RATIO_LIMIT, where), s["native_skipped"], None)]
+    assert python is not None and floor is not None  # startup.run times both in every placement
     ratio, floor_ratio = native["median"] / python["median"], native["median"] / floor["median"]
     rows = [_row("native pyrust -c \"2+3\" <= %.1fx python -c \"print(2+3)\" (median, %s)"
                  % (startup.PYTHON_RATIO_LIMIT, where),

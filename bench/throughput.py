@@ -24,17 +24,17 @@ one spare, unpinned, for the pool target.
 
 from __future__ import annotations
 
+import _socket
 import collections
 import os
 import signal
 import statistics
 import time
 import traceback
-
-import _socket
+from collections.abc import Callable, Sequence
 
 from bench import client, servers
-from bench.programs import PROGRAMS
+from bench.programs import PROGRAMS, Program
 
 LEVELS = (1, 2, 8)
 #: Seconds between forking the clients and the start of the counted window.
@@ -47,7 +47,8 @@ class Configuration(collections.namedtuple(
     pyrust's spare count (None: its default; 0 for the floor)."""
 
 
-def _client_loop(path: str, program, expected: bytes, start: int, end: int) -> tuple:
+def _client_loop(path: str, program: Program, expected: bytes, start: int,
+                 end: int) -> tuple[int, int, float, int]:
     """Send requests until ``end`` (monotonic ns); return ``(counted, wrong, CPU seconds,
     connections)``: the requests that completed after ``start``, the wrong ones
     among them, their CPU time, and every connection made."""
@@ -73,7 +74,8 @@ def _client_loop(path: str, program, expected: bytes, start: int, end: int) -> t
             wrong += not ok
 
 
-def _fork_client(path: str, program, expected: bytes, start: int, end: int) -> "tuple[int, int]":
+def _fork_client(path: str, program: Program, expected: bytes, start: int,
+                 end: int) -> tuple[int, int]:
     """Fork one client process; return ``(pid, fd)`` of the pipe its result comes back on."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -96,7 +98,7 @@ def _fork_client(path: str, program, expected: bytes, start: int, end: int) -> "
         os._exit(code)
 
 
-def measure(path: str, pid: int, program, concurrency: int, duration: float) -> dict:
+def measure(path: str, pid: int, program: Program, concurrency: int, duration: float) -> dict:
     """Drive the server at ``path`` (process ``pid``) with ``concurrency`` clients for
     ``duration`` seconds; return the figures.
 
@@ -137,7 +139,8 @@ def measure(path: str, pid: int, program, concurrency: int, duration: float) -> 
             "client_cpu": client_cpu / duration}
 
 
-def measure_pyrust(server, spares: int, program, concurrency: int, duration: float) -> dict:
+def measure_pyrust(server: servers.ServerProcess, spares: int, program: Program,
+                   concurrency: int, duration: float) -> dict:
     """Return ``measure``'s figures for a pyrust ``server`` with ``spares``, with
     ``forks``: how many spares its template forked for the connections.
 
@@ -152,9 +155,9 @@ def measure_pyrust(server, spares: int, program, concurrency: int, duration: flo
     return figures
 
 
-def _median_row(points: list) -> dict:
+def _median_row(points: list[dict]) -> dict:
     """Return one row for repeated measurements of a point: medians, plus the rps range."""
-    def median(key):
+    def median(key: str) -> float:
         return statistics.median(p[key] for p in points)
     row = {"concurrency": points[0]["concurrency"], "rps": median("rps"),
            "rps_min": min(p["rps"] for p in points), "rps_max": max(p["rps"] for p in points),
@@ -171,7 +174,7 @@ def _median_row(points: list) -> dict:
     return row
 
 
-def configurations() -> list:
+def configurations() -> list[Configuration]:
     """Return the Configurations: pyrust and the forking floor unpinned and in each
     pinned placement, then pyrust with one spare, unpinned."""
     found = []
@@ -187,14 +190,14 @@ def configurations() -> list:
     return found
 
 
-def _start(directory: str, config: Configuration):
+def _start(directory: str, config: Configuration) -> servers.ServerProcess:
     if config.server == "pyrust":
         return servers.start_pyrust(directory, workers=config.spares, cpus=config.server_cpus)
     return servers.start_floor(directory, cpus=config.server_cpus, forking=True)
 
 
-def run(workdir: str, duration: float, repeats: int, progress, levels=LEVELS,
-        program=PROGRAMS[0]) -> dict:
+def run(workdir: str, duration: float, repeats: int, progress: Callable[[str], None],
+        levels: Sequence[int] = LEVELS, program: Program = PROGRAMS[0]) -> dict:
     """Run the section for every configuration; return its figures.
 
     Where the scheduler puts the processes decides which of the machine's two
@@ -203,7 +206,8 @@ def run(workdir: str, duration: float, repeats: int, progress, levels=LEVELS,
     """
     found = configurations()
     default = os.cpu_count() or 1  # pyrust's default spares
-    points = {(c.name, level): [] for c in found for level in levels}
+    points: dict[tuple[str, int], list[dict]] = {(c.name, level): []
+                                                 for c in found for level in levels}
     for repeat in range(repeats):
         for index, config in enumerate(found):
             directory = servers.private_dir(workdir, "connections-%d-%d" % (index, repeat))

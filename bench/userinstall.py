@@ -23,8 +23,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 
-from bench.servers import ROOT
+from bench.servers import BASE_PYTHON, ROOT
 
 #: What a wheel of the project is built from.
 SOURCES = ("pyproject.toml", "README.md", "pyrust")
@@ -53,7 +54,7 @@ def _pip(*args: str) -> None:
         raise Unavailable("pip %s failed:\n%s" % (args[0], done.stderr.strip()[-2000:]))
 
 
-def build(workdir: str, link=("numpy", "psutil")) -> UserInstall:
+def build(workdir: str, link: Sequence[str] = ("numpy", "psutil")) -> UserInstall:
     """Build the install under ``workdir``; return it.  Raise Unavailable if it cannot be built."""
     source = os.path.join(workdir, "user-src")
     os.mkdir(source)
@@ -65,7 +66,7 @@ def build(workdir: str, link=("numpy", "psutil")) -> UserInstall:
         else:
             shutil.copy(src, source)
     venv = os.path.join(workdir, "user-venv")
-    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", venv], check=True)
+    subprocess.run([BASE_PYTHON, "-m", "venv", "--without-pip", venv], check=True)
     python = os.path.join(venv, "bin", "python")
     wheels = os.path.join(workdir, "user-wheel")
     try:
@@ -78,7 +79,8 @@ def build(workdir: str, link=("numpy", "psutil")) -> UserInstall:
     _pip("--python", python, "install", "--no-deps", "--no-index", *wheel)
     linked = [name for name in link if _link_module(name, python)]
     # The command install.sh puts on PATH, not pip's console script.
-    launcher, native = os.path.join(workdir, "pyrust-python"), os.path.join(venv, "bin", "pyrust-native")
+    launcher = os.path.join(workdir, "pyrust-python")
+    native = os.path.join(venv, "bin", "pyrust-native")
     done = subprocess.run([python, "-I", "-m", "pyrust.native", "--source",
                            os.path.join(ROOT, "client"), "--out", native, "--launcher", launcher,
                            "--python", python], capture_output=True, text=True, timeout=300)
@@ -97,8 +99,8 @@ def _link_module(name: str, python: str) -> bool:
     """Symlink module ``name`` (with its ``.libs`` and metadata) from the bench
     environment into ``python``'s site-packages; return False if it is not installed."""
     spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return False
+    if spec is None or spec.origin is None or not spec.submodule_search_locations:
+        return False  # not installed, or a namespace package (no __init__ to find it by)
     site = os.path.dirname(os.path.dirname(spec.origin))
     query = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     target = subprocess.run([python, "-c", query], capture_output=True, text=True,

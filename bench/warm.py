@@ -23,9 +23,13 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable, Sequence
 
 from bench import client, servers, stats
-from bench.programs import PROGRAMS
+from bench.programs import PROGRAMS, Program
+
+#: How a case is timed: client.time_persistent or client.time_per_connection.
+Timer = Callable[[str, Program, int, int], client.Run]
 
 MODES = (("persistent", client.time_persistent),
          ("per-connection", client.time_per_connection))
@@ -33,7 +37,8 @@ MODES = (("persistent", client.time_persistent),
 PLOTTED = "2+3"
 
 
-def measure_case(server, timer, program, count: int, warmup: int) -> "tuple[dict, list]":
+def measure_case(server: servers.ServerProcess, timer: Timer, program: Program, count: int,
+                 warmup: int) -> tuple[dict, list[int]]:
     """Time one case against ``server``; return ``(figures, samples)``."""
     before = servers.tree_cpu_ns(server.pid)
     run = timer(server.path, program, count, warmup)
@@ -45,7 +50,7 @@ def measure_case(server, timer, program, count: int, warmup: int) -> "tuple[dict
     return figures, run.samples
 
 
-def raw_round_trip(placement, count: int) -> dict:
+def raw_round_trip(placement: servers.Placement, count: int) -> dict:
     """Return figures of a bare round trip in ``placement``: one byte over a socketpair to
     a forked echo process (os.read/os.write, no framing), the regime's own floor."""
     ours, theirs = socket.socketpair()
@@ -73,8 +78,9 @@ def raw_round_trip(placement, count: int) -> dict:
     return stats.summarize(samples)
 
 
-def run_placement(workdir: str, placement, programs, counts: dict, progress,
-                  samples: dict) -> list:
+def run_placement(workdir: str, placement: servers.Placement, programs: Sequence[Program],
+                  counts: dict[str, tuple[int, int]], progress: Callable[[str], None],
+                  samples: dict[tuple[str, str, str], list[int]]) -> list[dict]:
     """Measure every program and mode in ``placement``; return one row per case.
 
     ``counts`` maps each mode to its ``(timed, untimed)`` request counts.  Raw
@@ -82,7 +88,7 @@ def run_placement(workdir: str, placement, programs, counts: dict, progress,
     ``(placement, mode, server)``.
     """
     tag = placement.name.replace(" ", "-")
-    rows = []
+    rows: list[dict] = []
     with servers.start_pyrust(servers.private_dir(workdir, "warm-pyrust-" + tag),
                               cpus=placement.server_cpus) as pyrust, \
             servers.start_floor(servers.private_dir(workdir, "warm-floor-" + tag),
@@ -103,8 +109,8 @@ def run_placement(workdir: str, placement, programs, counts: dict, progress,
     return rows
 
 
-def run(workdir: str, count: int, warmup: int, connections: int, progress,
-        programs=PROGRAMS) -> dict:
+def run(workdir: str, count: int, warmup: int, connections: int,
+        progress: Callable[[str], None], programs: Sequence[Program] = PROGRAMS) -> dict:
     """Run the warm-path section; return its figures, with the raw samples of
     the PLOTTED program under ``"samples"``.
 
@@ -114,7 +120,9 @@ def run(workdir: str, count: int, warmup: int, connections: int, progress,
     found = servers.placements()
     counts = {"persistent": (count, warmup),
               "per-connection": (connections, max(1, connections // 10))}
-    rows, samples, raw = [], {}, {}
+    rows: list[dict] = []
+    samples: dict[tuple[str, str, str], list[int]] = {}
+    raw: dict[str, dict] = {}
     for placement in found:
         raw[placement.name] = raw_round_trip(placement, count)
         rows += run_placement(workdir, placement, programs, counts, progress, samples)
@@ -127,6 +135,6 @@ def run(workdir: str, count: int, warmup: int, connections: int, progress,
             "rows": rows, "samples": samples}
 
 
-def case_count(programs=PROGRAMS) -> int:
+def case_count(programs: Sequence[Program] = PROGRAMS) -> int:
     """Return how many timed cases the section runs (for progress)."""
     return len(servers.placements()) * len(programs) * len(MODES) * 2

@@ -105,7 +105,7 @@ class UsageError(Exception):
     """The command line is wrong; the message says how."""
 
 
-def _absolute(option: str, value: str) -> str:
+def _absolute(option: str, value: "str | None") -> str:
     """Return ``value`` made absolute against this process's working directory.
 
     A background server runs in ``/``, so a relative path must be resolved
@@ -161,7 +161,8 @@ def load_settings(opts: dict) -> "tuple[str, Config | None]":
         from pyrust.config import load_config
 
         config = load_config(opts["config"])
-    opts["settings"] = resolve_socket_path(opts["socket"], config and config.socket), config
+    configured = config.socket if config is not None else None
+    opts["settings"] = resolve_socket_path(opts["socket"], configured), config
     return opts["settings"]
 
 

@@ -412,10 +412,10 @@ def load_config(path: str | None = None) -> Config:
         return Config()
     except OSError as exc:
         raise ConfigError("%s: cannot read configuration: %s" % (path, exc.strerror)) from None
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:
+        import tomli as tomllib
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

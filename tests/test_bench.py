@@ -14,6 +14,8 @@ from bench import client, coldstart, environments, servers, startup, stats, thro
 from bench.programs import PROGRAMS, Program
 from conftest import ROOT, TIMEOUT, pyrust_env
 
+pytestmark = pytest.mark.bench  # a tier: ./test.sh --fast skips it
+
 FIGURES = {"n", "mean", "p50", "p90", "p99", "p99.9", "max", "cv"}
 
 

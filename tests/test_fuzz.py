@@ -35,6 +35,8 @@ from pyrust import protocol
 from pyrust.request import decode_extended
 from conftest import request
 
+pytestmark = pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
+
 MAX = 4096  # max_request_bytes of the servers here: absurd lengths stay cheap
 CONFIG = "max_request_bytes = %d\n" % MAX
 TOP_BIT = 0x8000_0000

@@ -24,8 +24,11 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from conftest import TIMEOUT, connect, request
+
+pytestmark = pytest.mark.soak  # a tier: ./test.sh --fast skips it
 
 CLIENTS = 32
 REQUESTS = 100_000

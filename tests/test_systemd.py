@@ -19,6 +19,8 @@ import pytest
 from conftest import ROOT, TIMEOUT
 from pyrust import client, protocol
 
+pytestmark = pytest.mark.systemd  # a tier: ./test.sh --fast skips it
+
 SYSTEMD = "/lib/systemd/systemd"
 INSTALL_TIMEOUT = 300  # a first install builds the venv (and systemd-python)
 

@@ -35,12 +35,14 @@ from pyrust.server.program import (
     python_abspath,
     unknown_option,
 )
-from pyrust.server.report import echo as _echo
-from pyrust.server.report import free_frames as _free_frames
-from pyrust.server.report import print_exception
-from pyrust.server.report import stack_depth as _stack_depth
-from pyrust.server.report import system_exit_code as _system_exit_code
-from pyrust.server.report import utf8 as _utf8
+from pyrust.server.report import (
+    echo as _echo,
+    free_frames as _free_frames,
+    print_exception,
+    stack_depth as _stack_depth,
+    system_exit_code as _system_exit_code,
+    utf8 as _utf8,
+)
 from pyrust.server.runstate import (
     Borrowed,
     Capture,
@@ -247,6 +249,7 @@ class Executor:
         code = 1
         try:
             self._borrowed.close()  # first: its fds may have the numbers the client's need
+            assert job.fds is not None  # a run to exit is a run on the client's fds
             osutil.place_fds(job.fds, job.targets)
             if job.umask is not None:
                 os.umask(job.umask)

@@ -82,10 +82,10 @@ def import_readline(options: "RunOptions", program: bool) -> None:
             pass
 
 
-def main(options: "RunOptions") -> "int | None":
+def main(options: "RunOptions") -> int:
     """Run the prompt without a program (``python`` with stdin interactive, or a
-    program read from stdin otherwise); return python's exit code, or None if a
-    step before the prompt ended it with the code it gave."""
+    program read from stdin otherwise); return python's exit code (that of the
+    start-up file or the interactive hook, if one ended it before the prompt)."""
     interactive = stdin_is_interactive(options)
     if interactive:
         code = run_startup(options) if options.startup else None

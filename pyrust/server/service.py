@@ -130,7 +130,9 @@ class Service:
     def _stale(self, template: Template) -> bool:
         """Return whether ``template``'s interpreter files changed since it started."""
         watched = template.info.get("watched")
-        return bool(watched) and fingerprint(watched) != template.info.get("fingerprint")
+        if not watched:
+            return False
+        return fingerprint(watched) != template.info.get("fingerprint")
 
     def _replace(self, template: Template,
                  why: str = "its configuration was reloaded") -> Template:

@@ -24,11 +24,10 @@ from pyrust.config import MAX_WORKERS
 from pyrust.errors import PyrustError
 from pyrust.server import osutil
 from pyrust.server.backoff import BOOT_GRACE, BootBackoff
-from pyrust.server.worker import ServiceInfo
 from pyrust.server.freshness import Freshness
 from pyrust.server.scoreboard import TERMINAL, Scoreboard
 from pyrust.server.terminals import Terminals, describe_exit, exit_code
-from pyrust.server.worker import Worker, new_executor
+from pyrust.server.worker import ServiceInfo, Worker, new_executor
 
 # For mypy only, which takes any name TYPE_CHECKING as true (python never runs
 # this block).

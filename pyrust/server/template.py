@@ -30,7 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterable
 
-    from pyrust.server.control import ServiceInfo
+    from pyrust.server.worker import ServiceInfo
     from pyrust.server.supervisor import Supervisor
 
 #: The program the service passes to ``-c``.  It must run (and fail clearly)
