@@ -81,9 +81,9 @@ def run_request(env: Environment, code: str = CODE, output: bytes = EXPECTED) ->
     """Return the extended request a client sends to run ``code`` (output captured) in
     Environment ``env``."""
     from pyrust import protocol
+    from pyrust.request import STDIO_CAPTURE, run_fields
 
-    fields = [(protocol.OP, protocol.OP_RUN), (protocol.FORM, b"c"),
-              (protocol.SOURCE, code.encode())] + env.fields() + [(protocol.STDIO, b"c")]
+    fields = run_fields("c", code, [], stdio=STDIO_CAPTURE, env=env)
     header, payload = protocol.encode_extended(fields)
     return ExtendedRun(code, header + payload, protocol.EXIT_CODE.pack(0) + output)
 
@@ -283,9 +283,9 @@ def ensure(main_path: str, env: Environment) -> str:
 
     Raise RuntimeError if the service refuses.
     """
-    from pyrust import protocol
+    from pyrust import ops, protocol
 
-    header, payload = protocol.encode_extended([(protocol.OP, protocol.OP_ENSURE)]
+    header, payload = protocol.encode_extended([(protocol.OP, ops.ENSURE.code)]
                                                + env.fields())
     sock = client.connect(main_path)
     try:

@@ -38,9 +38,8 @@ class _Pyrust:
 
     def __init__(self) -> None:
         from pyrust.config import Config
-        from pyrust.server.control import ServiceInfo
         from pyrust.server.scoreboard import Scoreboard
-        from pyrust.server.worker import TOOK, Worker
+        from pyrust.server.worker import TOOK, ServiceInfo, Worker
 
         board = Scoreboard(4)
         self._channel, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)

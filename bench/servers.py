@@ -210,9 +210,9 @@ def status_on(sock: _socket.socket) -> dict:
     """Return pyrust's status, asked on the open connection ``sock`` (the extended
     protocol's status operation; v1 requests may share the connection).  Raise
     RuntimeError if the server refuses it."""
-    from pyrust import protocol  # the bench's own client speaks only v1
+    from pyrust import ops, protocol  # the bench's own client speaks only v1
 
-    header, payload = protocol.encode_extended([(protocol.OP, protocol.OP_STATUS)])
+    header, payload = protocol.encode_extended([(protocol.OP, ops.STATUS.code)])
     sock.sendall(header + payload)
     code, reply = protocol.read_response(sock)
     if code != protocol.OK:

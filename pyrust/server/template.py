@@ -30,8 +30,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterable
 
-    from pyrust.server.worker import ServiceInfo
     from pyrust.server.supervisor import Supervisor
+    from pyrust.server.worker import ServiceInfo
 
 #: The program the service passes to ``-c``.  It must run (and fail clearly)
 #: on any python, so it avoids everything newer than Python 2.7.
