@@ -14,11 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# --fast (first argument only): skip the slow tiers (pytest markers, see pyproject.toml).
-marks=()
+# --fast (first argument only): the edit-test loop.  It skips the slow tiers
+# (pytest markers, see pyproject.toml) and runs the rest as one pytest per CPU
+# (at most 4), each on its share of the tests (tests/shards.py).
+fast=0
 if [ "${1:-}" = --fast ]; then
     shift
-    marks=(-m "not (soak or fuzz or systemd or bench)")
+    fast=1
 fi
 
 debs="systemd libsystemd-dev pkg-config gcc libc6-dev"
@@ -78,4 +80,10 @@ elif [ $status = 3 ]; then
 else
     echo "test.sh: building the native client failed (.venv/native-build.log)"
 fi
-exec .venv/bin/python -m pytest "${marks[@]}" "$@"
+if [ $fast = 1 ]; then
+    shards=$(nproc 2>/dev/null || echo 2)
+    [ "$shards" -gt 4 ] && shards=4
+    exec .venv/bin/python tests/shards.py "$shards" \
+        -m "not (soak or fuzz or systemd or bench or differential)" "$@"
+fi
+exec .venv/bin/python -m pytest "$@"

@@ -27,6 +27,8 @@ import pytest
 from conftest import ROOT, TIMEOUT, pyrust_env
 from pyrust import environment
 
+pytestmark = pytest.mark.differential  # a tier: ./test.sh --fast skips it
+
 #: The pyrust command: what install.sh's launcher runs (pyrust.units.render_launcher).
 CLIENT = [sys.executable, "-IS", "-c",
           "import sys\nsys.path.append(%r)\nfrom pyrust.cli import main\nsys.exit(main())" % ROOT]

@@ -30,6 +30,8 @@ from pyrust.environment import default_python
 
 from conftest import ROOT, TIMEOUT, default_signals, pyrust_env, request
 
+pytestmark = pytest.mark.differential  # a tier: ./test.sh --fast skips it
+
 PYTHON = [default_python()]  # the interpreter runs get by default
 #: The pyrust command through the Python client; the tables that exercise the
 #: client itself run through each client (the ``pyrust_command`` fixture).
@@ -841,6 +843,7 @@ def _spares(status: dict) -> int:
     return sum(1 for w in status["workers"] if w["state"] == "idle")
 
 
+@pytest.mark.soak  # a tier: ./test.sh --fast skips it
 def test_a_burst_of_runs_then_the_pool_is_back_at_its_spares(make_server):
     workers = 2
     server = make_server("max_workers = 8\n", workers=workers)

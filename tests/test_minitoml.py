@@ -184,6 +184,7 @@ def documents(draw):
     return before + table_text + after, table
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @EXAMPLES
 @given(documents())
 def test_a_table_the_reader_can_read_is_read_as_tomllib_reads_it(document):
@@ -231,6 +232,7 @@ def assert_read_as_tomllib_reads_or_left_to_it(text):
         assert same(full(text), got)
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @EXAMPLES
 @given(salted_documents())
 def test_what_the_reader_accepts_among_refusals_is_what_tomllib_says(text):
@@ -259,6 +261,7 @@ def mangled_documents(draw):
     return text
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @EXAMPLES
 @given(mangled_documents())
 def test_a_mangled_table_is_read_as_tomllib_reads_it_or_left_to_it(text):

@@ -155,6 +155,7 @@ def agree(got, expected) -> bool:
     return same(got, expected)
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @EXAMPLES
 @given(documents())
 def test_the_port_reads_a_readable_table_as_minitoml_does(selftest, workdir, document):
@@ -162,12 +163,14 @@ def test_the_port_reads_a_readable_table_as_minitoml_does(selftest, workdir, doc
     assert agree(port(selftest, workdir, text), table)
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @EXAMPLES
 @given(salted_documents())
 def test_the_port_refuses_what_minitoml_refuses(selftest, workdir, text):
     assert agree(port(selftest, workdir, text), fast(text))
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @EXAMPLES
 @given(mangled_documents())
 def test_the_port_of_a_mangled_table_is_minitoml(selftest, workdir, text):
@@ -251,6 +254,7 @@ def ordinary(text: str) -> bool:
                                                 for n in preload)
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @EXAMPLES
 @given(documents())
 def test_a_project_is_found_as_python_finds_it(selftest, workdir, document):
@@ -260,6 +264,7 @@ def test_a_project_is_found_as_python_finds_it(selftest, workdir, document):
     check_project(selftest, directory, text, native_expected="ordinary")
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @EXAMPLES
 @given(st.one_of(salted_documents(), mangled_documents()))
 def test_a_malformed_project_is_handed_off_or_read_as_python_reads_it(selftest, workdir, text):
@@ -268,6 +273,7 @@ def test_a_malformed_project_is_handed_off_or_read_as_python_reads_it(selftest, 
     check_project(selftest, directory, text, native_expected="ordinary")
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200).map(lambda b: b"[tool.pyrust]\n" + b))
@@ -602,6 +608,7 @@ def check_config(selftest, workdir, text, plain=False):
     return got, expected
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(config_lines(), config_lines(valid=True)))
@@ -619,12 +626,14 @@ def test_every_value_of_every_setting(selftest, workdir, key):
     assert outcomes == {True, False}  # each pool holds both
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @EXAMPLES
 @given(salted_configs())
 def test_a_salted_config_is_handed_off_or_read_as_load_config_reads_it(selftest, workdir, text):
     check_config(selftest, workdir, text)
 
 
+@pytest.mark.fuzz  # a tier: ./test.sh --fast skips it
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(st.binary(max_size=120),

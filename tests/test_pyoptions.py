@@ -12,6 +12,8 @@ from conftest import TIMEOUT, cpython_interpreters, pyrust_env
 from pyrust import environment, project, pyoptions
 from pyrust.errors import ConfigError
 
+pytestmark = pytest.mark.differential  # a tier: ./test.sh --fast skips it
+
 OWN = ("--socket", "--config", "--python")
 FLAGS = ("--daemon", "--stop-daemon")
 

@@ -36,6 +36,8 @@ from conftest import (ROOT, TIMEOUT, Server, connect, cpython_interpreters, defa
 from pyrust import ops, protocol
 from pyrust.environment import Environment
 
+pytestmark = pytest.mark.differential  # a tier: ./test.sh --fast skips it
+
 #: The variables both interpreters start with; a case adds its own.
 BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "xterm"}
 #: Prints what the options change; ends without a bare expression (no echo).

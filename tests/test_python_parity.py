@@ -21,6 +21,8 @@ import pytest
 from pyrust.environment import default_python
 from conftest import TIMEOUT, pyrust_env
 
+pytestmark = pytest.mark.differential  # a tier: ./test.sh --fast skips it
+
 #: The interpreter runs get by default: the reference every case is compared with.
 PYTHON = default_python()
 

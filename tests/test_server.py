@@ -16,6 +16,7 @@ from pyrust.server.main import EXIT_STARTUP
 from conftest import TIMEOUT, connect, request
 
 
+@pytest.mark.soak  # a tier: ./test.sh --fast skips it
 def test_fifty_threads_each_get_their_own_replies(make_server):
     server = make_server(workers=2)
     errors = []
