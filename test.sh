@@ -39,7 +39,13 @@ pip_install() {
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$1" \
         2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
-pip_install '.[test,systemd]' || pip_install '.[test]'
+# Installed once per change of pyproject.toml: the install is editable, so the
+# code itself needs none (and pip takes seconds to find nothing to do).
+stamp=.venv/.pyrust-installed
+if [ ! -e $stamp ] || [ pyproject.toml -nt $stamp ]; then
+    pip_install '.[test,systemd]' || pip_install '.[test]'
+    touch $stamp
+fi
 
 static_checks() {  # ruff, then mypy: print the findings and fail on any
     local output
@@ -62,6 +68,10 @@ static_checks
 build_native() {  # OUT [native.py flags...]: 0 built, 3 no compiler, 1 failed
     local out=$1 status=0
     shift
+    # Up to date: newer than its sources and the Python modules its header comes from.
+    if [ -x "$out" ] && [ -z "$(find client pyrust -newer "$out" \( -name '*.[ch]' -o -name '*.py' \) | head -1)" ]; then
+        return 0
+    fi
     .venv/bin/python -m pyrust.native --out "$out" --launcher "$PWD/.venv/bin/pyrust-python" \
         --python "$PWD/.venv/bin/python" --strict "$@" >/dev/null 2>.venv/native-build.log || status=$?
     return $status
