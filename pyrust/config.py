@@ -72,12 +72,16 @@ class _Check:
     """
 
     def __init__(self, expected: str, convert: Callable[[Any], Any], kind: str,
-                 low: float = 0, high: float = 0, zero: bool = False,
-                 zero_means: str | None = None) -> None:
+                 low: float = 0, high: float = 0, zero_means: str | None = None) -> None:
         self.expected = expected
         self._convert = convert
-        self.kind, self.low, self.high, self.zero = kind, low, high, zero
+        self.kind, self.low, self.high = kind, low, high
         self.zero_means = zero_means
+
+    @property
+    def zero(self) -> bool:
+        """Whether 0 is accepted below ``low``: it has a meaning of its own."""
+        return self.zero_means is not None and self.low > 0
 
     def __call__(self, value: Any) -> Any:
         return self._convert(value)
@@ -149,7 +153,7 @@ def _bytes(low: int, high: int, zero_means: str | None = None) -> _Check:
         if _is_int(value) and value == 0 and zero_means:
             return 0
         return _whole(value, low, high)
-    return _Check(expected, convert, "bytes", low, high, bool(zero_means), zero_means)
+    return _Check(expected, convert, "bytes", low, high, zero_means)
 
 
 def _socket_path(value: Any) -> str:

@@ -44,16 +44,14 @@ class Op:
     """One operation: ``name``, wire ``code``, who carries it out (WORKER or
     SERVICE), its ``doc`` line and the ``commands`` that send it."""
 
-    __slots__ = ("name", "code", "by", "doc", "commands")
+    __slots__ = ("name", "code", "by", "doc", "commands", "handler_name")
 
     def __init__(self, name: str, code: bytes, by: str, doc: str,
                  commands: "tuple[Command, ...]" = ()) -> None:
         self.name, self.code, self.by, self.doc, self.commands = name, code, by, doc, commands
-
-    @property
-    def handler_name(self) -> str:
-        """The name of the function (or method) that carries the op out."""
-        return "op_" + self.name.replace("-", "_")
+        #: The function (or method) that carries the op out; made once, as the
+        #: worker looks it up for every request.
+        self.handler_name = "op_" + name.replace("-", "_")
 
     def __repr__(self) -> str:
         return "<op %s %r>" % (self.name, self.code)

@@ -99,6 +99,11 @@ class ProtocolError(Exception):
         self.fatal = fatal
 
 
+def malformed(why: str, fatal: bool = False) -> ProtocolError:
+    """Return the refusal of a malformed extended request, saying ``why``."""
+    return ProtocolError("malformed extended request: " + why, fatal)
+
+
 class ConnectionClosed(Exception):
     """The peer closed the connection; ``partial`` is true if mid-frame."""
 
@@ -198,21 +203,19 @@ def decode_fields(payload: bytes) -> "Fields":
     offset = 0
     while offset < len(payload):
         if offset + FIELD.size > len(payload):
-            raise ProtocolError("malformed extended request: truncated field header", False)
+            raise malformed("truncated field header")
         tag, size = FIELD.unpack_from(payload, offset)
         offset += FIELD.size
         value = payload[offset:offset + size]
         if len(value) != size:
-            raise ProtocolError("malformed extended request: field %d is truncated" % tag, False)
+            raise malformed("field %d is truncated" % tag)
         offset += size
         if SIZES.get(tag, size) != size:
-            raise ProtocolError("malformed extended request: field %d must be %d bytes, not %d"
-                                % (tag, SIZES[tag], size), False)
+            raise malformed("field %d must be %d bytes, not %d" % (tag, SIZES[tag], size))
         if tag in REPEATED:
             fields[tag].append(value)
         elif tag in SINGLE and tag not in fields:
             fields[tag] = value
         else:
-            raise ProtocolError("malformed extended request: unknown or repeated field %d"
-                                % tag, False)
+            raise malformed("unknown or repeated field %d" % tag)
     return fields

@@ -105,7 +105,7 @@ def decode_extended(payload: bytes, fds: "tuple[int, ...]", time_limit: float) -
     fields = protocol.decode_fields(payload)
     op = ops.BY_CODE.get(fields.get(protocol.OP, ops.RUN.code))
     if op is None:
-        raise _malformed("unknown op %r" % fields[protocol.OP])
+        raise protocol.malformed("unknown op %r" % fields[protocol.OP])
     job = _job(fields, fds, time_limit) if op is ops.RUN else None
     env = _environment(fields) if op is ops.ENSURE else None
     return Request(op, job, env, fields, payload, True, fds)
@@ -118,13 +118,9 @@ def _environment(fields: dict) -> Environment:
     except (ValueError, UnicodeDecodeError) as exc:
         raise protocol.ProtocolError(str(exc), False) from None
     if env is None:
-        raise protocol.ProtocolError("op e needs an environment (field %d)" % protocol.PYTHON,
-                                     False)
+        raise protocol.ProtocolError("op %s needs an environment (field %d)"
+                                     % (ops.ENSURE.code.decode(), protocol.PYTHON), False)
     return env
-
-
-def _malformed(why: str) -> protocol.ProtocolError:
-    return protocol.ProtocolError("malformed extended request: " + why, False)
 
 
 def _job(fields: dict, fds: "tuple[int, ...]", time_limit: float) -> Job:
@@ -133,13 +129,14 @@ def _job(fields: dict, fds: "tuple[int, ...]", time_limit: float) -> Job:
     stdio = fields.get(protocol.STDIO, STDIO_CAPTURE)
     if form not in FORMS or stdio not in (STDIO_CAPTURE, STDIO_FDS) or \
             (protocol.SOURCE not in fields and form != "i"):
-        raise _malformed("needs a form (c, -, f, m, i), a source (but for i), and stdio c or f")
+        raise protocol.malformed("needs a form (c, -, f, m, i), a source (but for i), "
+                                 "and stdio c or f")
     targets = _fd_targets(fields.get(protocol.FD_NUMBERS, b""))
     if stdio == STDIO_FDS and len(fds) != 3 + len(targets):
-        raise _malformed("stdio f needs the client's fds 0, 1 and 2 attached, then one fd "
-                         "for each number in the fd-numbers field")
+        raise protocol.malformed("stdio f needs the client's fds 0, 1 and 2 attached, then "
+                                 "one fd for each number in the fd-numbers field")
     if form == "i" and stdio != STDIO_FDS:
-        raise _malformed("form i (python's prompt) needs stdio f")
+        raise protocol.malformed("form i (python's prompt) needs stdio f")
     source = protocol.decode_code(fields.get(protocol.SOURCE, b""))
     argv = [os.fsdecode(a) for a in fields[protocol.ARG]] or [default_argv0(form, source)]
     env = None
@@ -155,7 +152,7 @@ def _job(fields: dict, fds: "tuple[int, ...]", time_limit: float) -> Job:
     options = _options(fields[protocol.PYOPT])
     echo = fields.get(protocol.ECHO, b"1")
     if echo not in (b"0", b"1"):
-        raise _malformed("echo is 0 or 1")
+        raise protocol.malformed("echo is 0 or 1")
     return Job(form, source, argv, cwd, env, limit, fds if stdio == STDIO_FDS else None,
                umask, targets, options, echo == b"1")
 
@@ -178,16 +175,16 @@ def _options(values: "list[bytes]") -> "tuple[str, ...]":
     try:
         return check_options([os.fsdecode(value) for value in values])
     except ValueError as exc:
-        raise _malformed(str(exc)) from None
+        raise protocol.malformed(str(exc)) from None
 
 
 def _fd_targets(value: bytes) -> "tuple[int, ...]":
     """Return the fd numbers of the fd-numbers field; raise ProtocolError if malformed."""
     if len(value) % _U32.size or len(value) // _U32.size > MAX_EXTRA_FDS:
-        raise _malformed("the fd-numbers field holds up to %d u32 numbers" % MAX_EXTRA_FDS)
+        raise protocol.malformed("the fd-numbers field holds up to %d u32 numbers" % MAX_EXTRA_FDS)
     targets = tuple(n for (n,) in _U32.iter_unpack(value))
     if any(n < 3 or n > MAX_FD_NUMBER for n in targets) or len(set(targets)) != len(targets):
-        raise _malformed("fd numbers must be distinct, from 3 to %d" % MAX_FD_NUMBER)
+        raise protocol.malformed("fd numbers must be distinct, from 3 to %d" % MAX_FD_NUMBER)
     return targets
 
 

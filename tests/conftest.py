@@ -46,9 +46,8 @@ def pytest_collection_modifyitems(config, items) -> None:
     if shard is None:
         return
     k, n = (int(part) for part in shard.split("/"))
-    kept = items[k::n]
-    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-    items[:] = kept
+    config.hook.pytest_deselected(items=[item for i, item in enumerate(items) if i % n != k])
+    items[:] = items[k::n]
 
 
 def native_client(name: str, tmp_path_factory) -> str:

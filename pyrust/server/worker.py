@@ -85,8 +85,7 @@ def _receive_with_fds(conn: socket.socket, length: int) -> "tuple[bytes, tuple]"
     data, fds, flags, _ = socket.recv_fds(conn, length, 3 + MAX_EXTRA_FDS)
     if flags & socket.MSG_CTRUNC:
         _close_all(fds)
-        raise protocol.ProtocolError("malformed extended request: more than %d fds attached"
-                                     % (3 + MAX_EXTRA_FDS), fatal=True)
+        raise protocol.malformed("more than %d fds attached" % (3 + MAX_EXTRA_FDS), fatal=True)
     if not data:
         _close_all(fds)
         raise protocol.ConnectionClosed(partial=True)
