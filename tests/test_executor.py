@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from conftest import request
 from pyrust import protocol
 from pyrust.request import v1_job
 from pyrust.server.executor import Executor
@@ -116,6 +117,17 @@ def test_same_output_as_python_c_through_a_worker(server):
         output, returncode = run_python(code)
         assert server.request(code) == (protocol.OK if returncode == 0 else protocol.ERROR,
                                          output.decode()), code
+
+
+def test_a_session_recurses_as_deep_as_python_c(server):
+    # CPython 3.11 counts recursion differently once it has specialized the
+    # run path, which it does after a few runs: every run of a session, early
+    # or late, must reach python's depth and print python's traceback.
+    code = "def r(): r()\nr()"
+    output, _ = run_python(code)
+    with server.connect() as sock:
+        replies = [request(sock, code) for _ in range(12)]
+    assert replies == [(protocol.ERROR, output.decode())] * 12
 
 
 def test_state_does_not_leak_between_runs(executor, tmp_path):

@@ -23,7 +23,7 @@ import signal
 import sys
 
 from pyrust import protocol
-from pyrust.request import Job
+from pyrust.request import Job, v1_job
 from pyrust.server import interactive, osutil, runoptions
 from pyrust.server.program import (
     FILENAME,
@@ -63,7 +63,14 @@ CACHE_MAX_SOURCE = 1 << 20
 #: Recursion levels that the interpreter counts below the program's frame
 #: besides pyrust's Python frames (C-level calls such as exec() itself); they
 #: differ by version, and the differential test against python -c checks them.
-_EXTRA_DEPTH = {(3, 9): 2, (3, 10): 2, (3, 11): 1}.get(sys.version_info[:2], 0)
+#: They are those of the run path once CPython has specialized it (see
+#: Executor.prepare): 3.11 counts one level more before.
+_EXTRA_DEPTH = {(3, 9): 2, (3, 10): 2}.get(sys.version_info[:2], 0)
+#: What Executor.prepare runs: a ``-c`` program that echoes, as most requests do.
+REHEARSAL = v1_job("x = 1\nx", 0)
+#: Runs of REHEARSAL in Executor.prepare: enough for CPython 3.11+ to specialize
+#: the bytecode of the run path (it does so after a few runs of a code object).
+REHEARSALS = 20
 _get_recursion_limit = sys.getrecursionlimit
 _set_recursion_limit = sys.setrecursionlimit
 #: Python 3.13+ shows the source lines of python -c code in tracebacks.
@@ -130,6 +137,24 @@ class Executor:
         to the recursion limit, about a thousand calls."""
         depth = _stack_depth() + 1  # and _free_frames' own frame
         self._hidden_depth = max(0, _get_recursion_limit() - depth - _free_frames())
+
+    def prepare(self, rehearsals: int = REHEARSALS) -> None:
+        """Bring the run path to its steady state, then calibrate: ``rehearsals``
+        runs of REHEARSAL, with the compile cache emptied after them.
+
+        CPython specializes a code object's bytecode once it has run a few
+        times, writing into it, and a specialized call counts recursion
+        differently (see _EXTRA_DEPTH); the run path also fills caches of its
+        own (the options, the start plan, the names of pyrust's modules).  The
+        template prepares the executor its workers inherit, so none of that is
+        written again in each worker, where every page written costs a
+        copy-on-write fault, and every run meets the same path.
+        """
+        self._hidden_depth = 0  # provisional: the rehearsals must not calibrate
+        for _ in range(rehearsals):
+            self.run(REHEARSAL)
+        self.clear_cache()
+        self.calibrate()
 
     # -- signals: the time limit ---------------------------------------------------
 

@@ -176,6 +176,7 @@ class Supervisor:
         if self._executor is None:
             self._executor = new_executor(self.config)
             osutil.libc.load()  # here, once, not in every worker
+            gc.freeze()  # what preparing the executor left, too
         index = self.scoreboard.claim()
         # Hold our signals across fork so the child cannot run the supervisor's
         # handlers (and write to its wake-up pipe) before it installs its own.

@@ -29,9 +29,9 @@ import struct
 import time
 
 from pyrust import ops, protocol
-from pyrust.request import MAX_EXTRA_FDS, Job, Request, decode_extended, decode_v1, v1_job
+from pyrust.request import MAX_EXTRA_FDS, Job, Request, decode_extended, decode_v1
 from pyrust.server import logs, osutil
-from pyrust.server.executor import Executor
+from pyrust.server.executor import REHEARSAL, Executor
 from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
 from pyrust.server.template import fingerprint
 from pyrust.trust import peer_credentials
@@ -60,8 +60,6 @@ SHORTAGE_PAUSE = 0.1  # seconds
 #: supervisor's now, the program runs and this process ends with it.
 TOOK = struct.Struct("=ci")
 TERMINAL_RUN = struct.Struct("=ciiic")
-#: What a spare runs before it accepts (see Worker._warm_up).
-WARM_UP = v1_job("x = 1\nx", 0)
 #: The largest control request forwarded to the service (one datagram).
 MAX_FORWARDED = 65536
 
@@ -202,7 +200,7 @@ class Worker:
     def _warm_up(self) -> None:
         """Run a program once before accepting, so the copy-on-write faults of a
         fresh process (a few hundred, ~1 ms here) are paid while nobody waits."""
-        self.executor.run(WARM_UP)
+        self.executor.run(REHEARSAL)
         self.executor.clear_cache()
 
     def run(self) -> int:
@@ -495,5 +493,5 @@ def new_executor(config: Config) -> Executor:
     where it is made (call it where workers are forked, as the template does)."""
     executor = Executor(config.compile_cache_size, config.max_reply_bytes,
                         config.max_request_bytes)
-    executor.calibrate()
+    executor.prepare()
     return executor
