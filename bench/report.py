@@ -43,11 +43,13 @@ def machine_section(m: dict) -> str:
 
 def warm_section(warm: dict) -> str:
     parts = ["## Warm path: pyrust against the floor (µs per round trip)\n\n"
-             "pyrust with its default %d spares, the floor one process, both pinned with "
+             "pyrust with its default %d spares and the floors, all pinned with "
              "taskset. Persistent: %d timed requests on one connection (one pyrust process) "
-             "after %d untimed; per-connection: %d timed connections after %d untimed, each "
-             "served by a fresh pyrust process (forked in advance) and by the floor's one "
-             "process. CV = coefficient of variation of 20 consecutive batch means; srv CPU "
+             "after %d untimed, against the floor's one process; per-connection: %d timed "
+             "connections after %d untimed, each served by a fresh pyrust process (forked in "
+             "advance) and by a fresh process of the forking floor (forked after accept()), "
+             "the floor of these rows. CV = coefficient of variation of 20 consecutive batch "
+             "means; srv CPU "
              "= server CPU time per request (schedstat, exited workers included); x floor = "
              "pyrust p50 / floor p50."
              % (warm.get("pyrust_spares", warm.get("pyrust_workers", 0)),

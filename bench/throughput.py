@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from bench import client, servers
 from bench.programs import PROGRAMS, Program
 
-LEVELS = (1, 2, 8)
+LEVELS = (1, 2, 4, 8, 16)
 #: Seconds between forking the clients and the start of the counted window.
 LEAD_IN = 0.2
 

@@ -10,12 +10,12 @@ and each placement starts with a bare round trip (one byte to an echo
 process) that shows its regime.
 
 A persistent connection is one pyrust process answering request after
-request.  A connection per request is a fresh pyrust process each time (a
-spare forked in advance; its replacement is forked meanwhile), against the
-floor's one process that keeps its compile cache: the forking floor, the
-fair peer of that path, is in the new-connections section.  Being
-milliseconds rather than microseconds, per-connection cases time fewer
-requests (``connections``).
+request, against the floor's one process.  A connection per request is a
+fresh pyrust process each time (a spare forked in advance; its replacement is
+forked meanwhile), against the forking floor, which forks a fresh process per
+connection too (a floor that kept one process would compare a process's
+birth and exit with nothing).  Being milliseconds rather than microseconds,
+per-connection cases time fewer requests (``connections``).
 """
 
 from __future__ import annotations
@@ -93,16 +93,20 @@ def run_placement(workdir: str, placement: servers.Placement, programs: Sequence
                               cpus=placement.server_cpus) as pyrust, \
             servers.start_floor(servers.private_dir(workdir, "warm-floor-" + tag),
                                 cpus=placement.server_cpus) as floor, \
+            servers.start_floor(servers.private_dir(workdir, "warm-forking-floor-" + tag),
+                                cpus=placement.server_cpus, forking=True) as forking, \
             servers.client_pinned(placement.client_cpus):
+        peers = {"persistent": floor, "per-connection": forking}
         for program in programs:
             for mode, timer in MODES:
-                row = {"placement": placement.name, "program": program.label, "mode": mode}
-                for server in (pyrust, floor):
+                row = {"placement": placement.name, "program": program.label, "mode": mode,
+                       "floor_server": peers[mode].name}
+                for key, server in (("pyrust", pyrust), ("floor", peers[mode])):
                     progress("warm path, %s: %s, %s, %s"
                              % (placement.name, server.name, mode, program.label))
-                    row[server.name], raw = measure_case(server, timer, program, *counts[mode])
+                    row[key], raw = measure_case(server, timer, program, *counts[mode])
                     if program.label == PLOTTED:
-                        samples[(placement.name, mode, server.name)] = raw
+                        samples[(placement.name, mode, key)] = raw
                 row["ratio_p50"] = row["pyrust"]["p50"] / row["floor"]["p50"]
                 row["ratio_mean"] = row["pyrust"]["mean"] / row["floor"]["mean"]
                 rows.append(row)

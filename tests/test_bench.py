@@ -140,13 +140,13 @@ def test_the_startup_section_times_and_checks_every_process(tmp_path):
 
 
 def _check_new_connections(section):
-    """Every placement (and unpinned) has pyrust and the forking floor at 1, 2 and 8
+    """Every placement (and unpinned) has pyrust and the forking floor at 1, 2, 4, 8 and 16
     clients, every reply right, and pyrust's template forked for its connections."""
     placements = {"unpinned"} | {p.name for p in servers.placements()}
     found = {(c["placement"], c["server"]) for c in section["configurations"]}
     assert found >= {(p, s) for p in placements for s in ("pyrust", "forking floor")}
     for config in section["configurations"]:
-        assert [r["concurrency"] for r in config["rows"]] == [1, 2, 8]
+        assert [r["concurrency"] for r in config["rows"]] == [1, 2, 4, 8, 16]
         for row in config["rows"]:
             assert row["requests"] > 0 and row["wrong"] == 0 and row["rps"] > 0
             if config["server"] == "pyrust":
