@@ -52,6 +52,9 @@ class _Pyrust:
         self._previous = [signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGALRM)]
         signal.signal(signal.SIGTERM, self.worker._on_stop)
         self.worker.executor.install_signals()  # the time limit is armed, as in a worker
+        # As a worker that took its connection: pyrust's modules out of sys.modules
+        # for good (put back in close(), since the bench goes on).
+        self.worker.executor.settle()
 
     def connection(self, conn: socket.socket) -> None:
         """Do what Worker.run does with its connection, but accept it."""
@@ -75,6 +78,7 @@ class _Pyrust:
             pass
 
     def close(self) -> None:
+        self.worker.executor.unsettle()
         for sig, previous in zip((signal.SIGTERM, signal.SIGALRM), self._previous):
             signal.signal(sig, previous)
         self.worker.listener.close()

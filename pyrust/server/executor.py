@@ -138,6 +138,13 @@ class Executor:
         depth = _stack_depth() + 1  # and _free_frames' own frame
         self._hidden_depth = max(0, _get_recursion_limit() - depth - _free_frames())
 
+    def settle(self) -> None:
+        """The process serves one connection from now on: see Borrowed.settle."""
+        self._borrowed.settle()
+
+    def unsettle(self) -> None:
+        self._borrowed.unsettle()
+
     def prepare(self, rehearsals: int = REHEARSALS) -> None:
         """Bring the run path to its steady state, then calibrate: ``rehearsals``
         runs of REHEARSAL, with the compile cache emptied after them.

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     Hidden = tuple[tuple[str, ...], tuple[types.ModuleType, ...]]
     #: What Borrowed.enter saved for Borrowed.leave.
     Saved = tuple[tuple[Any, ...], list[str], list[str], types.ModuleType | None,
-                  dict[str, str] | None, Streams, Hidden, int, int]
+                  dict[str, str] | None, Streams, Hidden | None, int, int]
 
 #: ``sys`` attributes a program may rebind (or a run's options set) and the next
 #: one must not see.
@@ -286,10 +286,27 @@ class Borrowed:
         self._std_fds = StandardFds()
         self._saved: Saved | None = None
         self._own = OwnModules()
+        #: pyrust's modules, once taken out for the rest of the process (see settle).
+        self._settled: Hidden | None = None
         # pyrust's own code runs on after a session's program: a builtin the
-        # program replaced (len, isinstance) is put back (0.5 us; names it
-        # added may stay, within the session).
+        # program replaced (len, isinstance) is put back (names it added may
+        # stay, within the session).  Checking them first costs as much.
         self._builtins = builtins.__dict__.copy()
+
+    def settle(self) -> None:
+        """Take pyrust's modules out of ``sys.modules`` for the rest of this
+        process, not around every run: the process serves one connection and
+        ends, and nothing pyrust runs in it after this imports them again.  A
+        pyrust a program imports from its own environment then stays, for the
+        session's next runs, as any module a program imports does."""
+        if self._settled is None:
+            self._settled = self._own.hide()
+
+    def unsettle(self) -> None:
+        """Put back what settle took out (for a process that goes on: a test, the bench)."""
+        if self._settled is not None:
+            self._own.show(self._settled, len(sys.modules))
+            self._settled = None
 
     def close(self) -> None:
         """Close the fds kept for restoring: the process is the run's for good."""
@@ -302,7 +319,7 @@ class Borrowed:
         Raise OSError if the job's working directory cannot be entered (the
         process is then restored already).
         """
-        hidden = self._own.hide()
+        hidden = self._own.hide() if self._settled is None else None
         self._saved = (_sys_attrs(sys), sys.path, sys.path[:],
                        sys.modules.get("__main__"),
                        dict(os.environ) if job.env is not None else None, streams,
@@ -343,7 +360,8 @@ class Borrowed:
             sys.modules["__main__"] = main
         else:  # there was none before the run
             sys.modules.pop("__main__", None)
-        self._own.show(hidden, modules)
+        if hidden is not None:
+            self._own.show(hidden, modules)
         if len(sys.path_importer_cache) > importers:
             _forget_relative_importers()
         if environ is not None:

@@ -217,6 +217,7 @@ class Worker:
             self.slot.connected()
             self._tell(TOOK.pack(b"A", os.getpid()), conn.fileno())
             if self.admit(conn):
+                self.executor.settle()  # pyrust's modules out of sys.modules, once
                 self.serve_connection(conn)
         finally:
             self.conn = None
