@@ -167,7 +167,7 @@ class Executor:
 
     def install_signals(self) -> None:
         """Take SIGALRM (time limits); main thread only."""
-        signal.signal(signal.SIGALRM, self._on_alarm)
+        _signal.signal(_signal.SIGALRM, self._on_alarm)  # not signal's: no Enum made
 
     def signals_installed(self) -> bool:
         """Return whether the handler is still ours (a program may have taken it)."""

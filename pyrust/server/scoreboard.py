@@ -116,7 +116,7 @@ class Slot:
     def __init__(self, scoreboard: Scoreboard, index: int, pid: int) -> None:
         self._record = record = scoreboard._records[index]
         self._header = scoreboard._header
-        self._entries = list(record.ring)  # views of the ring, made once, not per run
+        self._entries = scoreboard._ring_views(index)  # made once, not per run
         self.recorded = record.recorded
         self.pid = pid
         self.served = self.failed = self.control = 0
@@ -270,6 +270,7 @@ class Scoreboard:
             record.state = FREE
         self._free = list(range(size - 1, -1, -1))  # pop() hands out the lowest index
         self._high_water = 0
+        self._rings: dict[int, list[_Run]] = {}  # slot index -> views of its ring
 
     @staticmethod
     def bytes_needed(size: int) -> int:
@@ -286,10 +287,21 @@ class Scoreboard:
         record = self._records[index]
         _reset(record, 0)
         record.state = ACCEPTING
+        self._ring_views(index)
         if index >= self._high_water:
             self._high_water = index + 1
             self._header.slots_in_use = self._high_water
         return index
+
+    def _ring_views(self, index: int) -> list[_Run]:
+        """Return the views of slot ``index``'s ring entries.  claim() makes them in
+        the supervisor, once per slot: a worker forked after that inherits them
+        instead of making 64 ctypes objects in a process where each page
+        written costs a copy-on-write fault."""
+        views = self._rings.get(index)
+        if views is None:
+            views = self._rings[index] = list(self._records[index].ring)
+        return views
 
     def set_pid(self, index: int, pid: int) -> None:
         """Record the pid of the worker just forked into slot ``index`` (the

@@ -182,13 +182,16 @@ class Worker:
         it dies, so orphaned spares never keep serving the socket on their own.
         """
         os.setpgid(0, 0)
-        signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours to fill
-        signal.signal(signal.SIGTERM, self._on_stop)
+        # _signal's own functions: the signal module's turn every previous
+        # handler into an Enum (by a failed lookup, for a function), and every
+        # object a fresh process touches costs it a copy-on-write fault.
+        _signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours to fill
+        _signal.signal(_signal.SIGTERM, self._on_stop)
         # Ctrl-C in the terminal of a foreground server reaches the supervisor,
         # which stops in order; a worker ignores it outside a run.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(sig, signal.SIG_DFL)
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+        for sig in (_signal.SIGCHLD, _signal.SIGHUP, _signal.SIGQUIT):
+            _signal.signal(sig, _signal.SIG_DFL)
         self.executor.install_signals()
         if self.config.max_worker_memory:
             osutil.limit_address_space(self.config.max_worker_memory)
