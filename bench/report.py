@@ -49,7 +49,7 @@ def warm_section(warm: dict) -> str:
              "connections after %d untimed, each served by a fresh pyrust process (forked in "
              "advance) and by a fresh process of the forking floor (forked after accept()), "
              "the floor of these rows. CV = coefficient of variation of 20 consecutive batch "
-             "means; srv CPU "
+             "means (the floor's beside pyrust's: what the machine's own noise gives); srv CPU "
              "= server CPU time per request (schedstat, exited workers included); x floor = "
              "pyrust p50 / floor p50."
              % (warm.get("pyrust_spares", warm.get("pyrust_workers", 0)),
@@ -63,14 +63,16 @@ def warm_section(warm: dict) -> str:
             rows.append([r["program"], r["mode"], _us(p["mean"]), _us(p["p50"]), _us(p["p90"]),
                          _us(p["p99"]), _us(p["p99.9"]), _us(p["max"]), "%.1f%%" % (p["cv"] * 100),
                          _us(p["server_cpu_per_request"]), _us(f["mean"]), _us(f["p50"]),
-                         _us(f["p99"]), _us(f["server_cpu_per_request"]),
+                         _us(f["p99"]), "%.1f%%" % (f["cv"] * 100),
+                         _us(f["server_cpu_per_request"]),
                          "%.2fx" % r["ratio_p50"], _checked(p, f)])
         bare = placement.get("raw")
         bare = ("Bare round trip here (one byte to a forked echo process over a socketpair): "
                 "p50 %.1f µs, mean %.1f µs.\n\n" % (bare["p50"], bare["mean"]) if bare else "")
         parts.append("### %s (%s)\n\n%s" % (placement["name"], placement["describe"], bare) + table(
             ["program", "connection", "mean", "p50", "p90", "p99", "p99.9", "max", "CV",
-             "srv CPU", "floor mean", "floor p50", "floor p99", "floor srv CPU", "x floor",
+             "srv CPU", "floor mean", "floor p50", "floor p99", "floor CV", "floor srv CPU",
+             "x floor",
              "replies verified"], rows))
     return "\n\n".join(parts)
 

@@ -275,26 +275,47 @@ def tree_cpu_ns(pid: int) -> int:
 
     Live processes are read from ``/proc/PID/task/*/schedstat`` (nanosecond
     resolution); descendants that exited count once their parent reaped them,
-    through ``pid``'s children times (clock ticks, 10 ms each), which is how a
-    worker that served one connection and exited is counted.  A process
-    reaped between the two readings may be missed or counted twice.
+    through the children times of every live process of the tree (clock ticks,
+    10 ms each), which is how a worker that served one connection and exited
+    is counted: pyrust's template, not the service, reaps its workers.  A
+    process reaped between the two readings may be missed or counted twice.
     """
     import psutil
 
     try:
-        root = psutil.Process(pid)
-        pids = [pid] + [p.pid for p in root.children(recursive=True)]
-        times = root.cpu_times()
+        pids = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0
-    gone = int((times.children_user + times.children_system) * 1e9)
-    return gone + sum(cpu_ns(p) for p in pids)
+    total = 0
+    for live in pids:
+        try:
+            fields = _stat_fields(live)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # cutime, cstime: the CPU of the children it reaped.
+        total += (int(fields[13]) + int(fields[14])) * _TICK_NS + cpu_ns(live)
+    return total
+
+
+_TICK_NS = 10 ** 9 // os.sysconf("SC_CLK_TCK")
 
 
 def _stat_fields(pid: int) -> list[str]:
     """Return the fields of ``/proc/PID/stat`` after the command name (state first)."""
     with open("/proc/%d/stat" % pid) as f:
         return f.read().rsplit(")", 1)[1].split()
+
+
+def template_pid(service: int) -> int:
+    """Return the pid of pyrust's template under ``service`` (the process that forks
+    the spares): the service's child with the most children, or ``service`` itself."""
+    import psutil
+
+    try:
+        children = psutil.Process(service).children()
+        return max(children, key=lambda p: len(p.children())).pid if children else service
+    except psutil.NoSuchProcess:
+        return service
 
 
 def faults(pid: int) -> int:
@@ -316,9 +337,14 @@ def tree_faults(pid: int) -> int:
     import psutil
 
     try:
-        fields = _stat_fields(pid)
-        pids = [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess):
+        pids = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
         return 0
-    # minflt, cminflt (its reaped children's), then the live descendants'.
-    return int(fields[7]) + int(fields[8]) + sum(faults(child) for child in pids)
+    total = 0
+    for live in pids:
+        try:
+            fields = _stat_fields(live)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[7]) + int(fields[8])  # minflt, cminflt (its reaped children's)
+    return total

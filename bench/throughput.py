@@ -98,28 +98,31 @@ def _fork_client(path: str, program: Program, expected: bytes, start: int,
         os._exit(code)
 
 
-def measure(path: str, pid: int, program: Program, concurrency: int, duration: float) -> dict:
+def measure(path: str, pid: int, program: Program, concurrency: int, duration: float,
+            parent: int | None = None) -> dict:
     """Drive the server at ``path`` (process ``pid``) with ``concurrency`` clients for
     ``duration`` seconds; return the figures.
 
     ``rps`` counts the requests completed in the window (one per connection);
     ``connections`` every connection made, lead-in and last ones included.
     ``server_cpu`` is the share of a CPU the server's tree used in the window,
-    ``parent_cpu`` that of process ``pid`` alone (the process that forks),
-    ``faults`` and ``parent_faults`` the minor page faults per second of the
-    tree and of process ``pid``.
+    ``parent_cpu`` that of process ``parent`` alone (the process that forks;
+    default ``pid``), ``faults`` and ``parent_faults`` the minor page faults per
+    second of the tree and of ``parent``.
     """
+    parent = pid if parent is None else parent
     expected = client.reference_reply(path, program)
     start = time.monotonic_ns() + int(LEAD_IN * 1e9)
     end = start + int(duration * 1e9)
     children = [_fork_client(path, program, expected, start, end)
                 for _ in range(concurrency)]
     time.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
-    readings = (servers.tree_cpu_ns, servers.cpu_ns, servers.tree_faults, servers.faults)
-    before = [read(pid) for read in readings]
+    readings = ((servers.tree_cpu_ns, pid), (servers.cpu_ns, parent),
+                (servers.tree_faults, pid), (servers.faults, parent))
+    before = [read(of) for read, of in readings]
     time.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
     server_cpu, parent_cpu, faults, parent_faults = (
-        read(pid) - b for read, b in zip(readings, before))
+        read(of) - b for (read, of), b in zip(readings, before))
     counted = wrong = made = 0
     client_cpu = 0.0
     for child, fd in children:
@@ -149,7 +152,8 @@ def measure_pyrust(server: servers.ServerProcess, spares: int, program: Program,
     counted among the connections.
     """
     before = servers.settled_forks(server.path, spares)
-    figures = measure(server.path, server.pid, program, concurrency, duration)
+    figures = measure(server.path, server.pid, program, concurrency, duration,
+                      servers.template_pid(server.pid))
     figures["forks"] = servers.settled_forks(server.path, spares) - before
     figures["connections"] += 1
     return figures
