@@ -118,7 +118,34 @@ def throughput_section(t: dict) -> str:
                total, wrong)
             + table(["configuration", "clients", "conn/s", "range", "srv CPU", "client CPU",
                      "CPU µs/conn", "parent µs/conn", "faults/conn", "forks/conn", "x floor"],
-                    rows, align="l" + "r" * 10))
+                    rows, align="l" + "r" * 10)
+            + _costs_table(configs))
+
+
+def _costs_table(configs: list) -> str:
+    """Return the table of what one connection cost pyrust, from its status."""
+    rows = []
+    for config in (c for c in configs if c["server"] == "pyrust"):
+        for r in (r for r in config["rows"] if "worker_cpu_us" in r):
+            rows.append([config["name"], r["concurrency"],
+                         "%.0f" % r["template_cpu_us"], "%.0f" % r["template_faults"],
+                         "%.0f" % r["start_cpu_us"], "%.0f" % r["start_faults"],
+                         "%.0f" % (r["worker_cpu_us"] - r["start_cpu_us"]),
+                         "%.0f" % (r["worker_faults"] - r["start_faults"]),
+                         "%.0f" % (r["template_cpu_us"] + r["worker_cpu_us"]),
+                         "%.0f" % (r["template_faults"] + r["worker_faults"])])
+    if not rows:
+        return ""
+    return ("\n\n### What one connection costs pyrust, by process and phase\n\n"
+            "From pyrust's status (`costs`, read before and after each point): the "
+            "template's CPU time (µs) and minor page faults per fork (the fork, and the "
+            "pages its loop writes again after it), and per worker reaped, from its own "
+            "resource usage: its start-up (fork to accept(): CPython's at-fork handlers, "
+            "the worker's set-up, its warm-up run) and the rest (the connection, and its "
+            "exit, from wait4). Medians over the repeats.\n\n"
+            + table(["configuration", "clients", "template CPU", "template faults",
+                     "start CPU", "start faults", "serve+exit CPU", "serve+exit faults",
+                     "total CPU", "total faults"], rows, align="l" + "r" * 9))
 
 
 def cold_section(c: dict) -> str:

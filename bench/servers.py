@@ -247,14 +247,19 @@ def ready_spares(sock: _socket.socket, count: int) -> dict:
         time.sleep(SPARES_POLL)
 
 
-def settled_forks(path: str, count: int) -> int:
-    """Return how many spares the template at ``path`` has forked, once it has
-    replaced every spare taken so far (``count`` spares wait), this request's
-    own connection included."""
+def settled_status(path: str, count: int) -> dict:
+    """Return the status of the service at ``path`` once its template has replaced
+    every spare taken so far (``count`` spares wait), this request's own
+    connection included."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(READY_TIMEOUT)
         sock.connect(path)
-        return ready_spares(sock, count)["forks"]["total"]
+        return ready_spares(sock, count)
+
+
+def settled_forks(path: str, count: int) -> int:
+    """Return how many spares the template at ``path`` has forked (see settled_status)."""
+    return settled_status(path, count)["forks"]["total"]
 
 
 def cpu_ns(pid: int) -> int:

@@ -151,12 +151,37 @@ def measure_pyrust(server: servers.ServerProcess, spares: int, program: Program,
     replaced every spare taken; the second reading's own connection is
     counted among the connections.
     """
-    before = servers.settled_forks(server.path, spares)
+    before = servers.settled_status(server.path, spares)
     figures = measure(server.path, server.pid, program, concurrency, duration,
                       servers.template_pid(server.pid))
-    figures["forks"] = servers.settled_forks(server.path, spares) - before
+    after = servers.settled_status(server.path, spares)
+    figures["forks"] = after["forks"]["total"] - before["forks"]["total"]
     figures["connections"] += 1
+    figures.update(connection_costs(before, after))
     return figures
+
+
+#: What pyrust's status says a fresh process cost, per fork (the template's side)
+#: or per reaped worker: (key of the figures, key of the costs, per, scale).
+COSTS = (("template_cpu_us", "template_cpu", "forks", 1e6),
+         ("template_faults", "template_faults", "forks", 1),
+         ("start_cpu_us", "start_cpu", "workers_ended", 1e6),
+         ("start_faults", "start_faults", "workers_ended", 1),
+         ("worker_cpu_us", "worker_cpu", "workers_ended", 1e6),
+         ("worker_faults", "worker_faults", "workers_ended", 1))
+
+
+def connection_costs(before: dict, after: dict) -> dict:
+    """Return what one connection cost pyrust between two statuses, from its default
+    template's ``costs``: the template per fork, a worker (fork to exit) and its
+    start-up (fork to accept()) per worker reaped.  Empty if none was reaped."""
+    def costs(status: dict) -> dict:
+        return next(t["costs"] for t in status["templates"] if t["default"])
+    old, new = costs(before), costs(after)
+    delta = {key: new[key] - old[key] for key in new}
+    if not delta["forks"] or not delta["workers_ended"]:
+        return {}
+    return {name: delta[key] / delta[per] * scale for name, key, per, scale in COSTS}
 
 
 def _median_row(points: list[dict]) -> dict:
@@ -175,6 +200,9 @@ def _median_row(points: list[dict]) -> dict:
     if "forks" in points[0]:
         row["forks"] = sum(p["forks"] for p in points)
         row["forks_per_connection"] = row["forks"] / row["connections"]
+    for name, _, _, _ in COSTS:
+        if all(name in p for p in points):
+            row[name] = median(name)
     return row
 
 

@@ -68,7 +68,9 @@ STATUS = Op("status", b"s", SERVICE, "the service's state and its environments, 
                 "requests such as `status` itself), p50 and p99 of the last 1000 runs, time "
                 "since the last failed run, memory per process, and every environment's "
                 "template: interpreter and version, venv, project, preloads, start-up "
-                "options, spares, runs served, memory, age and idle time")),
+                "options, spares, runs served, memory, age and idle time, and (`--json`, "
+                "`costs`) what its fresh processes cost in all: its own CPU time and page "
+                "faults, and its reaped workers', with their start-up's apart")),
     Command("--daemon-status", "exit 0 if a service answers, 1 if not", show="one_line",
             unavailable_exit=1,
             doc="exit 0 if a service answers (and say where), 1 if not; never starts one"),

@@ -250,6 +250,13 @@ def test_status_separates_runs_from_queries_and_times_recent_runs(make_server):
     after = json.loads(pyrust(["status", "--json"], env=env).stdout)
     assert (after["runs_served"], after["runs_failed"], after["control_requests"]) == (3, 1, 2)
     assert 0 <= after["seconds_since_last_failure"] < TIMEOUT
+    # What the fresh processes cost: every run's worker counted once reaped,
+    # its start-up a part of its whole; the template's own usage at its forks.
+    (costs,) = [t["costs"] for t in after["templates"] if t["default"]]
+    assert costs["forks"] >= costs["workers_ended"] >= 1
+    assert 0 < costs["start_faults"] < costs["worker_faults"]
+    assert 0 < costs["start_cpu"] <= costs["worker_cpu"]
+    assert costs["template_cpu"] > 0 and costs["template_faults"] > 0
     human = pyrust(["status"], env=env).stdout.decode()
     assert re.search(r"^runs: +3 served, 1 failed; last failure \d+ s ago$", human, re.M)
     assert re.search(r"^latency: +p50 [\d.]+ ms, p99 [\d.]+ ms \(last 4 runs\)$", human, re.M)

@@ -368,3 +368,33 @@ def test_the_size_and_offsets_are_the_declared_ones() -> None:
     assert q.unpack_from(board._mm, slot + _SlotRecord.pid.offset) == (4321,)
     assert q.unpack_from(board._mm, slot + _SlotRecord.state.offset) == (ACCEPTING,)
     assert q.unpack_from(board._mm, header + _Header.slots_in_use.offset) == (2,)
+
+
+def test_what_a_worker_cost_is_added_up_when_it_is_reaped() -> None:
+    """A forked worker records its start-up's CPU and faults; the supervisor adds
+    what wait4 reports for the whole process when it releases the slot, and its
+    own usage at every fork."""
+    board = Scoreboard(2)
+    board.record_fork(0.001)
+    index = board.claim()
+
+    def work(sock: socket.socket) -> None:
+        slot = board.attach(index, os.getpid())
+        bytearray(1 << 20)  # a start-up that touches some pages
+        slot.started()
+        bytearray(1 << 20)  # and a connection that touches more
+        sock.sendall(b"s")
+
+    sock, pid = _in_child(work)
+    assert sock.recv(1) == b"s"
+    sock.close()
+    _, status, usage = os.wait4(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    board.release(index, usage)
+    costs = board.costs()
+    assert costs["forks"] == 1 and costs["workers_ended"] == 1
+    assert costs["template_faults"] > 0 and costs["template_cpu"] > 0
+    assert 0 < costs["start_faults"] < costs["worker_faults"] == usage.ru_minflt
+    assert 0 <= costs["start_cpu"] <= costs["worker_cpu"]
+    board.release(board.claim())  # a slot released with no usage adds nothing
+    assert board.costs()["workers_ended"] == 1

@@ -169,6 +169,7 @@ def _template(template: Template, board: Scoreboard, now: float) -> dict:
         "rss": sum(r for r in rss if r is not None),
         "age_seconds": round(now - template.started, 3),
         "idle_seconds": round(template.idle_for(now), 3),
+        "costs": board.costs(),
     }
 
 

@@ -65,17 +65,17 @@ def rss(pid: int) -> int | None:
         return None
 
 
-def exited_children() -> Iterator[tuple[int, int]]:
-    """Yield ``(pid, waitpid status)`` of each child that has ended, reaping it,
-    until none is left to collect right now."""
+def exited_children() -> Iterator[tuple[int, int, resource.struct_rusage]]:
+    """Yield ``(pid, wait status, resource usage)`` of each child that has ended,
+    reaping it, until none is left to collect right now."""
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        yield pid, status
+        yield pid, status, usage
 
 
 def terminate_with_parent() -> None:

@@ -22,6 +22,7 @@ import enum
 import functools
 import mmap
 import os
+import resource
 import time
 from ctypes import c_double, c_int64
 
@@ -71,6 +72,16 @@ class _Header(ctypes.Structure):
         ("forks", c_int64),            # forks so far
         ("stale_epoch", c_int64),      # bumped when a preloaded module's file may have
         #                                changed: workers forked before are stale
+        # What fresh processes cost (see costs()): the supervisor's own CPU seconds
+        # and minor faults at its last fork; the workers reaped so far, their CPU
+        # and faults in all (exit included), and those of their start-up alone.
+        ("template_cpu", c_double),
+        ("template_faults", c_int64),
+        ("workers_ended", c_int64),
+        ("worker_cpu", c_double),
+        ("worker_faults", c_int64),
+        ("start_cpu", c_double),
+        ("start_faults", c_int64),
         ("fork_durations", c_double * FORK_RING),  # seconds; fork n is at n % FORK_RING
     ]
 
@@ -93,6 +104,8 @@ class _SlotRecord(ctypes.Structure):
         ("exiting", c_int64),          # 1: the worker announced it exits with exit_status
         ("exit_status", c_int64),
         ("recorded", c_int64),         # runs ever recorded in the ring: run n is at n % RING
+        ("start_cpu", c_double),       # the worker's CPU seconds and minor faults from
+        ("start_faults", c_int64),     # its fork to its first accept() (Slot.started)
         ("ring", _Run * RING),
     ]
 
@@ -124,6 +137,14 @@ class Slot:
         self._kind: int = Kind.NONE
         _reset(record, pid)
         record.state = ACCEPTING
+
+    def started(self) -> None:
+        """Record what the worker's start-up cost it, fork to accept(): its own
+        CPU time and minor faults so far (a child's count from its fork)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        record = self._record
+        record.start_cpu = usage.ru_utime + usage.ru_stime
+        record.start_faults = usage.ru_minflt
 
     def connected(self) -> None:
         """Mark the worker taken by a connection: no longer a spare."""
@@ -186,6 +207,7 @@ def _reset(record: _SlotRecord, pid: int) -> None:
     record.served = record.failed = record.control = 0
     record.idle_since = time.monotonic()
     record.kind = record.retire = record.exiting = record.exit_status = 0
+    record.start_cpu = record.start_faults = 0
 
 
 def _record_run(header: _Header, record: _SlotRecord, entry: _Run, ok: bool,
@@ -312,13 +334,21 @@ class Scoreboard:
         """Return the worker-side Slot ``index`` (called in the worker)."""
         return Slot(self, index, pid)
 
-    def release(self, index: int) -> WorkerState:
+    def release(self, index: int, usage: resource.struct_rusage | None = None) -> WorkerState:
         """Free slot ``index`` of a worker that is gone; return its last state.
 
-        Its counts move to the header's totals, so they survive the worker.
+        Its counts move to the header's totals, so they survive the worker, and
+        so does ``usage``, what the worker cost (from wait4), when given.
         """
         state = self.read(index)
         header = self._header
+        if usage is not None:
+            record = self._records[index]
+            header.workers_ended += 1
+            header.worker_cpu += usage.ru_utime + usage.ru_stime
+            header.worker_faults += usage.ru_minflt
+            header.start_cpu += record.start_cpu
+            header.start_faults += record.start_faults
         header.retired_served += state.served
         header.retired_failed += state.failed
         header.retired_control += state.control
@@ -362,10 +392,26 @@ class Scoreboard:
         self._records[index].retire = 1
 
     def record_fork(self, seconds: float) -> None:
-        """Remember how long one fork took (the supervisor's side of it)."""
+        """Remember how long one fork took (the supervisor's side of it), and
+        what the supervisor has cost so far."""
         header = self._header
         header.fork_durations[header.forks % FORK_RING] = seconds
         header.forks += 1
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        header.template_cpu = usage.ru_utime + usage.ru_stime
+        header.template_faults = usage.ru_minflt
+
+    def costs(self) -> dict[str, float]:
+        """Return what fresh processes have cost, as totals: ``forks``, the
+        supervisor's ``template_cpu`` seconds and ``template_faults`` (minor
+        page faults) at its last fork, the ``workers_ended`` reaped with their
+        ``worker_cpu`` and ``worker_faults`` (start to exit), and ``start_cpu``
+        and ``start_faults``, the part before their first accept().  Two
+        readings' differences give the cost of one connection."""
+        header = self._header
+        return {name: getattr(header, name) for name in (
+            "forks", "template_cpu", "template_faults", "workers_ended", "worker_cpu",
+            "worker_faults", "start_cpu", "start_faults")}
 
     def bump_stale_epoch(self) -> None:
         """Mark every worker forked so far as possibly stale (see ``freshness``)."""

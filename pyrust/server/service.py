@@ -313,7 +313,7 @@ class Service:
 
     def _reap(self) -> None:
         """Collect every template that exited; restart the default one if it died."""
-        for pid, status in osutil.exited_children():
+        for pid, status, _ in osutil.exited_children():
             template = self.ending.pop(pid, None) or next(
                 (t for t in self._all() if t.pid == pid), None)
             if template is None:

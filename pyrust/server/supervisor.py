@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import resource
 import select
 import signal
 import time
@@ -218,16 +219,17 @@ class Supervisor:
             status = self.scoreboard.announced_exit(info.slot) if info is not None else None
             if status is not None:
                 self.terminals.exiting(pid, status)
-        for pid, status in osutil.exited_children():
+        for pid, status, usage in osutil.exited_children():
             info = self.workers.pop(pid, None)
             if info is not None:
                 # A worker says it took a connection before it can end: take
                 # what it said now, or its copy of the connection would be
                 # read after its death and held forever.
                 self.terminals.receive()
-                self._ended(pid, status, info)
+                self._ended(pid, status, info, usage)
 
-    def _ended(self, pid: int, status: int, info: WorkerInfo) -> None:
+    def _ended(self, pid: int, status: int, info: WorkerInfo,
+               usage: resource.struct_rusage) -> None:
         """Account for a worker that is gone, log how it ended, then answer its client
         (so whoever reads the answer finds the log written)."""
         kind = self.scoreboard.kind(info.slot)
@@ -244,7 +246,7 @@ class Supervisor:
             self.boot.recovered()
         else:
             self._log_end(pid, status, info, state)
-        self.scoreboard.release(info.slot)
+        self.scoreboard.release(info.slot, usage)
         self.scoreboard.set_start_failures(self.boot.failures)
         self.terminals.worker_ended(pid, status, state, kind, pid in self._timed_out)
         self._timed_out.discard(pid)

@@ -199,6 +199,7 @@ class Worker:
         if os.getppid() != self.supervisor_pid:  # it died before we asked
             self._on_stop(signal.SIGTERM, None)
         self._warm_up()
+        self.slot.started()
 
     def _warm_up(self) -> None:
         """Run a program once before accepting, so the copy-on-write faults of a
