@@ -174,12 +174,13 @@ COSTS = (("template_cpu_us", "template_cpu", "forks", 1e6),
 def connection_costs(before: dict, after: dict) -> dict:
     """Return what one connection cost pyrust between two statuses, from its default
     template's ``costs``: the template per fork, a worker (fork to exit) and its
-    start-up (fork to accept()) per worker reaped.  Empty if none was reaped."""
+    start-up (fork to accept()) per worker reaped.  Empty if none was reaped, or
+    if the server does not report its costs (one older than this bench)."""
     def costs(status: dict) -> dict:
-        return next(t["costs"] for t in status["templates"] if t["default"])
+        return next((t.get("costs", {}) for t in status["templates"] if t["default"]), {})
     old, new = costs(before), costs(after)
-    delta = {key: new[key] - old[key] for key in new}
-    if not delta["forks"] or not delta["workers_ended"]:
+    delta = {key: new[key] - old[key] for key in new if key in old}
+    if not delta.get("forks") or not delta.get("workers_ended"):
         return {}
     return {name: delta[key] / delta[per] * scale for name, key, per, scale in COSTS}
 
