@@ -202,3 +202,38 @@ def run(count: int, progress: Callable[[str], None]) -> dict:
     """Run the hot-path section; return the comparison and the profile."""
     progress("hot path: pyrust's and the floor's request handling in-process")
     return {"requests": count, "handlers": compare(count), "profile": profile(count)}
+
+
+def loop(server_name: str, label: str, count: int, warmup: int = 300) -> None:
+    """Serve ``warmup`` then ``count`` requests of the program ``label`` in-process
+    with ``server_name``'s code ("pyrust" or "floor"): a fixed workload for an
+    instruction counter (see main)."""
+    program = next(p for p in PROGRAMS if p.label == label)
+    server = _Pyrust() if server_name == "pyrust" else _Floor()
+    try:
+        _requests(server.request, program.frame, warmup)
+        _requests(server.request, program.frame, count)
+    finally:
+        server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m bench.hotpath [--floor] [--program LABEL] COUNT``: run ``loop``.
+
+    Under ``valgrind --tool=callgrind`` the instructions of one request are
+    the difference of two counts' totals divided by the difference of the
+    counts; unlike a clock, that is the same on a busy or an idle machine.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=main.__doc__)
+    parser.add_argument("--floor", action="store_true", help="the floor's code, not pyrust's")
+    parser.add_argument("--program", default=PROGRAMS[0].label, metavar="LABEL",
+                        choices=[p.label for p in PROGRAMS])
+    parser.add_argument("count", type=int)
+    args = parser.parse_args(argv)
+    loop("floor" if args.floor else "pyrust", args.program, args.count)
+
+
+if __name__ == "__main__":
+    main()
