@@ -285,21 +285,25 @@ def tree_cpu_ns(pid: int) -> int:
     is counted: pyrust's template, not the service, reaps its workers.  A
     process reaped between the two readings may be missed or counted twice.
     """
+    # cutime, cstime: the CPU of the children each one reaped.
+    return sum((int(fields[13]) + int(fields[14])) * _TICK_NS + cpu_ns(live)
+               for live, fields in _tree_stats(pid))
+
+
+def _tree_stats(pid: int) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(pid, /proc/PID/stat fields)`` of process ``pid`` and of each live
+    descendant (none if ``pid`` is gone; one that ends meanwhile is left out)."""
     import psutil
 
     try:
         pids = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return
     for live in pids:
         try:
-            fields = _stat_fields(live)
+            yield live, _stat_fields(live)
         except (FileNotFoundError, ProcessLookupError):
             continue
-        # cutime, cstime: the CPU of the children it reaped.
-        total += (int(fields[13]) + int(fields[14])) * _TICK_NS + cpu_ns(live)
-    return total
 
 
 _TICK_NS = 10 ** 9 // os.sysconf("SC_CLK_TCK")
@@ -339,17 +343,5 @@ def tree_faults(pid: int) -> int:
     and the child on the file-backed pages it runs (mapped again on demand),
     so the count shows what a fresh process per connection costs.
     """
-    import psutil
-
-    try:
-        pids = [pid] + [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for live in pids:
-        try:
-            fields = _stat_fields(live)
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        total += int(fields[7]) + int(fields[8])  # minflt, cminflt (its reaped children's)
-    return total
+    # minflt, cminflt (its reaped children's)
+    return sum(int(fields[7]) + int(fields[8]) for _, fields in _tree_stats(pid))

@@ -143,6 +143,7 @@ class Executor:
         self._borrowed.settle()
 
     def unsettle(self) -> None:
+        """Undo settle, for a process that goes on (a test, the bench)."""
         self._borrowed.unsettle()
 
     def prepare(self, rehearsals: int = REHEARSALS) -> None:
