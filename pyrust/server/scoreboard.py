@@ -135,8 +135,7 @@ class Slot:
         self.served = self.failed = self.control = 0
         self._began = 0.0
         self._kind: int = Kind.NONE
-        _reset(record, pid)
-        record.state = ACCEPTING
+        record.pid = pid  # claim() reset the record, in the supervisor before the fork
 
     def started(self) -> None:
         """Record what the worker's start-up cost it, fork to accept(): its own

@@ -94,6 +94,7 @@ class Supervisor:
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._next_rss_check = 0.0
+        self._next_housekeeping = 0.0  # time.monotonic() of the next _housekeeping
         self._timed_out: set[int] = set()  # pids killed for ignoring their time limit
         self.boot = BootBackoff()
         # Made by the template, copied into every worker it forks.
@@ -120,7 +121,10 @@ class Supervisor:
             self._reap()
             if not self.stopping:
                 self._spawn_missing()
-                self._housekeeping(time.monotonic())
+                now = time.monotonic()
+                if now >= self._next_housekeeping:  # once a second, not once per fork
+                    self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+                    self._housekeeping(now)
         return self._shutdown()
 
     # -- waiting: signals, workers' messages, clients of runs -------------------
@@ -367,8 +371,10 @@ class Supervisor:
 
     def _next_duty(self) -> float:
         """Return seconds until the next timed duty."""
-        backoff = self.boot.wait(time.monotonic())
-        return min(HOUSEKEEPING_INTERVAL, backoff) if backoff else HOUSEKEEPING_INTERVAL
+        now = time.monotonic()
+        housekeeping = max(0.0, self._next_housekeeping - now)
+        backoff = self.boot.wait(now)
+        return min(housekeeping, backoff) if backoff else housekeeping
 
     # -- stop --------------------------------------------------------------------
 
