@@ -33,11 +33,13 @@ def draw(samples: dict, path: str, program: str) -> None:
     for (row, placement), (column, mode) in itertools.product(enumerate(placements),
                                                               enumerate(modes)):
         ax = axes[row][column]
-        for server, style in (("pyrust", "-"), ("floor", "--")):
+        # A connection per request is compared with the forking floor (bench/warm.py).
+        floor = "floor" if mode == "persistent" else "forking floor"
+        for server, style, label in (("pyrust", "-", "pyrust"), ("floor", "--", floor)):
             data = samples.get((placement, mode, server))
             if data:
                 xs, ys = cdf_points(data)
-                ax.plot(xs, ys, style, label=server)
+                ax.plot(xs, ys, style, label=label)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: "%g" % x))
