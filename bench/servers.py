@@ -257,11 +257,6 @@ def settled_status(path: str, count: int) -> dict:
         return ready_spares(sock, count)
 
 
-def settled_forks(path: str, count: int) -> int:
-    """Return how many spares the template at ``path`` has forked (see settled_status)."""
-    return settled_status(path, count)["forks"]["total"]
-
-
 def cpu_ns(pid: int) -> int:
     """Return the CPU time (ns) used so far by process ``pid`` alone (0 if it is gone)."""
     total = 0

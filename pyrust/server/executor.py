@@ -146,9 +146,16 @@ class Executor:
         """Undo settle, for a process that goes on (a test, the bench)."""
         self._borrowed.unsettle()
 
+    def rehearse(self, runs: int = 1) -> None:
+        """Run REHEARSAL ``runs`` times, then empty the compile cache, so a real
+        request finds it as a fresh process would."""
+        for _ in range(runs):
+            self.run(REHEARSAL)
+        self.clear_cache()
+
     def prepare(self, rehearsals: int = REHEARSALS) -> None:
         """Bring the run path to its steady state, then calibrate: ``rehearsals``
-        runs of REHEARSAL, with the compile cache emptied after them.
+        rehearsals (see rehearse).
 
         CPython specializes a code object's bytecode once it has run a few
         times, writing into it, and a specialized call counts recursion
@@ -159,9 +166,7 @@ class Executor:
         copy-on-write fault, and every run meets the same path.
         """
         self._hidden_depth = 0  # provisional: the rehearsals must not calibrate
-        for _ in range(rehearsals):
-            self.run(REHEARSAL)
-        self.clear_cache()
+        self.rehearse(rehearsals)
         self.calibrate()
 
     # -- signals: the time limit ---------------------------------------------------

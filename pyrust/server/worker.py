@@ -31,7 +31,7 @@ import time
 from pyrust import ops, protocol
 from pyrust.request import MAX_EXTRA_FDS, Job, Request, decode_extended, decode_v1
 from pyrust.server import logs, osutil
-from pyrust.server.executor import REHEARSAL, Executor
+from pyrust.server.executor import Executor
 from pyrust.server.scoreboard import CAPTURED, TERMINAL, V1
 from pyrust.server.template import fingerprint
 from pyrust.trust import peer_credentials
@@ -204,8 +204,7 @@ class Worker:
     def _warm_up(self) -> None:
         """Run a program once before accepting, so the copy-on-write faults of a
         fresh process (a few hundred, ~1 ms here) are paid while nobody waits."""
-        self.executor.run(REHEARSAL)
-        self.executor.clear_cache()
+        self.executor.rehearse()
 
     def run(self) -> int:
         """Accept one connection and serve it; return the exit code.
@@ -494,8 +493,9 @@ class Worker:
 
 
 def new_executor(config: Config) -> Executor:
-    """Return the Executor a worker under ``config`` runs programs with, calibrated
-    where it is made (call it where workers are forked, as the template does)."""
+    """Return the Executor a worker under ``config`` runs programs with, prepared
+    (rehearsed and calibrated) where it is made: call it where workers are
+    forked, as the template does, so they inherit it ready."""
     executor = Executor(config.compile_cache_size, config.max_reply_bytes,
                         config.max_request_bytes)
     executor.prepare()
